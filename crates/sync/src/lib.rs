@@ -1,0 +1,1 @@
+//! The sans-IO sync engine (being written).
