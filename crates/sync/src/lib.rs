@@ -1,1 +1,5 @@
 //! The sans-IO sync engine (being written).
+
+#![forbid(unsafe_code)]
+
+pub mod peer_score;
