@@ -11,7 +11,8 @@
 //!   signature) need no parent and are checked per block or per batch, with one ZIP-215 batch
 //!   verification of all signatures; rules 1–2 (link to the parent) are checked in order at import;
 //!   rule 6 (not from the future) only for gossip. Every error names its rule.
-//! - [`SigningKey::dev`]: the development keys, seed `BLAKE3("syncnode/dev-key/" + i)`.
+//! - [`SigningKey::dev`]: the development keys, seed `BLAKE3("syncnode/dev-key/" + i)`, and
+//!   [`DevChain`], which signs deterministic chains with them for devnets, tests and benchmarks.
 //!
 //! Invariants: a [`Block`] value may be invalid (it is what a peer sent); validity is only ever
 //! established by the functions of [`validity`]. Genesis (height 0) is valid only when it equals
@@ -20,12 +21,14 @@
 #![forbid(unsafe_code)]
 
 mod block;
+mod dev_chain;
 mod hash;
 mod keys;
 mod spec;
 pub mod validity;
 
 pub use block::{Block, BlockHeader, HEADER_BYTES_LEN, Height, MAX_PAYLOAD_BYTES};
+pub use dev_chain::{DevChain, NotADevKey};
 pub use hash::{Hash, HexError, LengthError, PublicKey, Signature};
 pub use keys::{SigningKey, dev_seed};
 pub use spec::{ChainSpec, SpecError};

@@ -1,0 +1,411 @@
+//! syncnode's block store on parity-db.
+//!
+//! ## Layout
+//! Three columns ([`schema`]): blocks by hash (canonical and side-chain blocks, as protobuf
+//! `Block` bytes), the canonical index height → hash, and metadata: the pointers `genesis`,
+//! `head`, `finalized`, `anchor` (the trusted checkpoint a node started from), `backfill_low` (the
+//! lowest block from which the canonical chain is unbroken up to the head; its height is the
+//! node's `earliest_height`), `history_floor`, and subscriber cursors.
+//!
+//! ## Crash safety
+//! Every change that moves a pointer is one parity-db commit together with the blocks and index
+//! entries it points to. parity-db applies a commit atomically and in order, and makes it durable
+//! shortly after `commit` returns (its log writer runs in the background; dropping the store
+//! flushes everything). So after `kill -9` at any instant, the store reopens at some prefix of the
+//! commit sequence: a consistent state whose newest commits may be missing, which the node fetches
+//! again from peers. On open, [`BlockStore::open`] checks the recent chain (head down to the
+//! finalized block, bounded) and, where blocks under a pointer are missing or damaged (say, the
+//! tail of a data file lost with the power), rolls the pointer back to the highest intact linked
+//! block and reports what it did ([`RepairReport`]). [`BlockStore::verify_chain`] checks the whole
+//! chain, every rule and every link.
+//!
+//! ## Invariants (after every commit)
+//! - `canon[h]` exists for every `h` in `[backfill_low, head]`, names a stored block of height `h`,
+//!   and that block's `parent_hash` is `canon[h-1]` for `h > backfill_low`.
+//! - `canon[0]` is the genesis derived from the chain spec; `finalized` lies in
+//!   `[backfill_low, head]` and on the canonical chain; the canonical chain never changes at or
+//!   below `finalized` (fork choice only reorganises above it).
+//! - Imports are idempotent: importing blocks that are already canonical changes nothing.
+//!
+//! Rules 3–5 of a block (payload, proposer, signature) are the caller's to check before import
+//! (the node verifies them in parallel off the async runtime); the store checks rules 1–2 (links)
+//! itself, because only it knows the parent.
+
+#![forbid(unsafe_code)]
+
+mod cache;
+mod check;
+mod repair;
+pub mod schema;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use syncnode_proto::Status;
+use syncnode_types::{Block, BlockError, ChainSpec, Hash, Height};
+
+pub use check::{ChainReport, CheckFault};
+pub use repair::RepairReport;
+pub use schema::Pointer;
+pub use write::{BackfillOutcome, ImportOutcome};
+
+use cache::BlockCache;
+use schema::*;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] parity_db::Error),
+    #[error("store at {path} belongs to chain with genesis {found}, not {expected}")]
+    WrongChain {
+        path: PathBuf,
+        found: Hash,
+        expected: Hash,
+    },
+    #[error("store schema version {0} is not supported (this build reads {SCHEMA_VERSION})")]
+    Schema(u32),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("block {index} of the import: {error}")]
+    Invalid { index: usize, error: BlockError },
+    #[error("parent {parent} of block at height {height} is unknown")]
+    UnknownParent { height: Height, parent: Hash },
+    #[error(
+        "import would reorganise at height {fork_height}, at or below finalized height {finalized}"
+    )]
+    ConflictsWithFinalized {
+        fork_height: Height,
+        finalized: Height,
+    },
+    #[error("backfill batch does not link: {0}")]
+    BackfillLink(String),
+    #[error("checkpoint refused: {0}")]
+    Checkpoint(String),
+    #[error("empty import")]
+    Empty,
+}
+
+impl StoreError {
+    /// Whether this error is the fault of the blocks given (and so of the peer that sent them),
+    /// rather than of the store.
+    pub fn is_bad_data(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Invalid { .. }
+                | StoreError::UnknownParent { .. }
+                | StoreError::ConflictsWithFinalized { .. }
+                | StoreError::BackfillLink(_)
+        )
+    }
+}
+
+/// Tuning of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Most blocks in the read cache.
+    pub cache_blocks: usize,
+    /// Most bytes of blocks in the read cache.
+    pub cache_bytes: usize,
+    /// How far below the head the check at open walks (it always reaches the finalized block when
+    /// that is nearer).
+    pub open_check_depth: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_blocks: 4096,
+            cache_bytes: 16 * 1024 * 1024,
+            open_check_depth: 1024,
+        }
+    }
+}
+
+/// The pointers, as last committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointers {
+    pub genesis: Hash,
+    pub head: Pointer,
+    pub finalized: Pointer,
+    /// Lowest block of the unbroken canonical range up to the head.
+    pub low: Pointer,
+    /// The trusted checkpoint this store started from, if any.
+    pub anchor: Option<Pointer>,
+    /// Blocks below this height are not kept (0: full history).
+    pub floor: Height,
+}
+
+/// The block store. Cheap to share behind an `Arc`; reads run concurrently, writes serialise.
+pub struct BlockStore {
+    db: parity_db::Db,
+    path: PathBuf,
+    spec: ChainSpec,
+    pointers: RwLock<Pointers>,
+    cache: Mutex<BlockCache>,
+    writer: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these structures half-updated in a way that
+    // matters (the cache is advisory, the writer lock guards no data), so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlockStore {
+    /// Opens the store in `path` for `spec`, creating it with genesis if new, then checks the
+    /// recent chain and repairs what a crash may have left (see the crate docs).
+    pub fn open(path: &Path, spec: &ChainSpec) -> Result<(Self, RepairReport), StoreError> {
+        Self::open_with(path, spec, StoreConfig::default())
+    }
+
+    /// [`BlockStore::open`] with explicit tuning.
+    pub fn open_with(
+        path: &Path,
+        spec: &ChainSpec,
+        config: StoreConfig,
+    ) -> Result<(Self, RepairReport), StoreError> {
+        std::fs::create_dir_all(path).map_err(parity_db::Error::Io)?;
+        let mut options = parity_db::Options::with_columns(path, NUM_COLUMNS);
+        options.columns[COL_BLOCKS as usize].uniform = true;
+        let db = parity_db::Db::open_or_create(&options)?;
+        let genesis = spec.genesis();
+        let genesis_ptr = Pointer::at(&genesis);
+        if db.get(COL_META, META_GENESIS)?.is_none() {
+            db.commit(vec![
+                (
+                    COL_BLOCKS,
+                    genesis_ptr.hash.0.to_vec(),
+                    Some(encode_block(&genesis)),
+                ),
+                (
+                    COL_CANON,
+                    height_key(0).to_vec(),
+                    Some(genesis_ptr.hash.0.to_vec()),
+                ),
+                (
+                    COL_META,
+                    META_SCHEMA.to_vec(),
+                    Some(u64::from(SCHEMA_VERSION).to_be_bytes().to_vec()),
+                ),
+                (COL_META, META_HEAD.to_vec(), Some(genesis_ptr.encode())),
+                (
+                    COL_META,
+                    META_FINALIZED.to_vec(),
+                    Some(genesis_ptr.encode()),
+                ),
+                (COL_META, META_LOW.to_vec(), Some(genesis_ptr.encode())),
+                // Genesis last: its presence marks a store whose creation committed.
+                (
+                    COL_META,
+                    META_GENESIS.to_vec(),
+                    Some(genesis_ptr.hash.0.to_vec()),
+                ),
+            ])?;
+        }
+        let pointers = load_pointers(&db, path, &genesis_ptr.hash)?;
+        let store = BlockStore {
+            db,
+            path: path.to_owned(),
+            spec: spec.clone(),
+            pointers: RwLock::new(pointers),
+            cache: Mutex::new(BlockCache::new(config.cache_blocks, config.cache_bytes)),
+            writer: Mutex::new(()),
+        };
+        let report = store.check_and_repair_recent(config.open_check_depth)?;
+        Ok((store, report))
+    }
+
+    /// The chain spec this store belongs to.
+    pub fn spec(&self) -> &ChainSpec {
+        &self.spec
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pointers as last committed.
+    pub fn pointers(&self) -> Pointers {
+        *self.pointers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_pointers(&self, p: Pointers) {
+        *self.pointers.write().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// The canonical head.
+    pub fn head(&self) -> Pointer {
+        self.pointers().head
+    }
+
+    /// This node's Status as PROTOCOL.md defines it.
+    pub fn status(&self) -> Status {
+        let p = self.pointers();
+        Status {
+            genesis_hash: p.genesis,
+            head_height: p.head.height,
+            head_hash: p.head.hash,
+            finalized_height: p.finalized.height,
+            finalized_hash: p.finalized.hash,
+            earliest_height: p.low.height,
+        }
+    }
+
+    /// The hash of the canonical block at `height`, if stored.
+    pub fn hash_at(&self, height: Height) -> Result<Option<Hash>, StoreError> {
+        match self.db.get(COL_CANON, &height_key(height))? {
+            None => Ok(None),
+            Some(bytes) => Hash::from_slice(&bytes).map(Some).map_err(|_| {
+                StoreError::Corrupt(format!("canonical index at {height} is not a hash"))
+            }),
+        }
+    }
+
+    /// The block with this hash, canonical or not.
+    pub fn block(&self, hash: &Hash) -> Result<Option<Block>, StoreError> {
+        if let Some(block) = lock(&self.cache).get(hash) {
+            return Ok(Some(block));
+        }
+        let Some(bytes) = self.db.get(COL_BLOCKS, &hash.0)? else {
+            return Ok(None);
+        };
+        let block = decode_block(hash, bytes)?;
+        lock(&self.cache).insert(block.clone());
+        Ok(Some(block))
+    }
+
+    /// Whether a block with this hash is stored.
+    pub fn contains(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.db.get_size(COL_BLOCKS, &hash.0)?.is_some())
+    }
+
+    /// The canonical block at `height`.
+    pub fn block_at(&self, height: Height) -> Result<Option<Block>, StoreError> {
+        match self.hash_at(height)? {
+            Some(hash) => self.block(&hash),
+            None => Ok(None),
+        }
+    }
+
+    /// Canonical blocks from `start`, ascending and consecutive: at most `count`, stopping at the
+    /// head, at a gap, or before the encoded response would exceed `max_bytes`.
+    pub fn blocks_by_range(
+        &self,
+        start: Height,
+        count: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
+        let head = self.head().height;
+        let end = start.saturating_add(count).min(head.saturating_add(1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for height in start..end {
+            let Some(block) = self.block_at(height)? else {
+                break;
+            };
+            bytes += syncnode_proto::convert::encoded_block_field_len(&block);
+            if bytes > max_bytes {
+                break;
+            }
+            out.push(block);
+        }
+        Ok(out)
+    }
+
+    /// The stored blocks among `hashes`, in request order, skipping absent ones, within `max_bytes`.
+    pub fn blocks_by_root(
+        &self,
+        hashes: &[Hash],
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for hash in hashes {
+            let Some(block) = self.block(hash)? else {
+                continue;
+            };
+            bytes += syncnode_proto::convert::encoded_block_field_len(&block);
+            if bytes > max_bytes {
+                break;
+            }
+            out.push(block);
+        }
+        Ok(out)
+    }
+
+    /// Bytes of blocks held in the read cache (for metrics).
+    pub fn cache_bytes(&self) -> usize {
+        lock(&self.cache).bytes()
+    }
+
+    /// The persisted height of a named subscriber's cursor.
+    pub fn cursor(&self, name: &str) -> Result<Option<Height>, StoreError> {
+        let key = cursor_key(name);
+        self.db
+            .get(COL_META, &key)?
+            .map(|v| decode_u64("cursor", &v))
+            .transpose()
+    }
+
+    /// Persists a named subscriber's cursor (the last height it acknowledged).
+    pub fn set_cursor(&self, name: &str, height: Height) -> Result<(), StoreError> {
+        self.db.commit(vec![(
+            COL_META,
+            cursor_key(name),
+            Some(height.to_be_bytes().to_vec()),
+        )])?;
+        Ok(())
+    }
+}
+
+fn cursor_key(name: &str) -> Vec<u8> {
+    let mut key = META_CURSOR_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn load_pointer(db: &parity_db::Db, name: &'static [u8]) -> Result<Option<Pointer>, StoreError> {
+    db.get(COL_META, name)?
+        .map(|v| Pointer::decode(name, &v))
+        .transpose()
+}
+
+fn load_pointers(db: &parity_db::Db, path: &Path, expected: &Hash) -> Result<Pointers, StoreError> {
+    let missing = |name: &[u8]| StoreError::Corrupt(format!("pointer {} is missing", show(name)));
+    if let Some(v) = db.get(COL_META, META_SCHEMA)? {
+        let version = decode_u64("schema", &v)?;
+        if version != u64::from(SCHEMA_VERSION) {
+            return Err(StoreError::Schema(version as u32));
+        }
+    }
+    let genesis = db
+        .get(COL_META, META_GENESIS)?
+        .ok_or_else(|| missing(META_GENESIS))?;
+    let genesis = Hash::from_slice(&genesis)
+        .map_err(|_| StoreError::Corrupt("genesis is not a hash".into()))?;
+    if genesis != *expected {
+        return Err(StoreError::WrongChain {
+            path: path.to_owned(),
+            found: genesis,
+            expected: *expected,
+        });
+    }
+    let floor = db
+        .get(COL_META, META_FLOOR)?
+        .map(|v| decode_u64("history_floor", &v))
+        .transpose()?;
+    Ok(Pointers {
+        genesis,
+        head: load_pointer(db, META_HEAD)?.ok_or_else(|| missing(META_HEAD))?,
+        finalized: load_pointer(db, META_FINALIZED)?.ok_or_else(|| missing(META_FINALIZED))?,
+        low: load_pointer(db, META_LOW)?.ok_or_else(|| missing(META_LOW))?,
+        anchor: load_pointer(db, META_ANCHOR)?,
+        floor: floor.unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests;

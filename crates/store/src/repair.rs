@@ -1,0 +1,134 @@
+//! The check at open: the recent chain under the head, and the pointers, repaired where a crash or
+//! a lost data tail left them pointing at missing or unlinked blocks.
+
+use syncnode_types::{Block, Height};
+
+use crate::schema::*;
+use crate::{BlockStore, StoreError, lock};
+
+/// What the check at open found and changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Blocks checked.
+    pub checked: u64,
+    /// Each change made, in words, for the log.
+    pub actions: Vec<String>,
+}
+
+impl RepairReport {
+    /// Nothing needed repair.
+    pub fn is_clean(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+impl BlockStore {
+    /// The canonical block at `height` if it is stored intact (decodes, hashes to its key, has
+    /// that height); `None` when missing or damaged.
+    fn intact_at(&self, height: Height) -> Option<Block> {
+        let hash = self.hash_at(height).ok().flatten()?;
+        let block = self.block(&hash).ok().flatten()?;
+        (block.height() == height).then_some(block)
+    }
+
+    /// Walks from the head down `depth` blocks (never below the backfill low) checking that every
+    /// block is intact and links to the one below; rolls the head back below the lowest fault.
+    /// Checks that the finalized and low pointers name intact blocks, moving them if not.
+    pub(crate) fn check_and_repair_recent(&self, depth: u64) -> Result<RepairReport, StoreError> {
+        let _writer = lock(&self.writer);
+        let p = self.pointers();
+        let mut report = RepairReport::default();
+        let mut next = p;
+        let mut changes: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+
+        // The low pointer first: the walk below never goes under it.
+        if self.intact_at(p.low.height).map(|b| b.hash()) != Some(p.low.hash) {
+            let found = (p.low.height + 1..=p.head.height.min(p.low.height + depth))
+                .find_map(|h| self.intact_at(h));
+            let Some(block) = found else {
+                return Err(StoreError::Corrupt(format!(
+                    "the lowest block at {} and the {depth} above it are missing; the store cannot be repaired",
+                    p.low.height
+                )));
+            };
+            next.low = Pointer::at(&block);
+            report.actions.push(format!(
+                "backfill low block at {} was missing: low moved up to {}",
+                p.low.height, next.low.height
+            ));
+        }
+
+        let bottom = next.low.height.max(p.head.height.saturating_sub(depth));
+        let mut lowest_fault: Option<Height> = None;
+        let mut above: Option<Block> = None;
+        for height in (bottom..=p.head.height).rev() {
+            report.checked += 1;
+            let block = self.intact_at(height);
+            let fault = match (&block, &above) {
+                (None, _) => Some(height),
+                (Some(b), None) if height == p.head.height && b.hash() != p.head.hash => {
+                    Some(height)
+                }
+                (Some(b), Some(a)) if a.header.parent_hash != b.hash() => Some(height + 1),
+                _ => None,
+            };
+            if let Some(f) = fault {
+                lowest_fault = Some(f);
+            }
+            above = block;
+        }
+        if let Some(fault) = lowest_fault {
+            let new_head = (next.low.height..fault)
+                .rev()
+                .find_map(|h| self.intact_at(h))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "no intact block between {} and {fault}",
+                        next.low.height
+                    ))
+                })?;
+            next.head = Pointer::at(&new_head);
+            for h in next.head.height + 1..=p.head.height {
+                changes.push((COL_CANON, height_key(h).to_vec(), None));
+            }
+            report.actions.push(format!(
+                "blocks from height {fault} were missing or did not link: head rolled back from {} to {}",
+                p.head.height, next.head.height
+            ));
+            if next.finalized.height > next.head.height {
+                report.actions.push(format!(
+                    "finalized block at {} was lost: finalized rolled back to {}",
+                    next.finalized.height, next.head.height
+                ));
+                next.finalized = next.head;
+            }
+        }
+        if next.finalized.height < next.low.height
+            || self.intact_at(next.finalized.height).map(|b| b.hash()) != Some(next.finalized.hash)
+        {
+            let fallback = next.low;
+            report.actions.push(format!(
+                "finalized pointer at {} did not name an intact canonical block: reset to {}",
+                next.finalized.height, fallback.height
+            ));
+            next.finalized = fallback;
+        }
+        if next != p {
+            for (name, old, new) in [
+                (META_HEAD, p.head, next.head),
+                (META_FINALIZED, p.finalized, next.finalized),
+                (META_LOW, p.low, next.low),
+            ] {
+                if old != new {
+                    changes.push((COL_META, name.to_vec(), Some(new.encode())));
+                }
+            }
+            self.db.commit(changes)?;
+            self.set_pointers(next);
+            for action in &report.actions {
+                tracing::warn!(store = %self.path.display(), "repair: {action}");
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,103 @@
+//! The on-disk layout: columns, keys and value encodings. One owner for every byte the store writes.
+
+use bytes::Bytes;
+use prost::Message;
+use syncnode_proto::pb;
+use syncnode_types::{Block, Hash, Height};
+
+use crate::StoreError;
+
+/// Column of blocks: block hash (32 bytes) → protobuf `Block`. Holds canonical and side blocks.
+pub const COL_BLOCKS: u8 = 0;
+/// Column of the canonical chain: height (8 bytes BE) → block hash.
+pub const COL_CANON: u8 = 1;
+/// Column of metadata: pointer name → value.
+pub const COL_META: u8 = 2;
+/// Number of columns.
+pub const NUM_COLUMNS: u8 = 3;
+
+/// Version of this layout, stored under [`META_SCHEMA`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const META_SCHEMA: &[u8] = b"schema";
+pub const META_GENESIS: &[u8] = b"genesis";
+pub const META_HEAD: &[u8] = b"head";
+pub const META_FINALIZED: &[u8] = b"finalized";
+pub const META_ANCHOR: &[u8] = b"anchor";
+pub const META_LOW: &[u8] = b"backfill_low";
+pub const META_FLOOR: &[u8] = b"history_floor";
+pub const META_CURSOR_PREFIX: &[u8] = b"cursor/";
+
+/// A pointer: a height and the hash of the canonical block there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointer {
+    pub height: Height,
+    pub hash: Hash,
+}
+
+impl Pointer {
+    /// 8 bytes BE height then 32 bytes hash.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40);
+        out.extend_from_slice(&self.height.to_be_bytes());
+        out.extend_from_slice(&self.hash.0);
+        out
+    }
+
+    /// Decodes [`Pointer::encode`]'s bytes.
+    pub fn decode(name: &'static [u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("pointer {} is not 40 bytes", show(name)));
+        if bytes.len() != 40 {
+            return Err(corrupt());
+        }
+        let height = u64::from_be_bytes(bytes[0..8].try_into().map_err(|_| corrupt())?);
+        let hash = Hash::from_slice(&bytes[8..40]).map_err(|_| corrupt())?;
+        Ok(Pointer { height, hash })
+    }
+
+    /// The pointer at `block`.
+    pub fn at(block: &Block) -> Self {
+        Pointer {
+            height: block.height(),
+            hash: block.hash(),
+        }
+    }
+}
+
+/// The canonical-index key of a height.
+pub fn height_key(height: Height) -> [u8; 8] {
+    height.to_be_bytes()
+}
+
+/// Encodes a block as stored (its protobuf bytes).
+pub fn encode_block(block: &Block) -> Vec<u8> {
+    pb::Block::from(block).encode_to_vec()
+}
+
+/// Decodes a stored block, checking that it is the block stored under `hash`.
+pub fn decode_block(hash: &Hash, bytes: Vec<u8>) -> Result<Block, StoreError> {
+    let msg = pb::Block::decode(Bytes::from(bytes))
+        .map_err(|e| StoreError::Corrupt(format!("block {hash} does not decode: {e}")))?;
+    let block = Block::try_from(msg)
+        .map_err(|e| StoreError::Corrupt(format!("block {hash} is malformed: {e}")))?;
+    if block.hash() != *hash {
+        return Err(StoreError::Corrupt(format!(
+            "block stored under {hash} hashes to {}",
+            block.hash()
+        )));
+    }
+    Ok(block)
+}
+
+/// A u64 value (8 bytes BE).
+pub fn decode_u64(name: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{name} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// Printable name of a metadata key.
+pub fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}

@@ -1,0 +1,271 @@
+//! Store tests on real parity-db files in temporary directories.
+
+use syncnode_types::{Block, ChainSpec, DevChain, Hash};
+
+use crate::schema::*;
+use crate::*;
+
+fn spec() -> ChainSpec {
+    ChainSpec::dev("store-test", 2, 1_000_000, 1000, 8).expect("spec")
+}
+
+fn chain(n: u64) -> Vec<Block> {
+    let spec = spec();
+    DevChain::new(&spec)
+        .expect("dev")
+        .extend(&spec.genesis().header, n, 64)
+}
+
+fn open(dir: &tempfile::TempDir) -> BlockStore {
+    let (store, report) = BlockStore::open(dir.path(), &spec()).expect("open");
+    assert!(report.is_clean(), "{report:?}");
+    store
+}
+
+#[test]
+fn new_store_holds_genesis_and_reopens() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let g = spec().genesis();
+    assert_eq!(store.head(), Pointer::at(&g));
+    assert_eq!(store.block_at(0).expect("read"), Some(g.clone()));
+    assert_eq!(store.status().genesis_hash, g.hash());
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.head().height, 0);
+    drop(store);
+    let other = ChainSpec::dev("other", 2, 1_000_000, 1000, 8).expect("spec");
+    assert!(matches!(
+        BlockStore::open(dir.path(), &other),
+        Err(StoreError::WrongChain { .. })
+    ));
+}
+
+#[test]
+fn forward_import_is_atomic_idempotent_and_finalizes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(100);
+    let out = store.import_blocks(&blocks[..50]).expect("import");
+    assert_eq!(
+        out,
+        ImportOutcome::Canonical {
+            head: Pointer::at(&blocks[49]),
+            imported: 50,
+            reorg_from: None
+        }
+    );
+    assert_eq!(
+        store.import_blocks(&blocks[10..50]).expect("replay"),
+        ImportOutcome::Known
+    );
+    // Overlapping replay imports only the new part.
+    let out = store.import_blocks(&blocks[40..100]).expect("overlap");
+    assert!(matches!(out, ImportOutcome::Canonical { imported: 50, .. }));
+    let p = store.pointers();
+    assert_eq!(p.head, Pointer::at(&blocks[99]));
+    assert_eq!(p.finalized, Pointer::at(&blocks[99 - 8]));
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.pointers(), p);
+    let report = store.verify_chain(|_, _| {}).expect("check");
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.blocks, 101);
+}
+
+#[test]
+fn bad_imports_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(10);
+    assert!(matches!(
+        store.import_blocks(&blocks[2..5]),
+        Err(StoreError::UnknownParent { .. })
+    ));
+    let gap = vec![blocks[0].clone(), blocks[2].clone()];
+    let err = store.import_blocks(&gap).expect_err("gap");
+    assert!(matches!(err, StoreError::Invalid { index: 1, .. }) && err.is_bad_data());
+    assert_eq!(store.head().height, 0);
+}
+
+#[test]
+fn fork_choice_longest_wins_and_never_below_finalized() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let spec = spec();
+    let dev = DevChain::new(&spec).expect("dev");
+    let main = chain(20);
+    store.import_blocks(&main).expect("main");
+    // A fork from height 15 with other payloads: shorter → side chain; longer → reorg.
+    let fork_base = &main[14];
+    let mut fork = Vec::new();
+    let mut parent = fork_base.header;
+    for _ in 0..7 {
+        let b = dev.child(&parent, bytes::Bytes::from_static(b"fork"));
+        parent = b.header;
+        fork.push(b);
+    }
+    assert!(matches!(
+        store.import_blocks(&fork[..5]).expect("side"),
+        ImportOutcome::SideChain { .. }
+    ));
+    assert_eq!(store.head(), Pointer::at(&main[19]));
+    let out = store.import_blocks(&fork[5..]).expect("reorg");
+    assert_eq!(
+        out,
+        ImportOutcome::Canonical {
+            head: Pointer::at(&fork[6]),
+            imported: 2,
+            reorg_from: Some(16)
+        }
+    );
+    assert_eq!(store.hash_at(16).expect("read"), Some(fork[0].hash()));
+    assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
+    // A fork from below the finalized block (22 - 8 = 14) is refused.
+    let mut deep = Vec::new();
+    let mut parent = main[4].header;
+    for _ in 0..30 {
+        let b = dev.child(&parent, bytes::Bytes::from_static(b"deep"));
+        parent = b.header;
+        deep.push(b);
+    }
+    store.import_blocks(&deep[..1]).expect_err("deep fork");
+    assert!(matches!(
+        store.import_blocks(&deep[..1]),
+        Err(StoreError::ConflictsWithFinalized { .. })
+    ));
+}
+
+#[test]
+fn checkpoint_then_backfill_to_genesis() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(300);
+    store.start_from_checkpoint(&blocks[199]).expect("anchor");
+    store
+        .start_from_checkpoint(&blocks[199])
+        .expect("idempotent");
+    assert_eq!(store.status().earliest_height, 200);
+    store
+        .import_blocks(&blocks[200..])
+        .expect("forward from the checkpoint");
+    // A batch that does not reach the low block is refused.
+    assert!(matches!(
+        store.import_backfill(&blocks[100..150]),
+        Err(StoreError::BackfillLink(_))
+    ));
+    let out = store.import_backfill(&blocks[100..199]).expect("backfill");
+    assert_eq!((out.low.height, out.complete), (101, false));
+    assert_eq!(
+        store
+            .import_backfill(&blocks[100..199])
+            .expect("replay")
+            .imported,
+        0
+    );
+    let out = store
+        .import_backfill(&blocks[0..100])
+        .expect("backfill to genesis");
+    assert_eq!((out.low.height, out.complete), (0, true));
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.status().earliest_height, 0);
+    let report = store.verify_chain(|_, _| {}).expect("check");
+    assert!(report.is_ok() && report.blocks == 301, "{report:?}");
+    assert!(
+        store.start_from_checkpoint(&chain(5)[2]).is_ok(),
+        "a checkpoint on our own chain is accepted"
+    );
+}
+
+#[test]
+fn range_reads_stop_at_head_gap_and_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(50);
+    store.import_blocks(&blocks).expect("import");
+    assert_eq!(
+        store
+            .blocks_by_range(45, 100, usize::MAX)
+            .expect("read")
+            .len(),
+        6
+    );
+    assert_eq!(
+        store
+            .blocks_by_range(51, 10, usize::MAX)
+            .expect("read")
+            .len(),
+        0
+    );
+    let one = syncnode_proto::convert::encoded_block_field_len(&blocks[0]);
+    assert_eq!(
+        store
+            .blocks_by_range(1, 10, one * 3 + 1)
+            .expect("read")
+            .len(),
+        3
+    );
+    let got = store
+        .blocks_by_root(
+            &[blocks[3].hash(), Hash::ZERO, blocks[1].hash()],
+            usize::MAX,
+        )
+        .expect("read");
+    assert_eq!(got, vec![blocks[3].clone(), blocks[1].clone()]);
+}
+
+#[test]
+fn open_repairs_a_lost_tail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(200);
+    store.import_blocks(&blocks).expect("import");
+    // Lose the data of blocks 191..=200 while the head pointer still names 200.
+    let lost: Vec<_> = blocks[190..]
+        .iter()
+        .map(|b| (COL_BLOCKS, b.hash().0.to_vec(), None))
+        .collect();
+    store.db.commit(lost).expect("delete");
+    drop(store);
+    let (store, report) = BlockStore::open(dir.path(), &spec()).expect("open repairs");
+    assert!(!report.is_clean());
+    assert_eq!(store.head(), Pointer::at(&blocks[189]));
+    assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
+    // The lost blocks import again.
+    store.import_blocks(&blocks[190..]).expect("re-import");
+    assert_eq!(store.head(), Pointer::at(&blocks[199]));
+}
+
+#[test]
+fn verify_chain_finds_damage() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(30);
+    store.import_blocks(&blocks).expect("import");
+    let mut bad = blocks[9].clone();
+    bad.signature.0[0] ^= 1;
+    // Same hash (the signature is not hashed), a bad signature.
+    store
+        .db
+        .commit(vec![(
+            COL_BLOCKS,
+            bad.hash().0.to_vec(),
+            Some(encode_block(&bad)),
+        )])
+        .expect("write");
+    lock(&store.cache).remove(&bad.hash());
+    let report = store.verify_chain(|_, _| {}).expect("check");
+    assert_eq!(report.faults.len(), 1, "{:?}", report.faults);
+    assert_eq!(report.faults[0].height, 10);
+}
+
+#[test]
+fn cursors_persist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    assert_eq!(store.cursor("indexer").expect("read"), None);
+    store.set_cursor("indexer", 42).expect("write");
+    drop(store);
+    assert_eq!(open(&dir).cursor("indexer").expect("read"), Some(42));
+}

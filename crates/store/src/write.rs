@@ -1,0 +1,293 @@
+//! Writes: forward import with fork choice, backfill below the lowest block, checkpoint anchors.
+//! Each is one atomic commit of blocks, index entries and the pointers that move with them.
+
+use std::collections::HashMap;
+
+use syncnode_types::validity::check_link;
+use syncnode_types::{Block, Hash, Height};
+
+use crate::schema::*;
+use crate::{BlockStore, Pointers, StoreError, lock};
+
+type Change = (u8, Vec<u8>, Option<Vec<u8>>);
+
+/// What a forward import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The canonical chain now ends at `head`. `reorg_from` is the lowest height whose canonical
+    /// block was replaced, when the import switched to a longer fork.
+    Canonical {
+        head: Pointer,
+        imported: usize,
+        reorg_from: Option<Height>,
+    },
+    /// Every block was already canonical: nothing changed.
+    Known,
+    /// Stored as a side chain that is not longer than the canonical chain.
+    SideChain { tip: Pointer },
+}
+
+/// What a backfill import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillOutcome {
+    /// The new lowest block of the unbroken canonical range.
+    pub low: Pointer,
+    /// Blocks newly stored.
+    pub imported: usize,
+    /// Backfill reached genesis or the history floor.
+    pub complete: bool,
+}
+
+fn check_consecutive(blocks: &[Block], offset: usize) -> Result<(), StoreError> {
+    for (i, pair) in blocks.windows(2).enumerate() {
+        check_link(&pair[1].header, &pair[0].header).map_err(|error| StoreError::Invalid {
+            index: offset + i + 1,
+            error,
+        })?;
+    }
+    Ok(())
+}
+
+fn put_block(changes: &mut Vec<Change>, block: &Block, canonical: bool) {
+    let hash = block.hash();
+    changes.push((COL_BLOCKS, hash.0.to_vec(), Some(encode_block(block))));
+    if canonical {
+        changes.push((
+            COL_CANON,
+            height_key(block.height()).to_vec(),
+            Some(hash.0.to_vec()),
+        ));
+    }
+}
+
+impl BlockStore {
+    /// Imports consecutive blocks whose rules 3–5 the caller has checked. The first block's parent
+    /// must be stored. Extends the head, switches to a longer fork above the finalized block, or
+    /// keeps a shorter fork as a side chain; between equal heights the chain seen first stays.
+    pub fn import_blocks(&self, blocks: &[Block]) -> Result<ImportOutcome, StoreError> {
+        if blocks.is_empty() {
+            return Err(StoreError::Empty);
+        }
+        check_consecutive(blocks, 0)?;
+        let _writer = lock(&self.writer);
+        let p = self.pointers();
+        let mut skip = 0;
+        while skip < blocks.len()
+            && blocks[skip].height() <= p.head.height
+            && self.hash_at(blocks[skip].height())? == Some(blocks[skip].hash())
+        {
+            skip += 1;
+        }
+        let Some(first) = blocks.get(skip) else {
+            return Ok(ImportOutcome::Known);
+        };
+        let new = &blocks[skip..];
+        let parent_hash = first.header.parent_hash;
+        let parent = self.block(&parent_hash)?.ok_or(StoreError::UnknownParent {
+            height: first.height(),
+            parent: parent_hash,
+        })?;
+        check_link(&first.header, &parent.header)
+            .map_err(|error| StoreError::Invalid { index: skip, error })?;
+
+        // Walk back from the parent to the canonical chain: the fork point.
+        let mut side = Vec::new();
+        let mut fork = parent;
+        while !(fork.height() <= p.head.height && self.hash_at(fork.height())? == Some(fork.hash()))
+        {
+            if fork.height() <= p.finalized.height {
+                return Err(StoreError::ConflictsWithFinalized {
+                    fork_height: fork.height(),
+                    finalized: p.finalized.height,
+                });
+            }
+            let up = fork.header.parent_hash;
+            let next = self.block(&up)?.ok_or(StoreError::UnknownParent {
+                height: fork.height(),
+                parent: up,
+            })?;
+            side.push(std::mem::replace(&mut fork, next));
+        }
+        if fork.height() < p.finalized.height {
+            return Err(StoreError::ConflictsWithFinalized {
+                fork_height: fork.height(),
+                finalized: p.finalized.height,
+            });
+        }
+        let last = &new[new.len() - 1];
+        let tip = Pointer::at(last);
+        let mut changes = Vec::with_capacity(new.len() * 2 + side.len() + 2);
+        if tip.height <= p.head.height && fork.hash() != p.head.hash {
+            for block in new {
+                put_block(&mut changes, block, false);
+            }
+            self.db.commit(changes)?;
+            return Ok(ImportOutcome::SideChain { tip });
+        }
+        let reorg_from = (fork.hash() != p.head.hash).then(|| fork.height() + 1);
+        let mut canon_now: HashMap<Height, Hash> = HashMap::new();
+        for block in side.iter().rev() {
+            changes.push((
+                COL_CANON,
+                height_key(block.height()).to_vec(),
+                Some(block.hash().0.to_vec()),
+            ));
+            canon_now.insert(block.height(), block.hash());
+        }
+        for block in new {
+            put_block(&mut changes, block, true);
+            canon_now.insert(block.height(), block.hash());
+        }
+        let mut next = p;
+        next.head = tip;
+        let finalized_height = tip.height.saturating_sub(self.spec.finality_depth);
+        if finalized_height > p.finalized.height {
+            let hash = match canon_now.get(&finalized_height) {
+                Some(h) => *h,
+                None => self.hash_at(finalized_height)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("no canonical block at {finalized_height}"))
+                })?,
+            };
+            next.finalized = Pointer {
+                height: finalized_height,
+                hash,
+            };
+            changes.push((
+                COL_META,
+                META_FINALIZED.to_vec(),
+                Some(next.finalized.encode()),
+            ));
+        }
+        changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
+        self.db.commit(changes)?;
+        self.set_pointers(next);
+        lock(&self.cache).insert(last.clone());
+        Ok(ImportOutcome::Canonical {
+            head: tip,
+            imported: new.len(),
+            reorg_from,
+        })
+    }
+
+    /// Imports consecutive blocks just below the lowest stored block, ascending; the highest must
+    /// be the parent of the lowest block. Blocks at or above the low pointer, or below the history
+    /// floor, are skipped, so a replayed batch changes nothing.
+    pub fn import_backfill(&self, blocks: &[Block]) -> Result<BackfillOutcome, StoreError> {
+        if blocks.is_empty() {
+            return Err(StoreError::Empty);
+        }
+        check_consecutive(blocks, 0)?;
+        let _writer = lock(&self.writer);
+        let p = self.pointers();
+        let complete = |low: &Pointer, p: &Pointers| low.height <= p.floor || low.height == 0;
+        if let Some(g) = blocks.iter().find(|b| b.height() == 0)
+            && g.hash() != p.genesis
+        {
+            return Err(StoreError::BackfillLink(format!(
+                "block at height 0 is {}, not genesis",
+                g.hash()
+            )));
+        }
+        let new: Vec<&Block> = blocks
+            .iter()
+            .filter(|b| b.height() > 0 && b.height() < p.low.height && b.height() >= p.floor)
+            .collect();
+        let (Some(first), Some(top)) = (new.first(), new.last()) else {
+            return Ok(BackfillOutcome {
+                low: p.low,
+                imported: 0,
+                complete: complete(&p.low, &p),
+            });
+        };
+        let low_block = self.block(&p.low.hash)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("backfill low block {} is missing", p.low.hash))
+        })?;
+        if top.height() + 1 != p.low.height || top.hash() != low_block.header.parent_hash {
+            return Err(StoreError::BackfillLink(format!(
+                "block {} at height {} is not the parent {} of the lowest block at {}",
+                top.hash(),
+                top.height(),
+                low_block.header.parent_hash,
+                p.low.height
+            )));
+        }
+        let mut low = Pointer::at(first);
+        if first.height() == 1 {
+            if first.header.parent_hash != p.genesis {
+                return Err(StoreError::BackfillLink(format!(
+                    "block at height 1 has parent {}, not genesis {}",
+                    first.header.parent_hash, p.genesis
+                )));
+            }
+            low = Pointer {
+                height: 0,
+                hash: p.genesis,
+            };
+        }
+        let mut changes = Vec::with_capacity(new.len() * 2 + 1);
+        for block in &new {
+            put_block(&mut changes, block, true);
+        }
+        changes.push((COL_META, META_LOW.to_vec(), Some(low.encode())));
+        self.db.commit(changes)?;
+        let mut next = p;
+        next.low = low;
+        self.set_pointers(next);
+        Ok(BackfillOutcome {
+            low,
+            imported: new.len(),
+            complete: complete(&low, &next),
+        })
+    }
+
+    /// Makes a fresh store start from a trusted checkpoint block (whose rules 3–5 and hash the
+    /// caller has checked): head, finalized, backfill low and anchor all point at it. Idempotent
+    /// for the same checkpoint; refused when the store already holds another chain.
+    pub fn start_from_checkpoint(&self, block: &Block) -> Result<(), StoreError> {
+        let _writer = lock(&self.writer);
+        let p = self.pointers();
+        let anchor = Pointer::at(block);
+        if anchor.height == 0 {
+            return Err(StoreError::Checkpoint(
+                "a checkpoint at height 0 is genesis; start without one".into(),
+            ));
+        }
+        if p.head.height > 0 {
+            if p.anchor == Some(anchor) || self.hash_at(anchor.height)? == Some(anchor.hash) {
+                return Ok(());
+            }
+            return Err(StoreError::Checkpoint(format!(
+                "store already holds a chain up to {} that does not contain {} at {}",
+                p.head.height, anchor.hash, anchor.height
+            )));
+        }
+        let mut changes = Vec::new();
+        put_block(&mut changes, block, true);
+        for name in [META_HEAD, META_FINALIZED, META_LOW, META_ANCHOR] {
+            changes.push((COL_META, name.to_vec(), Some(anchor.encode())));
+        }
+        self.db.commit(changes)?;
+        self.set_pointers(Pointers {
+            head: anchor,
+            finalized: anchor,
+            low: anchor,
+            anchor: Some(anchor),
+            ..p
+        });
+        Ok(())
+    }
+
+    /// Sets the height below which history is not kept (0 keeps everything).
+    pub fn set_history_floor(&self, floor: Height) -> Result<(), StoreError> {
+        let _writer = lock(&self.writer);
+        self.db.commit(vec![(
+            COL_META,
+            META_FLOOR.to_vec(),
+            Some(floor.to_be_bytes().to_vec()),
+        )])?;
+        let mut p = self.pointers();
+        p.floor = floor;
+        self.set_pointers(p);
+        Ok(())
+    }
+}
