@@ -141,10 +141,7 @@ impl BlocksByRangeRequest {
                 count,
             });
         }
-        Ok(BlocksByRangeRequest {
-            start_height,
-            count,
-        })
+        Ok(BlocksByRangeRequest { start_height, count })
     }
 
     /// One past the last height asked for.
@@ -188,11 +185,7 @@ impl BlocksByRootRequest {
 impl From<&BlocksByRootRequest> for pb::BlocksByRootRequest {
     fn from(r: &BlocksByRootRequest) -> Self {
         pb::BlocksByRootRequest {
-            hashes: r
-                .hashes
-                .iter()
-                .map(|h| Bytes::copy_from_slice(&h.0))
-                .collect(),
+            hashes: r.hashes.iter().map(|h| Bytes::copy_from_slice(&h.0)).collect(),
         }
     }
 }

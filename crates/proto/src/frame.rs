@@ -36,17 +36,13 @@ pub fn encode_frame<M: Message>(msg: &M) -> Vec<u8> {
 
 /// Decodes one whole frame from a byte slice, checking the limit before anything else.
 /// Returns the message and the number of bytes consumed.
-pub fn decode_frame<M: Message + Default>(
-    buf: &[u8],
-    max: usize,
-) -> Result<(M, usize), FrameError> {
+pub fn decode_frame<M: Message + Default>(buf: &[u8], max: usize) -> Result<(M, usize), FrameError> {
     let mut len: u64 = 0;
     let mut prefix = 0usize;
     loop {
-        let byte = *buf.get(prefix).ok_or(FrameError::Truncated {
-            got: 0,
-            expected: 1,
-        })?;
+        let byte = *buf
+            .get(prefix)
+            .ok_or(FrameError::Truncated { got: 0, expected: 1 })?;
         len |= u64::from(byte & 0x7f) << (7 * prefix);
         prefix += 1;
         if len > max as u64 {
@@ -67,10 +63,7 @@ pub fn decode_frame<M: Message + Default>(
     Ok((M::decode(body)?, prefix + len))
 }
 
-async fn read_length<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> Result<Option<usize>, FrameError> {
+async fn read_length<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<usize>, FrameError> {
     let mut len: u64 = 0;
     for i in 0..MAX_VARINT_LEN {
         let mut byte = [0u8; 1];
@@ -124,10 +117,7 @@ pub async fn read_frame<M: Message + Default, R: AsyncRead + Unpin>(
 ) -> Result<M, FrameError> {
     let bytes = read_frame_bytes(r, max)
         .await?
-        .ok_or(FrameError::Truncated {
-            got: 0,
-            expected: 1,
-        })?;
+        .ok_or(FrameError::Truncated { got: 0, expected: 1 })?;
     Ok(M::decode(bytes)?)
 }
 
@@ -139,10 +129,7 @@ pub async fn write_frame<M: Message, W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     let len = msg.encoded_len();
     if len > max {
-        return Err(FrameError::TooLarge {
-            len: len as u64,
-            max,
-        });
+        return Err(FrameError::TooLarge { len: len as u64, max });
     }
     w.write_all(&encode_frame(msg)).await?;
     Ok(())

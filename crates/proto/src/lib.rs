@@ -25,9 +25,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/syncnode.v1.rs"));
 }
 
-pub use convert::{
-    BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ConvertError, Status,
-};
+pub use convert::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ConvertError, Status};
 pub use frame::{FrameError, decode_frame, encode_frame, read_frame, write_frame};
 
 use std::time::Duration;

@@ -29,8 +29,7 @@ fn vector_blocks() -> Vec<Block> {
     raw.into_iter()
         .map(|v| {
             let bytes = hex::decode(&v.block_protobuf).expect("hex");
-            let block =
-                Block::try_from(pb::Block::decode(&bytes[..]).expect("decodes")).expect("converts");
+            let block = Block::try_from(pb::Block::decode(&bytes[..]).expect("decodes")).expect("converts");
             assert_eq!((block.height(), block.hash()), (v.height, v.hash));
             assert_eq!(
                 hex::encode(pb::Block::from(&block).encode_to_vec()),
@@ -76,8 +75,7 @@ fn genesis_block_protobuf() {
     struct G {
         block_protobuf: String,
     }
-    let g: G =
-        serde_json::from_str(include_str!("../../../testdata/vectors/genesis.json")).expect("json");
+    let g: G = serde_json::from_str(include_str!("../../../testdata/vectors/genesis.json")).expect("json");
     assert_eq!(
         hex::encode(pb::Block::from(&spec().genesis()).encode_to_vec()),
         g.block_protobuf
@@ -111,18 +109,13 @@ fn request_vectors() {
     );
 
     let blocks = vector_blocks();
-    let roots =
-        BlocksByRootRequest::new(vec![blocks[0].hash(), blocks[5 - 1].hash()]).expect("valid");
+    let roots = BlocksByRootRequest::new(vec![blocks[0].hash(), blocks[5 - 1].hash()]).expect("valid");
     let v = message("blocks_by_root_request");
-    let pb_roots = pb::BlocksByRootRequest::decode(&hex::decode(&v.protobuf).expect("hex")[..])
-        .expect("decodes");
+    let pb_roots =
+        pb::BlocksByRootRequest::decode(&hex::decode(&v.protobuf).expect("hex")[..]).expect("decodes");
     let typed = BlocksByRootRequest::try_from(&pb_roots).expect("converts");
     assert_eq!(typed.hashes[0], roots.hashes[0]);
-    assert_round_trip(
-        &pb::BlocksByRootRequest::from(&typed),
-        &v,
-        MAX_REQUEST_FRAME,
-    );
+    assert_round_trip(&pb::BlocksByRootRequest::from(&typed), &v, MAX_REQUEST_FRAME);
 }
 
 #[test]
@@ -165,19 +158,16 @@ fn invalid_block_vectors_fail_with_their_rule() {
     let spec = spec();
     let parent = vector_blocks()[1].clone();
     assert_eq!(parent.height(), 2);
-    let invalid: Vec<Invalid> = serde_json::from_str(include_str!(
-        "../../../testdata/vectors/invalid_blocks.json"
-    ))
-    .expect("json");
+    let invalid: Vec<Invalid> =
+        serde_json::from_str(include_str!("../../../testdata/vectors/invalid_blocks.json")).expect("json");
     let mut checked = 0;
     for v in invalid {
         let Some(hex_bytes) = v.block_protobuf else {
             continue;
         };
-        let block = Block::try_from(
-            pb::Block::decode(&hex::decode(hex_bytes).expect("hex")[..]).expect("decodes"),
-        )
-        .expect("converts");
+        let block =
+            Block::try_from(pb::Block::decode(&hex::decode(hex_bytes).expect("hex")[..]).expect("decodes"))
+                .expect("converts");
         assert_eq!(block.hash(), v.hash, "{}", v.why);
         let err = check_standalone(&block, &spec)
             .and_then(|()| check_link(&block.header, &parent.header))
@@ -190,20 +180,14 @@ fn invalid_block_vectors_fail_with_their_rule() {
 
 #[test]
 fn limits_are_enforced() {
-    assert_eq!(
-        BlocksByRangeRequest::new(0, 0),
-        Err(ConvertError::RangeCount(0))
-    );
+    assert_eq!(BlocksByRangeRequest::new(0, 0), Err(ConvertError::RangeCount(0)));
     assert_eq!(
         BlocksByRangeRequest::new(0, 1025),
         Err(ConvertError::RangeCount(1025))
     );
     assert!(BlocksByRangeRequest::new(u64::MAX, 2).is_err());
     assert!(BlocksByRangeRequest::new(7, 1024).is_ok());
-    assert_eq!(
-        BlocksByRootRequest::new(vec![]),
-        Err(ConvertError::RootCount(0))
-    );
+    assert_eq!(BlocksByRootRequest::new(vec![]), Err(ConvertError::RootCount(0)));
     assert_eq!(
         BlocksByRootRequest::new(vec![Hash::ZERO; 129]),
         Err(ConvertError::RootCount(129))
@@ -233,11 +217,8 @@ fn limits_are_enforced() {
     // A length one over the limit is refused from the prefix alone, before any body byte exists.
     let mut prefix = Vec::new();
     prost::encode_length_delimiter(MAX_REQUEST_FRAME + 1, &mut prefix).expect("fits");
-    let err = block_on(read_frame::<pb::Status, _>(
-        &mut &prefix[..],
-        MAX_REQUEST_FRAME,
-    ))
-    .expect_err("too large");
+    let err =
+        block_on(read_frame::<pb::Status, _>(&mut &prefix[..], MAX_REQUEST_FRAME)).expect_err("too large");
     assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     // An endless varint is refused after ten bytes.
     let endless = [0x80u8; 16];
@@ -265,14 +246,7 @@ fn limits_are_enforced() {
         error_message: "x".repeat(100),
     };
     let mut out = Vec::new();
-    assert!(
-        block_on(write_frame(
-            &mut futures::io::Cursor::new(&mut out),
-            &big,
-            50
-        ))
-        .is_err()
-    );
+    assert!(block_on(write_frame(&mut futures::io::Cursor::new(&mut out), &big, 50)).is_err());
 }
 
 proptest! {

@@ -69,8 +69,7 @@ mod tests {
     #[test]
     fn bounded_by_bytes_and_count() {
         let key = SigningKey::dev(0);
-        let block =
-            |h: u64| Block::new_signed(h, Hash::ZERO, h, Bytes::from(vec![0u8; 1000]), &key);
+        let block = |h: u64| Block::new_signed(h, Hash::ZERO, h, Bytes::from(vec![0u8; 1000]), &key);
         let mut cache = BlockCache::new(3, 2500);
         for h in 1..=5 {
             cache.insert(block(h));

@@ -49,10 +49,7 @@ impl ChainReport {
 impl BlockStore {
     /// Checks every canonical block in `[low, head]` (rules 1–5, signatures batch-verified in
     /// parallel), genesis, and every pointer. `progress(done, total)` is called after each chunk.
-    pub fn verify_chain(
-        &self,
-        mut progress: impl FnMut(u64, u64),
-    ) -> Result<ChainReport, StoreError> {
+    pub fn verify_chain(&self, mut progress: impl FnMut(u64, u64)) -> Result<ChainReport, StoreError> {
         let p = self.pointers();
         let mut report = ChainReport {
             low: p.low.height,
@@ -62,10 +59,7 @@ impl BlockStore {
         };
         let total = p.head.height - p.low.height + 1;
         if self.hash_at(0)? != Some(p.genesis) {
-            report.fault(
-                0,
-                "canonical block 0 is not the chain spec's genesis".into(),
-            );
+            report.fault(0, "canonical block 0 is not the chain spec's genesis".into());
         }
         if !(p.low.height <= p.finalized.height && p.finalized.height <= p.head.height) {
             report.fault(

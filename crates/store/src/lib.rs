@@ -72,13 +72,8 @@ pub enum StoreError {
     Invalid { index: usize, error: BlockError },
     #[error("parent {parent} of block at height {height} is unknown")]
     UnknownParent { height: Height, parent: Hash },
-    #[error(
-        "import would reorganise at height {fork_height}, at or below finalized height {finalized}"
-    )]
-    ConflictsWithFinalized {
-        fork_height: Height,
-        finalized: Height,
-    },
+    #[error("import would reorganise at height {fork_height}, at or below finalized height {finalized}")]
+    ConflictsWithFinalized { fork_height: Height, finalized: Height },
     #[error("backfill batch does not link: {0}")]
     BackfillLink(String),
     #[error("checkpoint refused: {0}")]
@@ -108,9 +103,10 @@ pub struct StoreConfig {
     pub cache_blocks: usize,
     /// Most bytes of blocks in the read cache.
     pub cache_bytes: usize,
-    /// How far below the head the check at open walks (it always reaches the finalized block when
-    /// that is nearer).
+    /// How far below the head the check at open walks.
     pub open_check_depth: u64,
+    /// Whether open repairs what its check finds (off for read-only inspection such as `db check`).
+    pub repair_on_open: bool,
 }
 
 impl Default for StoreConfig {
@@ -119,6 +115,7 @@ impl Default for StoreConfig {
             cache_blocks: 4096,
             cache_bytes: 16 * 1024 * 1024,
             open_check_depth: 1024,
+            repair_on_open: true,
         }
     }
 }
@@ -167,9 +164,7 @@ impl BlockStore {
         config: StoreConfig,
     ) -> Result<(Self, RepairReport), StoreError> {
         std::fs::create_dir_all(path).map_err(parity_db::Error::Io)?;
-        let mut options = parity_db::Options::with_columns(path, NUM_COLUMNS);
-        options.columns[COL_BLOCKS as usize].uniform = true;
-        let db = parity_db::Db::open_or_create(&options)?;
+        let db = parity_db::Db::open_or_create(&db_options(path))?;
         let genesis = spec.genesis();
         let genesis_ptr = Pointer::at(&genesis);
         if db.get(COL_META, META_GENESIS)?.is_none() {
@@ -190,18 +185,11 @@ impl BlockStore {
                     Some(u64::from(SCHEMA_VERSION).to_be_bytes().to_vec()),
                 ),
                 (COL_META, META_HEAD.to_vec(), Some(genesis_ptr.encode())),
-                (
-                    COL_META,
-                    META_FINALIZED.to_vec(),
-                    Some(genesis_ptr.encode()),
-                ),
+                (COL_META, META_FINALIZED.to_vec(), Some(genesis_ptr.encode())),
                 (COL_META, META_LOW.to_vec(), Some(genesis_ptr.encode())),
+                (COL_META, META_SPEC.to_vec(), Some(spec.to_json().into_bytes())),
                 // Genesis last: its presence marks a store whose creation committed.
-                (
-                    COL_META,
-                    META_GENESIS.to_vec(),
-                    Some(genesis_ptr.hash.0.to_vec()),
-                ),
+                (COL_META, META_GENESIS.to_vec(), Some(genesis_ptr.hash.0.to_vec())),
             ])?;
         }
         let pointers = load_pointers(&db, path, &genesis_ptr.hash)?;
@@ -213,8 +201,14 @@ impl BlockStore {
             cache: Mutex::new(BlockCache::new(config.cache_blocks, config.cache_bytes)),
             writer: Mutex::new(()),
         };
-        let report = store.check_and_repair_recent(config.open_check_depth)?;
+        let report = store.check_and_repair_recent(config.open_check_depth, config.repair_on_open)?;
         Ok((store, report))
+    }
+
+    /// Opens an existing store with the chain spec it was created with.
+    pub fn open_existing(path: &Path, config: StoreConfig) -> Result<(Self, RepairReport), StoreError> {
+        let spec = read_spec(path)?;
+        Self::open_with(path, &spec, config)
     }
 
     /// The chain spec this store belongs to.
@@ -258,9 +252,9 @@ impl BlockStore {
     pub fn hash_at(&self, height: Height) -> Result<Option<Hash>, StoreError> {
         match self.db.get(COL_CANON, &height_key(height))? {
             None => Ok(None),
-            Some(bytes) => Hash::from_slice(&bytes).map(Some).map_err(|_| {
-                StoreError::Corrupt(format!("canonical index at {height} is not a hash"))
-            }),
+            Some(bytes) => Hash::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(format!("canonical index at {height} is not a hash"))),
         }
     }
 
@@ -316,11 +310,7 @@ impl BlockStore {
     }
 
     /// The stored blocks among `hashes`, in request order, skipping absent ones, within `max_bytes`.
-    pub fn blocks_by_root(
-        &self,
-        hashes: &[Hash],
-        max_bytes: usize,
-    ) -> Result<Vec<Block>, StoreError> {
+    pub fn blocks_by_root(&self, hashes: &[Hash], max_bytes: usize) -> Result<Vec<Block>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for hash in hashes {
@@ -361,6 +351,23 @@ impl BlockStore {
     }
 }
 
+/// Reads the chain spec stored in the store at `path` (opening the database briefly).
+pub fn read_spec(path: &Path) -> Result<ChainSpec, StoreError> {
+    if !path.join("metadata").exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} is not a syncnode store",
+            path.display()
+        )));
+    }
+    let db = parity_db::Db::open_read_only(&db_options(path))?;
+    let text = db
+        .get(COL_META, META_SPEC)?
+        .ok_or_else(|| StoreError::Corrupt("the store holds no chain spec".into()))?;
+    let text =
+        String::from_utf8(text).map_err(|_| StoreError::Corrupt("stored chain spec is not UTF-8".into()))?;
+    ChainSpec::from_json(&text).map_err(|e| StoreError::Corrupt(format!("stored chain spec: {e}")))
+}
+
 fn cursor_key(name: &str) -> Vec<u8> {
     let mut key = META_CURSOR_PREFIX.to_vec();
     key.extend_from_slice(name.as_bytes());
@@ -384,8 +391,8 @@ fn load_pointers(db: &parity_db::Db, path: &Path, expected: &Hash) -> Result<Poi
     let genesis = db
         .get(COL_META, META_GENESIS)?
         .ok_or_else(|| missing(META_GENESIS))?;
-    let genesis = Hash::from_slice(&genesis)
-        .map_err(|_| StoreError::Corrupt("genesis is not a hash".into()))?;
+    let genesis =
+        Hash::from_slice(&genesis).map_err(|_| StoreError::Corrupt("genesis is not a hash".into()))?;
     if genesis != *expected {
         return Err(StoreError::WrongChain {
             path: path.to_owned(),

@@ -33,8 +33,13 @@ impl BlockStore {
 
     /// Walks from the head down `depth` blocks (never below the backfill low) checking that every
     /// block is intact and links to the one below; rolls the head back below the lowest fault.
-    /// Checks that the finalized and low pointers name intact blocks, moving them if not.
-    pub(crate) fn check_and_repair_recent(&self, depth: u64) -> Result<RepairReport, StoreError> {
+    /// Checks that the finalized and low pointers name intact blocks, moving them if not. With
+    /// `apply` false it only reports what it would change.
+    pub(crate) fn check_and_repair_recent(
+        &self,
+        depth: u64,
+        apply: bool,
+    ) -> Result<RepairReport, StoreError> {
         let _writer = lock(&self.writer);
         let p = self.pointers();
         let mut report = RepairReport::default();
@@ -43,8 +48,8 @@ impl BlockStore {
 
         // The low pointer first: the walk below never goes under it.
         if self.intact_at(p.low.height).map(|b| b.hash()) != Some(p.low.hash) {
-            let found = (p.low.height + 1..=p.head.height.min(p.low.height + depth))
-                .find_map(|h| self.intact_at(h));
+            let found =
+                (p.low.height + 1..=p.head.height.min(p.low.height + depth)).find_map(|h| self.intact_at(h));
             let Some(block) = found else {
                 return Err(StoreError::Corrupt(format!(
                     "the lowest block at {} and the {depth} above it are missing; the store cannot be repaired",
@@ -66,9 +71,7 @@ impl BlockStore {
             let block = self.intact_at(height);
             let fault = match (&block, &above) {
                 (None, _) => Some(height),
-                (Some(b), None) if height == p.head.height && b.hash() != p.head.hash => {
-                    Some(height)
-                }
+                (Some(b), None) if height == p.head.height && b.hash() != p.head.hash => Some(height),
                 (Some(b), Some(a)) if a.header.parent_hash != b.hash() => Some(height + 1),
                 _ => None,
             };
@@ -82,10 +85,7 @@ impl BlockStore {
                 .rev()
                 .find_map(|h| self.intact_at(h))
                 .ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "no intact block between {} and {fault}",
-                        next.low.height
-                    ))
+                    StoreError::Corrupt(format!("no intact block between {} and {fault}", next.low.height))
                 })?;
             next.head = Pointer::at(&new_head);
             for h in next.head.height + 1..=p.head.height {
@@ -113,7 +113,7 @@ impl BlockStore {
             ));
             next.finalized = fallback;
         }
-        if next != p {
+        if next != p && apply {
             for (name, old, new) in [
                 (META_HEAD, p.head, next.head),
                 (META_FINALIZED, p.finalized, next.finalized),

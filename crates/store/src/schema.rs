@@ -16,11 +16,20 @@ pub const COL_META: u8 = 2;
 /// Number of columns.
 pub const NUM_COLUMNS: u8 = 3;
 
+/// The parity-db options of a store at `path`: block keys are hashes, so that column is uniform.
+pub fn db_options(path: &std::path::Path) -> parity_db::Options {
+    let mut options = parity_db::Options::with_columns(path, NUM_COLUMNS);
+    options.columns[COL_BLOCKS as usize].uniform = true;
+    options
+}
+
 /// Version of this layout, stored under [`META_SCHEMA`].
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub const META_SCHEMA: &[u8] = b"schema";
 pub const META_GENESIS: &[u8] = b"genesis";
+/// The chain spec JSON, so offline tools need only the data directory.
+pub const META_SPEC: &[u8] = b"chain_spec";
 pub const META_HEAD: &[u8] = b"head";
 pub const META_FINALIZED: &[u8] = b"finalized";
 pub const META_ANCHOR: &[u8] = b"anchor";
@@ -78,8 +87,8 @@ pub fn encode_block(block: &Block) -> Vec<u8> {
 pub fn decode_block(hash: &Hash, bytes: Vec<u8>) -> Result<Block, StoreError> {
     let msg = pb::Block::decode(Bytes::from(bytes))
         .map_err(|e| StoreError::Corrupt(format!("block {hash} does not decode: {e}")))?;
-    let block = Block::try_from(msg)
-        .map_err(|e| StoreError::Corrupt(format!("block {hash} is malformed: {e}")))?;
+    let block =
+        Block::try_from(msg).map_err(|e| StoreError::Corrupt(format!("block {hash} is malformed: {e}")))?;
     if block.hash() != *hash {
         return Err(StoreError::Corrupt(format!(
             "block stored under {hash} hashes to {}",

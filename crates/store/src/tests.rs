@@ -142,9 +142,7 @@ fn checkpoint_then_backfill_to_genesis() {
     let store = open(&dir);
     let blocks = chain(300);
     store.start_from_checkpoint(&blocks[199]).expect("anchor");
-    store
-        .start_from_checkpoint(&blocks[199])
-        .expect("idempotent");
+    store.start_from_checkpoint(&blocks[199]).expect("idempotent");
     assert_eq!(store.status().earliest_height, 200);
     store
         .import_blocks(&blocks[200..])
@@ -157,10 +155,7 @@ fn checkpoint_then_backfill_to_genesis() {
     let out = store.import_backfill(&blocks[100..199]).expect("backfill");
     assert_eq!((out.low.height, out.complete), (101, false));
     assert_eq!(
-        store
-            .import_backfill(&blocks[100..199])
-            .expect("replay")
-            .imported,
+        store.import_backfill(&blocks[100..199]).expect("replay").imported,
         0
     );
     let out = store
@@ -184,33 +179,12 @@ fn range_reads_stop_at_head_gap_and_budget() {
     let store = open(&dir);
     let blocks = chain(50);
     store.import_blocks(&blocks).expect("import");
-    assert_eq!(
-        store
-            .blocks_by_range(45, 100, usize::MAX)
-            .expect("read")
-            .len(),
-        6
-    );
-    assert_eq!(
-        store
-            .blocks_by_range(51, 10, usize::MAX)
-            .expect("read")
-            .len(),
-        0
-    );
+    assert_eq!(store.blocks_by_range(45, 100, usize::MAX).expect("read").len(), 6);
+    assert_eq!(store.blocks_by_range(51, 10, usize::MAX).expect("read").len(), 0);
     let one = syncnode_proto::convert::encoded_block_field_len(&blocks[0]);
-    assert_eq!(
-        store
-            .blocks_by_range(1, 10, one * 3 + 1)
-            .expect("read")
-            .len(),
-        3
-    );
+    assert_eq!(store.blocks_by_range(1, 10, one * 3 + 1).expect("read").len(), 3);
     let got = store
-        .blocks_by_root(
-            &[blocks[3].hash(), Hash::ZERO, blocks[1].hash()],
-            usize::MAX,
-        )
+        .blocks_by_root(&[blocks[3].hash(), Hash::ZERO, blocks[1].hash()], usize::MAX)
         .expect("read");
     assert_eq!(got, vec![blocks[3].clone(), blocks[1].clone()]);
 }
@@ -227,6 +201,15 @@ fn open_repairs_a_lost_tail() {
         .map(|b| (COL_BLOCKS, b.hash().0.to_vec(), None))
         .collect();
     store.db.commit(lost).expect("delete");
+    drop(store);
+    let look = StoreConfig {
+        repair_on_open: false,
+        ..StoreConfig::default()
+    };
+    let (store, report) = BlockStore::open_existing(dir.path(), look).expect("open without repair");
+    assert!(!report.is_clean());
+    assert_eq!(store.head(), Pointer::at(&blocks[199]), "a look changes nothing");
+    assert!(!store.verify_chain(|_, _| {}).expect("check").is_ok());
     drop(store);
     let (store, report) = BlockStore::open(dir.path(), &spec()).expect("open repairs");
     assert!(!report.is_clean());

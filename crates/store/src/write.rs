@@ -93,8 +93,7 @@ impl BlockStore {
         // Walk back from the parent to the canonical chain: the fork point.
         let mut side = Vec::new();
         let mut fork = parent;
-        while !(fork.height() <= p.head.height && self.hash_at(fork.height())? == Some(fork.hash()))
-        {
+        while !(fork.height() <= p.head.height && self.hash_at(fork.height())? == Some(fork.hash())) {
             if fork.height() <= p.finalized.height {
                 return Err(StoreError::ConflictsWithFinalized {
                     fork_height: fork.height(),
@@ -152,11 +151,7 @@ impl BlockStore {
                 height: finalized_height,
                 hash,
             };
-            changes.push((
-                COL_META,
-                META_FINALIZED.to_vec(),
-                Some(next.finalized.encode()),
-            ));
+            changes.push((COL_META, META_FINALIZED.to_vec(), Some(next.finalized.encode())));
         }
         changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
         self.db.commit(changes)?;
@@ -199,9 +194,9 @@ impl BlockStore {
                 complete: complete(&p.low, &p),
             });
         };
-        let low_block = self.block(&p.low.hash)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("backfill low block {} is missing", p.low.hash))
-        })?;
+        let low_block = self
+            .block(&p.low.hash)?
+            .ok_or_else(|| StoreError::Corrupt(format!("backfill low block {} is missing", p.low.hash)))?;
         if top.height() + 1 != p.low.height || top.hash() != low_block.header.parent_hash {
             return Err(StoreError::BackfillLink(format!(
                 "block {} at height {} is not the parent {} of the lowest block at {}",

@@ -12,9 +12,7 @@ const MAX_DEV_KEY_INDEX: u32 = 4096;
 
 /// A spec authority that is not one of the development keys.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "authority {0} of the chain spec is not a development key (indices 0..{MAX_DEV_KEY_INDEX})"
-)]
+#[error("authority {0} of the chain spec is not a development key (indices 0..{MAX_DEV_KEY_INDEX})")]
 pub struct NotADevKey(pub crate::PublicKey);
 
 /// Signs blocks for a chain whose authorities are all development keys.
@@ -63,20 +61,33 @@ impl DevChain {
         Bytes::from(out)
     }
 
-    /// The block after `parent` with `payload`: slot timestamp, or 1 ms after the parent's if later.
-    pub fn child(&self, parent: &BlockHeader, payload: Bytes) -> Block {
+    /// The header after `parent` for `payload`: slot timestamp (or 1 ms after the parent's, if
+    /// later) and the scheduled proposer. Headers chain without signatures, so a caller can build
+    /// them in order and sign them in parallel.
+    pub fn header_after(&self, parent: &BlockHeader, payload: &[u8]) -> BlockHeader {
         let height = parent.height + 1;
-        let timestamp = self
-            .spec
-            .slot_timestamp_ms(height)
-            .max(parent.timestamp_ms + 1);
-        Block::new_signed(
+        BlockHeader {
             height,
-            parent.hash(),
-            timestamp,
+            parent_hash: parent.hash(),
+            timestamp_ms: self.spec.slot_timestamp_ms(height).max(parent.timestamp_ms + 1),
+            payload_hash: crate::Hash::of(payload),
+            proposer: self.key_at(height).public_key(),
+        }
+    }
+
+    /// Signs `header` with its scheduled key.
+    pub fn seal(&self, header: BlockHeader, payload: Bytes) -> Block {
+        let signature = self.key_at(header.height).sign(&header.hash());
+        Block {
+            header,
             payload,
-            self.key_at(height),
-        )
+            signature,
+        }
+    }
+
+    /// The signed block after `parent` with `payload`.
+    pub fn child(&self, parent: &BlockHeader, payload: Bytes) -> Block {
+        self.seal(self.header_after(parent, &payload), payload)
     }
 
     /// `count` blocks after `parent`, each with a `payload_bytes` deterministic payload.

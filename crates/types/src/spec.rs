@@ -171,9 +171,8 @@ mod tests {
 
     #[test]
     fn genesis_matches_vector() {
-        let v: GenesisVector =
-            serde_json::from_str(include_str!("../../../testdata/vectors/genesis.json"))
-                .expect("vector parses");
+        let v: GenesisVector = serde_json::from_str(include_str!("../../../testdata/vectors/genesis.json"))
+            .expect("vector parses");
         let spec = vector_spec();
         let g = spec.genesis();
         assert_eq!(spec.genesis_payload(), v.payload_utf8);
@@ -202,10 +201,7 @@ mod tests {
         assert!(matches!(s.validate(), Err(SpecError::NoAuthorities)));
         let mut s = vector_spec();
         s.authorities.push(s.authorities[0]);
-        assert!(matches!(
-            s.validate(),
-            Err(SpecError::DuplicateAuthority(_))
-        ));
+        assert!(matches!(s.validate(), Err(SpecError::DuplicateAuthority(_))));
         let mut s = vector_spec();
         s.slot_ms = 0;
         assert!(matches!(s.validate(), Err(SpecError::ZeroSlot)));

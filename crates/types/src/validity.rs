@@ -15,10 +15,7 @@ pub const MAX_FUTURE_DRIFT_MS: u64 = 15_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockError {
     #[error("rule 1: height {height} is not parent height {parent_height} + 1")]
-    HeightNotNext {
-        height: Height,
-        parent_height: Height,
-    },
+    HeightNotNext { height: Height, parent_height: Height },
     #[error("rule 1: parent_hash {got} is not the parent's hash {expected}")]
     ParentHashMismatch { got: Hash, expected: Hash },
     #[error("rule 2: timestamp {timestamp_ms} is not after the parent's {parent_timestamp_ms}")]
@@ -34,9 +31,7 @@ pub enum BlockError {
     WrongProposer { got: PublicKey, expected: PublicKey },
     #[error("rule 5: signature is not a valid ed25519 (ZIP-215) signature by the proposer")]
     BadSignature,
-    #[error(
-        "rule 6: timestamp {timestamp_ms} is more than {MAX_FUTURE_DRIFT_MS} ms after now ({now_ms})"
-    )]
+    #[error("rule 6: timestamp {timestamp_ms} is more than {MAX_FUTURE_DRIFT_MS} ms after now ({now_ms})")]
     FromTheFuture { timestamp_ms: u64, now_ms: u64 },
     #[error("a block at height 0 must be this chain's genesis {expected}, got {got}")]
     NotGenesis { got: Hash, expected: Hash },

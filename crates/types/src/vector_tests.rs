@@ -52,11 +52,7 @@ fn blocks_match_vectors() {
         assert_eq!(block.header.proposer, v.proposer);
         assert_eq!(hex::encode(block.header.to_bytes()), v.header_bytes);
         assert_eq!(block.hash(), v.hash);
-        assert_eq!(
-            block.signature, v.signature,
-            "signature of block {}",
-            v.height
-        );
+        assert_eq!(block.signature, v.signature, "signature of block {}", v.height);
         assert_eq!(block.header.parent_hash, parent.hash());
         assert_eq!(block.header.timestamp_ms, spec.slot_timestamp_ms(v.height));
         check_standalone(&block, &spec).expect("valid standalone");
@@ -136,10 +132,7 @@ fn rules_name_themselves() {
         Bytes::from(vec![0u8; crate::MAX_PAYLOAD_BYTES + 1]),
         &key_for(3),
     );
-    assert_eq!(
-        check_standalone(&big, &spec).expect_err("too big").rule(),
-        3
-    );
+    assert_eq!(check_standalone(&big, &spec).expect_err("too big").rule(), 3);
     assert_eq!(
         big.hash().to_hex(),
         "b13db3bc8241c64a90d45b24e355aa50acb0eb60267e5c54555d94e2e7a8acf1",
@@ -149,9 +142,7 @@ fn rules_name_themselves() {
     let now = b3.header.timestamp_ms - 15_000;
     check_not_future(&b3.header, now).expect("15 s ahead is allowed");
     assert_eq!(
-        check_not_future(&b3.header, now - 1)
-            .expect_err("future")
-            .rule(),
+        check_not_future(&b3.header, now - 1).expect_err("future").rule(),
         6
     );
 }

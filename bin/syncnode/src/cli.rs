@@ -1,0 +1,114 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// syncnode: a libp2p peer-to-peer block sync node.
+#[derive(Debug, Parser)]
+#[command(name = "syncnode", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LogOptions {
+    /// Log filter when RUST_LOG is unset (e.g. `info`, `syncnode=debug,libp2p=warn`).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Chain specs and generated chains.
+    #[command(subcommand)]
+    Chain(ChainCommand),
+    /// Inspect, export and repair a data directory.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChainCommand {
+    /// Print a chain spec whose authorities are development keys 0..N.
+    Spec(SpecArgs),
+    /// Append N valid blocks signed by the development keys to a store.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Chain name.
+    #[arg(long)]
+    pub name: String,
+    /// Number of authorities (development keys 0..N).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub authorities: u32,
+    /// Slot length in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub slot_ms: u64,
+    /// Blocks below the head before a block is final.
+    #[arg(long, default_value_t = 32)]
+    pub finality_depth: u64,
+    /// Genesis time in ms since the Unix epoch [default: now, rounded down to the second].
+    #[arg(long)]
+    pub genesis_timestamp_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Chain spec JSON file.
+    #[arg(long)]
+    pub chain: PathBuf,
+    /// Data directory of the store (created with genesis if new).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Number of blocks to append after the current head.
+    #[arg(long)]
+    pub blocks: u64,
+    /// Payload size of each block in bytes (at most 1 MiB).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub payload_bytes: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Verify the whole stored chain: every rule, every link, every pointer.
+    Check(DataDirArgs),
+    /// Write canonical blocks, ascending, as varint-framed protobuf `Block` messages to stdout.
+    Export(ExportArgs),
+    /// Check the recent chain and roll back pointers whose blocks are missing or do not link.
+    Repair(DataDirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArgs {
+    /// Data directory of the store.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Data directory of the store.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// First height [default: the lowest stored height].
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last height, inclusive [default: the head].
+    #[arg(long)]
+    pub to: Option<u64>,
+}

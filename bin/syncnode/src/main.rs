@@ -1,0 +1,45 @@
+//! The `syncnode` command line: thin parsing and dispatch over the library crates.
+
+#![forbid(unsafe_code)]
+
+mod chain;
+mod cli;
+mod db;
+mod progress;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(&cli.log);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
+    use cli::{ChainCommand, Command, DbCommand};
+    match command {
+        Command::Chain(ChainCommand::Spec(args)) => chain::spec(args),
+        Command::Chain(ChainCommand::Generate(args)) => chain::generate(args),
+        Command::Db(DbCommand::Check(args)) => db::check(args),
+        Command::Db(DbCommand::Export(args)) => db::export(args),
+        Command::Db(DbCommand::Repair(args)) => db::repair(args),
+    }
+}
+
+fn init_logging(opts: &cli::LogOptions) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&opts.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match opts.log_format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().init(),
+    }
+}

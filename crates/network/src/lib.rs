@@ -1,0 +1,1 @@
+//! The libp2p network (being written).
