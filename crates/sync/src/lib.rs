@@ -1,5 +1,103 @@
-//! The sans-IO sync engine (being written).
+//! The sans-IO sync engine of syncnode: it decides which blocks to fetch from which peer, in what
+//! order to import them, whom to charge when something goes wrong, and whether we are in sync.
+//!
+//! # Shape
+//! [`SyncEngine`] is a plain state machine, like `quinn-proto` beside `quinn`. It owns no socket,
+//! no task and no clock: the node calls it with events, each stamped with the time (`now_ms`), and
+//! drains the [`Action`]s it queues with [`SyncEngine::poll_action`]:
+//! - events in: a peer's Status ([`SyncEngine::peer_status`]), a disconnection, a range or root
+//!   response (already checked against rules 3–5 by the node's verification pool) or its failure,
+//!   an import's result, a gossiped block, and [`SyncEngine::tick`] as time passes;
+//! - actions out: send this request to that peer (each with its own timeout), import these blocks,
+//!   penalise that peer, the state or the sync target changed, backfill is complete.
+//!
+//! The engine does no signature checks (the node's verification pool does) and no I/O; per event it
+//! does work proportional to the window and the number of peers, plus hashing headers it links.
+//!
+//! # Forward sync
+//! The *target* is the highest head a peer credibly claims: each peer counts for the highest head it
+//! ever announced on its connection (so one peer lying low cannot drag the target back), capped
+//! below a height it answered empty for, and not at all once its data was proven wrong. The target
+//! drops only when the peers that claimed it leave or are discredited.
+//!
+//! Heights `tip + 1 ..= target` are cut into batches of `batch_size`. At most `window_batches`
+//! batches exist at once and their downloaded blocks never exceed `window_bytes`: download runs
+//! ahead of import by a bounded amount, whatever the chain's length. Each waiting batch is
+//! requested from the best idle peer whose Status covers it (`earliest_height <= start`,
+//! `head_height >= end`): the one that failed it least, then the best score, ties broken at random.
+//! A peer serves at most one request of ours at a time (the busy set).
+//!
+//! A short answer is legal: the batch keeps what came and asks for the rest. An empty or short
+//! answer inside the range the peer's own Status promises costs it a small `BrokenPromise` (never a
+//! ban alone); outside it, nothing. A failed request (timeout, error, invalid data) charges what the
+//! peer did, and the batch waits an exponential backoff with jitter (at least `retry_min_delay_ms`)
+//! before it is asked again, of another peer where one exists; each retry's deadline is longer, and a
+//! peer that failed a batch `max_attempts_per_peer` times is not asked for it again. Every request
+//! carries a deadline in the engine's clock and `tick` fires it, so a silent peer's batch moves on.
+//!
+//! Batches are imported strictly in order: a complete batch is offered (as one [`Action::Import`])
+//! only when its first block's parent hash is the hash of the last block offered before it, so
+//! every import links by hash to the local head. When it does not link, it is fetched again
+//! elsewhere and the hash its supplier vouched for is remembered as a *claim*; when that height
+//! finally imports, every peer whose claim differs from the imported block is charged
+//! `ProvenWrong`. Only the peer the imported chain contradicts is charged, never both sides of a
+//! mismatch. A failed import for a local reason is retried later and charges nobody.
+//!
+//! The state is `Synced` when no peer is ahead, `Syncing` while blocks arrive, `Stalled` when peers
+//! are ahead but nothing arrived for `stall_after_ms`, and `Backfilling` when forward sync is done
+//! but backfill is not.
+//!
+//! # Following the head, and parent lookups
+//! When no batch is pending, a gossiped block whose parent is the tip is imported at once; one whose
+//! parent is unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`).
+//!
+//! # Backfill
+//! A node started from a checkpoint fetches history downward from its lowest block L, accepting a
+//! batch only if its top block's hash is the parent hash of the block above it, with its own window,
+//! only while forward sync is not behind. Reaching the floor (or genesis) is terminal: one
+//! [`Action::BackfillComplete`], then no more backfill work ever (see `backfill.rs`).
+//!
+//! # What the node must do
+//! - Perform [`Action::Import`]s in the order emitted (each as one atomic commit) and report every
+//!   result with [`SyncEngine::import_result`], in that order. Forward imports are pipelined: the
+//!   next may be emitted before the previous one's result. A forward `Ok` means the store's head
+//!   is now the import's last block; when the store's head moves by other means (a produced
+//!   block), call [`SyncEngine::local_head_changed`].
+//! - Verify rules 3–5 of every response before handing it over ([`SyncEngine::range_response`],
+//!   [`SyncEngine::root_response`]) or report [`SyncEngine::response_invalid`].
+//! - Route every failure of the engine's requests through [`SyncEngine::request_failed`] and apply
+//!   the engine's [`Action::Penalise`]s (the engine does not charge twice, the node should not
+//!   either); call [`SyncEngine::tick`] often (e.g. every 100 ms; [`SyncEngine::next_wakeup`] says
+//!   when it next matters).
+//!
+//! # Invariants (asserted in debug builds after every event, and by the simulator)
+//! - downloaded, not yet imported blocks stay within the window, in bytes and in batches;
+//! - at most one request in flight per peer;
+//! - forward imports are emitted in consecutive height order, each linking to the one before;
+//! - every map is bounded: batches by the windows, lookups by `max_lookups` and their depth,
+//!   peers by `max_peers`, claims per height and in total;
+//! - a peer is never charged for our failures, nor for lacking what its Status did not promise.
 
 #![forbid(unsafe_code)]
 
+mod backfill;
+mod batch;
+pub mod config;
+mod engine;
+mod events;
+mod forward;
+mod jitter;
+mod lookup;
 pub mod peer_score;
+mod peers;
+
+pub use config::{ConfigError, SyncConfig};
+pub use engine::{PeerKey, SyncEngine};
+pub use events::{
+    Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus,
+    RequestFailure, RequestId, SyncState,
+};
+pub use peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
+
+#[cfg(test)]
+mod tests;

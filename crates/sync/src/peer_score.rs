@@ -126,9 +126,7 @@ impl<P: Clone + Eq + Hash> PeerScores<P> {
 
     /// The peer's current score (0 for an unknown peer).
     pub fn score(&self, peer: &P, now_ms: u64) -> f64 {
-        self.entries
-            .get(peer)
-            .map_or(0.0, |e| self.decayed(e, now_ms))
+        self.entries.get(peer).map_or(0.0, |e| self.decayed(e, now_ms))
     }
 
     /// Whether the peer is banned at `now_ms`.
@@ -165,8 +163,7 @@ impl<P: Clone + Eq + Hash> PeerScores<P> {
                 return Verdict::Ban { until_ms: until };
             }
         }
-        let score =
-            (self.decayed(&entry, now_ms) + action.weight()).clamp(-100.0, config.max_score);
+        let score = (self.decayed(&entry, now_ms) + action.weight()).clamp(-100.0, config.max_score);
         entry.score = score;
         entry.updated_ms = now_ms;
         let verdict = if score <= config.ban_threshold {
@@ -205,10 +202,7 @@ impl<P: Clone + Eq + Hash> PeerScores<P> {
             .iter()
             .filter(|(_, e)| e.banned_until_ms.is_none_or(|u| u <= now_ms))
             .min_by(|a, b| {
-                let (sa, sb) = (
-                    self.decayed(a.1, now_ms).abs(),
-                    self.decayed(b.1, now_ms).abs(),
-                );
+                let (sa, sb) = (self.decayed(a.1, now_ms).abs(), self.decayed(b.1, now_ms).abs());
                 sa.total_cmp(&sb)
             })
             .map(|(p, _)| p.clone());
@@ -265,30 +259,21 @@ mod tests {
         assert!(book.is_banned(&1, until_ms - 1));
         assert!(!book.is_banned(&1, until_ms));
         // After the ban, one more small offence keeps it; the peer is not re-banned at once.
-        assert_eq!(
-            book.apply(&1, PeerAction::RateLimited, until_ms),
-            Verdict::Keep
-        );
+        assert_eq!(book.apply(&1, PeerAction::RateLimited, until_ms), Verdict::Keep);
     }
 
     #[test]
     fn small_offences_never_ban_alone_and_decay() {
         let config = ScoreConfig::default();
         let mut book = PeerScores::new(config);
-        assert_eq!(
-            book.apply(&7u32, PeerAction::BrokenPromise, 0),
-            Verdict::Keep
-        );
+        assert_eq!(book.apply(&7u32, PeerAction::BrokenPromise, 0), Verdict::Keep);
         assert_eq!(book.apply(&7u32, PeerAction::Timeout, 0), Verdict::Keep);
         assert!((book.score(&7, 0) + 13.0).abs() < 1e-9);
         assert!((book.score(&7, config.half_life_ms) + 6.5).abs() < 1e-9);
         // Repeated timeouts disconnect before they ban.
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Keep);
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Keep);
-        assert_eq!(
-            book.apply(&8u32, PeerAction::Timeout, 0),
-            Verdict::Disconnect
-        );
+        assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Disconnect);
     }
 
     #[test]
@@ -306,10 +291,7 @@ mod tests {
         book.apply(&3, PeerAction::RateLimited, 0);
         book.apply(&4, PeerAction::Timeout, 0);
         assert_eq!(book.len(), 3);
-        assert!(
-            book.is_banned(&2, 0),
-            "a banned peer is never the one forgotten"
-        );
+        assert!(book.is_banned(&2, 0), "a banned peer is never the one forgotten");
         book.prune(100 * config.half_life_ms);
         assert_eq!(book.len(), 0);
     }

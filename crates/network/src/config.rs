@@ -1,0 +1,132 @@
+//! The network's configuration and its defaults.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use syncnode_sync::peer_score::ScoreConfig;
+use syncnode_types::Hash;
+
+/// A token bucket's size and refill rate, in the unit of its protocol (requests or blocks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// Most units that may be spent at once (the bucket's capacity).
+    pub burst: u32,
+    /// Units added back per second.
+    pub per_second: f64,
+}
+
+impl Quota {
+    /// A quota of `burst` units, refilled at `per_second`.
+    pub const fn new(burst: u32, per_second: f64) -> Self {
+        Quota { burst, per_second }
+    }
+}
+
+/// Per-peer, per-protocol limits on inbound requests.
+///
+/// Status is counted in requests; blocks-by-range in blocks asked for (`count`); blocks-by-root
+/// in hashes asked for. A request that costs more than a bucket's `burst` costs `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// `/syncnode/status/1`, in requests.
+    pub status: Quota,
+    /// `/syncnode/blocks_by_range/1`, in blocks asked for.
+    pub blocks_by_range: Quota,
+    /// `/syncnode/blocks_by_root/1`, in hashes asked for.
+    pub blocks_by_root: Quota,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            // Status is exchanged on connect and every 30 s by both sides.
+            status: Quota::new(5, 0.5),
+            // Four maximal requests at once, then two per second: an honest syncing peer keeps
+            // a few requests in flight; a flood is cut off after its burst.
+            blocks_by_range: Quota::new(4096, 2048.0),
+            blocks_by_root: Quota::new(512, 128.0),
+        }
+    }
+}
+
+/// Everything the network needs to start. [`NetworkConfig::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The node's libp2p identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on (TCP and/or QUIC-v1 multiaddrs).
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start; a `/p2p/<peer id>` suffix also seeds Kademlia.
+    pub bootnodes: Vec<Multiaddr>,
+    /// Local-network discovery by mDNS. Off by default.
+    pub mdns: bool,
+    /// Kademlia discovery (`/syncnode/kad/1.0.0`). On by default.
+    pub kademlia: bool,
+    /// Most distinct peers connected at once (default 50).
+    pub max_peers: u32,
+    /// Most connections to one peer (default 2).
+    pub max_connections_per_peer: u32,
+    /// The genesis hash of our chain; peers on another chain are disconnected and banned.
+    pub genesis_hash: Hash,
+    /// How often Status is re-exchanged with each peer (default 30 s).
+    pub status_interval: Duration,
+    /// Deadline of one request/response exchange, for both directions (default 10 s). An
+    /// inbound requester that has not finished its frame by then is charged for stalling.
+    pub request_timeout: Duration,
+    /// The score policy.
+    pub score: ScoreConfig,
+    /// Inbound request rate limits.
+    pub rate_limits: RateLimits,
+    /// Most block requests served at once (each on a blocking thread).
+    pub max_concurrent_serving: usize,
+    /// Most block requests waiting for a serving slot; beyond it requests are answered
+    /// `RESOURCE_UNAVAILABLE`.
+    pub max_queued_serving: usize,
+    /// Global cap on blocks served per second (all peers together); `None` for no cap.
+    pub serve_blocks_per_sec: Option<u32>,
+    /// Capacity of the event channel to the node.
+    pub event_buffer: usize,
+    /// Capacity of the command channel from the handles.
+    pub command_buffer: usize,
+    /// Gossipsub heartbeat (default 1 s; tests shorten it so meshes form quickly).
+    pub gossip_heartbeat: Duration,
+    /// How long an idle connection is kept open.
+    pub idle_connection_timeout: Duration,
+    /// Identify agent string (default `syncnode/<crate version>`).
+    pub agent_version: String,
+    /// How often the peer manager lifts expired bans and refreshes metrics (default 1 s).
+    pub maintenance_interval: Duration,
+    /// How often a Kademlia random walk looks for more peers while below `max_peers`.
+    pub discovery_interval: Duration,
+}
+
+impl NetworkConfig {
+    /// A configuration with the defaults of this crate, listening nowhere and dialling no one.
+    pub fn new(keypair: Keypair, genesis_hash: Hash) -> Self {
+        NetworkConfig {
+            keypair,
+            listen: Vec::new(),
+            bootnodes: Vec::new(),
+            mdns: false,
+            kademlia: true,
+            max_peers: 50,
+            max_connections_per_peer: 2,
+            genesis_hash,
+            status_interval: syncnode_proto::STATUS_INTERVAL,
+            request_timeout: syncnode_proto::RESPONSE_DEADLINE,
+            score: ScoreConfig::default(),
+            rate_limits: RateLimits::default(),
+            max_concurrent_serving: 8,
+            max_queued_serving: 64,
+            serve_blocks_per_sec: None,
+            event_buffer: 1024,
+            command_buffer: 1024,
+            gossip_heartbeat: Duration::from_secs(1),
+            idle_connection_timeout: Duration::from_secs(60),
+            agent_version: format!("syncnode/{}", env!("CARGO_PKG_VERSION")),
+            maintenance_interval: Duration::from_secs(1),
+            discovery_interval: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The network's own Prometheus metrics, under the prefix `syncnode_network`.
+//!
+//! libp2p's metrics (swarm, identify, kad, ping, gossipsub, bandwidth) are registered beside them
+//! by the swarm builder under `libp2p_`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::rate_limit::Protocol;
+
+/// Inbound (peers asked us) or outbound (we asked peers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: Direction,
+    pub protocol: &'static str,
+    /// A response code (`ok`, `invalid_request`, ...) or a failure (`timeout`, `violation`, ...).
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+type HistogramFamily = Family<ProtocolLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 5 ms .. ~20 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+/// The network's metrics.
+#[derive(Clone)]
+pub struct NetworkMetrics {
+    requests: Family<RequestLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: HistogramFamily,
+    rate_limited: Family<ProtocolLabels, Counter>,
+    violations: Family<KindLabels, Counter>,
+    peers: Family<StateLabels, Gauge>,
+    score_min: Gauge<f64, AtomicU64>,
+    score_max: Gauge<f64, AtomicU64>,
+    bans: Counter,
+    blocks_served: Counter,
+    gossip: Family<KindLabels, Counter>,
+}
+
+impl NetworkMetrics {
+    /// Creates the metrics and registers them in `registry` under `syncnode_network`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = NetworkMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            rate_limited: Family::default(),
+            violations: Family::default(),
+            peers: Family::default(),
+            score_min: Gauge::default(),
+            score_max: Gauge::default(),
+            bans: Counter::default(),
+            blocks_served: Counter::default(),
+            gossip: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("syncnode_network");
+        r.register(
+            "requests",
+            "Requests by direction and protocol",
+            m.requests.clone(),
+        );
+        r.register(
+            "responses",
+            "Responses by direction, protocol and code or failure",
+            m.responses.clone(),
+        );
+        r.register(
+            "request_latency_seconds",
+            "Latency of outbound requests by protocol",
+            m.latency.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Inbound requests refused by the rate limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "protocol_violations",
+            "Peer protocol violations by kind",
+            m.violations.clone(),
+        );
+        r.register("peers", "Peers by state", m.peers.clone());
+        r.register("score_min", "Lowest peer score", m.score_min.clone());
+        r.register("score_max", "Highest peer score", m.score_max.clone());
+        r.register("bans", "Peers banned", m.bans.clone());
+        r.register("blocks_served", "Blocks sent to peers", m.blocks_served.clone());
+        r.register(
+            "gossip_blocks",
+            "Gossiped blocks received, by outcome",
+            m.gossip.clone(),
+        );
+        m
+    }
+
+    pub fn request(&self, direction: Direction, protocol: Protocol) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                protocol: protocol.label(),
+            })
+            .inc();
+    }
+
+    pub fn response(&self, direction: Direction, protocol: Protocol, code: &'static str) {
+        self.responses
+            .get_or_create(&ResponseLabels {
+                direction,
+                protocol: protocol.label(),
+                code,
+            })
+            .inc();
+    }
+
+    pub fn latency(&self, protocol: Protocol, seconds: f64) {
+        self.latency
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.label(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn rate_limited(&self, protocol: Protocol) {
+        self.rate_limited
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.label(),
+            })
+            .inc();
+    }
+
+    pub fn violation(&self, kind: &'static str) {
+        self.violations.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn set_peers(&self, connected: usize, banned: usize) {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.peers
+            .get_or_create(&StateLabels { state: "connected" })
+            .set(as_i64(connected));
+        self.peers
+            .get_or_create(&StateLabels { state: "banned" })
+            .set(as_i64(banned));
+    }
+
+    pub fn set_score_range(&self, min: f64, max: f64) {
+        self.score_min.set(min);
+        self.score_max.set(max);
+    }
+
+    pub fn ban(&self) {
+        self.bans.inc();
+    }
+
+    pub fn blocks_served(&self, n: usize) {
+        self.blocks_served.inc_by(n as u64);
+    }
+
+    pub fn gossip(&self, kind: &'static str) {
+        self.gossip.get_or_create(&KindLabels { kind }).inc();
+    }
+}

@@ -1,0 +1,8 @@
+//! Real swarms on 127.0.0.1: Status, the block protocols and their limits, rate limits, bans,
+//! gossip. Every wait is bounded (`common::WAIT`).
+
+mod common;
+mod limits;
+mod outbound;
+mod peers;
+mod requests;

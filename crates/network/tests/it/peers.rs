@@ -1,0 +1,327 @@
+//! Peer management and gossip: another genesis is banned, bans expire, gossip is validated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use syncnode_network::{GossipAcceptance, NetworkEvent, PeerAction, PublishError, ScoreConfig};
+use syncnode_types::{Block, SigningKey};
+
+use crate::common::*;
+
+/// True when no event matching `pick` arrives within `window`.
+async fn quiet(node: &mut TestNode, window: Duration, pick: impl Fn(&NetworkEvent) -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match tokio::time::timeout_at(deadline, node.events.recv()).await {
+            Err(_) => return true,
+            Ok(None) => return true,
+            Ok(Some(e)) if pick(&e) => return false,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_genesis_is_disconnected_and_banned() {
+    let ours = chain("ours", 5, 16);
+    let theirs = chain("theirs", 5, 16);
+    let mut cfg = test_config(ours[0].hash());
+    cfg.score = ScoreConfig {
+        ban_duration_ms: 60_000,
+        ..ScoreConfig::default()
+    };
+    let mut a = spawn_node(cfg, Arc::new(MemSource::new(ours))).await;
+    let c = spawn_node(test_config(theirs[0].hash()), Arc::new(MemSource::new(theirs))).await;
+
+    c.handle.dial(a.addr.clone()).await.expect("dial starts");
+    let summary = a
+        .wait_peer("c banned", c.peer_id, |s| s.banned && !s.connected)
+        .await;
+    assert!(summary.banned);
+    // Neither side reports the other as a peer of its chain.
+    let c_id = c.peer_id;
+    assert!(
+        quiet(&mut a, Duration::from_millis(300), |e| {
+            matches!(e, NetworkEvent::PeerStatus { peer, .. } if *peer == c_id)
+        })
+        .await
+    );
+    // c dials again: refused while the ban lasts.
+    let _ = c.handle.dial(a.addr.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = a.summary(c.peer_id).await.expect("remembered");
+    assert!(s.banned && !s.connected);
+    // a does not dial c either.
+    assert!(a.handle.dial(c.addr.clone()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_ban_expires() {
+    let blocks = chain("ban", 5, 16);
+    let genesis = blocks[0].hash();
+    let mut cfg = test_config(genesis);
+    cfg.score = ScoreConfig {
+        ban_duration_ms: 1_500,
+        ..ScoreConfig::default()
+    };
+    let mut a = spawn_node(cfg, Arc::new(MemSource::new(blocks.clone()))).await;
+    let mut b = spawn_node(test_config(genesis), Arc::new(MemSource::new(blocks.clone()))).await;
+    connect(&mut a, &mut b).await;
+
+    // The node reports invalid data: a ban at once.
+    a.handle
+        .report(b.peer_id, PeerAction::InvalidData, "test: invalid block")
+        .await;
+    let b_id = b.peer_id;
+    a.wait_event("b disconnected", |e| match e {
+        NetworkEvent::PeerDisconnected { peer } if *peer == b_id => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(a.summary(b.peer_id).await.expect("known").banned);
+
+    // While banned, b's dial is refused.
+    let _ = b.handle.dial(a.addr.clone()).await;
+    assert!(
+        quiet(&mut a, Duration::from_millis(500), |e| {
+            matches!(e, NetworkEvent::PeerStatus { peer, .. } if *peer == b_id)
+        })
+        .await,
+        "a banned peer is not accepted"
+    );
+
+    // After the ban (1.5 s, lifted by the 100 ms maintenance tick) b is welcome again.
+    a.wait_peer("ban lifted", b.peer_id, |s| !s.banned).await;
+    b.handle.dial(a.addr.clone()).await.expect("dial");
+    a.wait_status(b.peer_id).await;
+    let s = a.summary(b.peer_id).await.expect("known");
+    assert!(s.connected && !s.banned);
+    assert!(s.score < 0.0, "on probation after a ban, not forgiven");
+}
+
+#[tokio::test]
+async fn reported_violations_disconnect_before_they_ban() {
+    let blocks = chain("score", 5, 16);
+    let genesis = blocks[0].hash();
+    let mut a = spawn_node(test_config(genesis), Arc::new(MemSource::new(blocks.clone()))).await;
+    let mut b = spawn_node(test_config(genesis), Arc::new(MemSource::new(blocks.clone()))).await;
+    connect(&mut a, &mut b).await;
+    for _ in 0..2 {
+        a.handle
+            .report(b.peer_id, PeerAction::Timeout, "test: timeout")
+            .await;
+    }
+    let s = a.wait_peer("score", b.peer_id, |s| s.score < -15.0).await;
+    assert!(s.connected, "two timeouts keep the peer");
+    a.handle
+        .report(b.peer_id, PeerAction::Timeout, "test: timeout")
+        .await;
+    let s = a.wait_peer("disconnect", b.peer_id, |s| !s.connected).await;
+    assert!(!s.banned, "timeouts alone disconnect, never ban");
+}
+
+fn child_block(parent: &Block, payload: &'static [u8]) -> Block {
+    Block::new_signed(
+        parent.height() + 1,
+        parent.hash(),
+        parent.header.timestamp_ms + 1000,
+        Bytes::from_static(payload),
+        &SigningKey::dev(0),
+    )
+}
+
+#[tokio::test]
+async fn gossip_is_forwarded_only_after_validation() {
+    let blocks = chain("gossip", 3, 16);
+    let genesis = blocks[0].hash();
+    let src = Arc::new(MemSource::new(blocks.clone()));
+    let mut a = spawn_node(test_config(genesis), src.clone()).await;
+    let mut b = spawn_node(test_config(genesis), src.clone()).await;
+    let mut c = spawn_node(test_config(genesis), src.clone()).await;
+    // A line a — b — c: c hears a's blocks only through b.
+    connect(&mut b, &mut a).await;
+    connect(&mut c, &mut b).await;
+
+    let block = child_block(&blocks[3], b"first");
+    // Publish once a knows b's subscription (meshes form on the 100 ms heartbeat).
+    bounded("a publishes", async {
+        loop {
+            match a.handle.publish(block.clone()).await {
+                Ok(()) => break,
+                Err(PublishError::NoPeers) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("publish: {e}"),
+            }
+        }
+    })
+    .await;
+    let a_id = a.peer_id;
+    let (message_id, got) = b
+        .wait_event("b receives the block", |e| match e {
+            NetworkEvent::GossipBlock {
+                peer,
+                message_id,
+                block,
+            } if *peer == a_id => Some((message_id.clone(), block.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, block);
+    assert_eq!(
+        message_id.0,
+        block.hash().0.to_vec(),
+        "message id is the block hash"
+    );
+
+    // Not forwarded while b has not validated it.
+    assert!(
+        quiet(&mut c, Duration::from_millis(700), |e| {
+            matches!(e, NetworkEvent::GossipBlock { .. })
+        })
+        .await,
+        "forwarded before validation"
+    );
+    b.handle
+        .report_gossip(message_id, a.peer_id, GossipAcceptance::Accept)
+        .await;
+    let b_id = b.peer_id;
+    let got = c
+        .wait_event("c receives the block via b", |e| match e {
+            NetworkEvent::GossipBlock { peer, block, .. } if *peer == b_id => Some(block.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, block);
+
+    // Publishing the same block again is a duplicate.
+    assert_eq!(a.handle.publish(block).await, Err(PublishError::Duplicate));
+}
+
+#[tokio::test]
+async fn max_peers_refuses_new_peers_when_full() {
+    let blocks = chain("full", 3, 16);
+    let genesis = blocks[0].hash();
+    let src = Arc::new(MemSource::new(blocks));
+    let mut cfg = test_config(genesis);
+    cfg.max_peers = 1;
+    let mut a = spawn_node(cfg, src.clone()).await;
+    let mut b = spawn_node(test_config(genesis), src.clone()).await;
+    let c = spawn_node(test_config(genesis), src.clone()).await;
+    connect(&mut a, &mut b).await;
+
+    let _ = c.handle.dial(a.addr.clone()).await;
+    let c_id = c.peer_id;
+    assert!(
+        quiet(&mut a, Duration::from_millis(700), |e| {
+            matches!(e, NetworkEvent::PeerStatus { peer, .. } if *peer == c_id)
+        })
+        .await,
+        "a full node accepts no new peer"
+    );
+    let connected: Vec<_> = a
+        .handle
+        .peers()
+        .await
+        .into_iter()
+        .filter(|s| s.connected)
+        .map(|s| s.peer_id)
+        .collect();
+    assert_eq!(connected, vec![b.peer_id]);
+}
+
+#[tokio::test]
+async fn quic_transport_carries_the_protocols() {
+    let blocks = chain("quic", 8, 16);
+    let genesis = blocks[0].hash();
+    let src = Arc::new(MemSource::new(blocks));
+    let mut cfg = test_config(genesis);
+    cfg.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")];
+    let mut a = spawn_node_at(cfg, src.clone(), "/quic-v1").await;
+    let mut b = spawn_node(test_config(genesis), src.clone()).await;
+    connect(&mut a, &mut b).await;
+    let req = syncnode_network::BlocksByRangeRequest::new(1, 8).expect("valid");
+    let resp = b.handle.request_range(a.peer_id, req).await.expect("answer");
+    assert_eq!(resp.blocks.len(), 8);
+}
+
+#[tokio::test]
+async fn kademlia_finds_peers_through_a_bootnode() {
+    let blocks = chain("kad", 3, 16);
+    let genesis = blocks[0].hash();
+    let src = Arc::new(MemSource::new(blocks));
+    let mut cfg = test_config(genesis);
+    cfg.kademlia = true;
+    cfg.discovery_interval = Duration::from_millis(500);
+    let boot = spawn_node(cfg.clone(), src.clone()).await;
+    cfg.bootnodes = vec![boot.addr.clone()];
+    cfg.keypair = libp2p::identity::Keypair::generate_ed25519();
+    let b = spawn_node(cfg.clone(), src.clone()).await;
+    cfg.keypair = libp2p::identity::Keypair::generate_ed25519();
+    let mut c = spawn_node(cfg, src.clone()).await;
+    // c knows only the bootnode; it learns of b through the DHT and dials it.
+    c.wait_status(b.peer_id).await;
+}
+
+#[tokio::test]
+async fn undecodable_gossip_is_rejected_and_charged() {
+    use futures::StreamExt;
+    use libp2p::{gossipsub, noise, tcp, yamux};
+
+    let blocks = chain("junk", 3, 16);
+    let genesis = blocks[0].hash();
+    let mut a = spawn_node(test_config(genesis), Arc::new(MemSource::new(blocks))).await;
+
+    // A plain gossipsub peer on the blocks topic that publishes bytes that are not a Block.
+    let mut junk = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(100))
+                .build()
+                .expect("config");
+            let behaviour: gossipsub::Behaviour =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+                    .expect("gossipsub");
+            behaviour
+        })
+        .expect("behaviour")
+        .build();
+    let junk_id = *junk.local_peer_id();
+    let topic = gossipsub::IdentTopic::new(syncnode_proto::gossip_topic(&genesis));
+    junk.behaviour_mut().subscribe(&topic).expect("subscribe");
+    junk.dial(a.addr.clone()).expect("dial");
+    bounded("junk published", async {
+        loop {
+            tokio::select! {
+                _ = junk.select_next_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if junk.behaviour_mut().publish(topic.clone(), vec![0xff, 0xff, 0x01]).is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    // Keep the junk peer's swarm running while the node judges the message.
+    let driver = tokio::spawn(async move {
+        loop {
+            junk.select_next_some().await;
+        }
+    });
+    let s = a
+        .wait_peer("junk sender charged", junk_id, |s| s.score <= -20.0)
+        .await;
+    assert!(!s.banned);
+    assert!(
+        quiet(&mut a, Duration::from_millis(200), |e| matches!(
+            e,
+            NetworkEvent::GossipBlock { .. }
+        ))
+        .await,
+        "junk never reaches the node as a block"
+    );
+    driver.abort();
+}

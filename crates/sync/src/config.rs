@@ -1,0 +1,174 @@
+//! The engine's tunable numbers, with defaults chosen for the protocol's limits.
+
+use syncnode_types::{HEADER_BYTES_LEN, Height, MAX_PAYLOAD_BYTES, Signature};
+
+/// Largest `count` a `BlocksByRange` request may carry (PROTOCOL.md section 3).
+pub const MAX_RANGE_COUNT: u64 = 1024;
+
+/// Largest response frame a peer may send (PROTOCOL.md section 3).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes of the largest valid block: a window must hold at least one so import can always progress.
+pub const MIN_WINDOW_BYTES: usize = MAX_PAYLOAD_BYTES + HEADER_BYTES_LEN + Signature::LEN;
+
+/// Largest number of hashes in one `BlocksByRoot` request (PROTOCOL.md section 3).
+pub const MAX_ROOT_HASHES: usize = 128;
+
+/// Everything the engine can be tuned by. [`SyncConfig::default`] suits a real network;
+/// tests shrink the batch size and the timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Blocks per forward range request (1..=1024).
+    pub batch_size: u64,
+    /// Most forward batches that exist at once (downloading, downloaded or importing).
+    pub window_batches: usize,
+    /// Most bytes of forward blocks held between download and confirmed import.
+    pub window_bytes: usize,
+    /// Blocks per backfill range request (1..=1024).
+    pub backfill_batch_size: u64,
+    /// Most backfill batches that exist at once.
+    pub backfill_window_batches: usize,
+    /// Most bytes of backfill blocks held between download and confirmed import.
+    pub backfill_window_bytes: usize,
+    /// Deadline of a first request; each retry of the same batch doubles it.
+    pub request_timeout_ms: u64,
+    /// Ceiling of the growing deadline.
+    pub max_request_timeout_ms: u64,
+    /// Least wait before a failed batch is requested again, from any peer.
+    pub retry_min_delay_ms: u64,
+    /// Ceiling of the exponential backoff (before jitter).
+    pub retry_max_delay_ms: u64,
+    /// Failures of one batch a single peer may cause before the batch stops asking it.
+    pub max_attempts_per_peer: u32,
+    /// Without delivered or imported blocks for this long while behind, the state is `Stalled`.
+    pub stall_after_ms: u64,
+    /// A peer's Status older than this is refreshed (`RequestStatus`) before it gets more work.
+    pub status_stale_ms: u64,
+    /// Most parent lookups (gossiped blocks with unknown parents) tracked at once.
+    pub max_lookups: usize,
+    /// Most ancestors one lookup fetches by root before giving up (range sync takes over).
+    pub max_lookup_depth: u64,
+    /// Most requests one lookup sends before it gives up.
+    pub max_lookup_attempts: u32,
+    /// Most peers tracked; Status from further peers is ignored until one leaves.
+    pub max_peers: usize,
+    /// Wait before an import that failed for a local reason is offered again.
+    pub local_retry_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_size: 512,
+            window_batches: 16,
+            window_bytes: 64 * 1024 * 1024,
+            backfill_batch_size: 512,
+            backfill_window_batches: 4,
+            backfill_window_bytes: 32 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            max_request_timeout_ms: 60_000,
+            retry_min_delay_ms: 500,
+            retry_max_delay_ms: 30_000,
+            max_attempts_per_peer: 3,
+            stall_after_ms: 60_000,
+            status_stale_ms: 90_000,
+            max_lookups: 16,
+            max_lookup_depth: 64,
+            max_lookup_attempts: 8,
+            max_peers: 1024,
+            local_retry_ms: 1_000,
+        }
+    }
+}
+
+/// A configuration the engine cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} must be between 1 and {MAX_RANGE_COUNT}, got {got}")]
+    BatchSize { field: &'static str, got: Height },
+    #[error("{field} must be at least 1")]
+    Zero { field: &'static str },
+    #[error("{field} ({got} bytes) must hold at least one largest block of {MIN_WINDOW_BYTES} bytes")]
+    WindowTooSmall { field: &'static str, got: usize },
+}
+
+impl SyncConfig {
+    /// Checks the numbers the engine relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, got) in [
+            ("batch_size", self.batch_size),
+            ("backfill_batch_size", self.backfill_batch_size),
+        ] {
+            if !(1..=MAX_RANGE_COUNT).contains(&got) {
+                return Err(ConfigError::BatchSize { field, got });
+            }
+        }
+        for (field, got) in [
+            ("window_batches", self.window_batches as u64),
+            ("backfill_window_batches", self.backfill_window_batches as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("retry_min_delay_ms", self.retry_min_delay_ms),
+            ("max_attempts_per_peer", u64::from(self.max_attempts_per_peer)),
+            ("max_lookups", self.max_lookups as u64),
+            ("max_lookup_depth", self.max_lookup_depth),
+            ("max_peers", self.max_peers as u64),
+        ] {
+            if got == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        for (field, got) in [
+            ("window_bytes", self.window_bytes),
+            ("backfill_window_bytes", self.backfill_window_bytes),
+        ] {
+            if got < MIN_WINDOW_BYTES {
+                return Err(ConfigError::WindowTooSmall { field, got });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deadline of a request for a batch that already failed `failures` times.
+    pub(crate) fn timeout_for(&self, failures: u32) -> u64 {
+        let grown = self.request_timeout_ms.saturating_mul(1u64 << failures.min(16));
+        grown.min(self.max_request_timeout_ms.max(self.request_timeout_ms))
+    }
+
+    /// Backoff before retrying a batch that failed `failures` (>= 1) times, before jitter.
+    pub(crate) fn backoff_for(&self, failures: u32) -> u64 {
+        let exp = failures.saturating_sub(1).min(16);
+        let grown = self.retry_min_delay_ms.saturating_mul(1u64 << exp);
+        grown.min(self.retry_max_delay_ms.max(self.retry_min_delay_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_timers_grow_to_their_ceilings() {
+        let c = SyncConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.timeout_for(0), 10_000);
+        assert_eq!(c.timeout_for(1), 20_000);
+        assert_eq!(c.timeout_for(30), 60_000);
+        assert_eq!(c.backoff_for(1), 500);
+        assert_eq!(c.backoff_for(2), 1_000);
+        assert_eq!(c.backoff_for(40), 30_000);
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        let c = SyncConfig {
+            batch_size: 2000,
+            ..SyncConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::BatchSize { .. })));
+        let c = SyncConfig {
+            window_bytes: 1024,
+            ..SyncConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::WindowTooSmall { .. })));
+    }
+}

@@ -1,0 +1,91 @@
+//! What the engine knows of each peer: its last Status, what it credibly claims, whether it is busy.
+
+use std::collections::BTreeMap;
+
+use syncnode_types::Height;
+
+use crate::events::{PeerStatus, RequestId};
+use crate::peer_score::{PeerScores, ScoreConfig};
+
+/// One connected peer that sent a Status.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerEntry {
+    /// Its latest Status: what it says it serves now.
+    pub status: PeerStatus,
+    pub status_at_ms: u64,
+    /// Highest head it ever claimed on this connection. A later, lower Status does not lower it:
+    /// one peer lying low cannot drag the sync target back.
+    pub claimed_head: Height,
+    /// Its own empty answer showed it lacks blocks above this height: it is not believed beyond it.
+    pub cap: Option<Height>,
+    /// Data it sent was contradicted by data we imported: no more work, no say in the target.
+    pub proven_wrong: bool,
+    /// The one request of ours it is serving (the busy set).
+    pub in_flight: Option<RequestId>,
+    /// When we last asked it for a fresh Status.
+    pub status_requested_ms: Option<u64>,
+}
+
+impl PeerEntry {
+    pub(crate) fn new(status: PeerStatus, now_ms: u64) -> Self {
+        PeerEntry {
+            status,
+            status_at_ms: now_ms,
+            claimed_head: status.head_height,
+            cap: None,
+            proven_wrong: false,
+            in_flight: None,
+            status_requested_ms: None,
+        }
+    }
+
+    /// The head this peer counts for in the sync target, if it counts at all.
+    pub(crate) fn credible_head(&self) -> Option<Height> {
+        if self.proven_wrong {
+            return None;
+        }
+        Some(self.cap.map_or(self.claimed_head, |c| c.min(self.claimed_head)))
+    }
+
+    /// Whether its latest Status (less what it proved it lacks) covers `from..=to`.
+    pub(crate) fn serves(&self, from: Height, to: Height) -> bool {
+        let head = self
+            .cap
+            .map_or(self.status.head_height, |c| c.min(self.status.head_height));
+        !self.proven_wrong && self.status.earliest_height <= from && head >= to
+    }
+
+    /// Whether its latest Status promises the block at `height`.
+    pub(crate) fn promises(&self, height: Height) -> bool {
+        self.status.earliest_height <= height && height <= self.status.head_height
+    }
+
+    /// Marks that it lacks `height`: it is not believed above `height - 1` any more.
+    pub(crate) fn lacks(&mut self, height: Height) {
+        let below = height.saturating_sub(1);
+        self.cap = Some(self.cap.map_or(below, |c| c.min(below)));
+    }
+}
+
+/// All peers with a Status, plus the engine's own ranking of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Peers<P> {
+    pub entries: BTreeMap<P, PeerEntry>,
+    /// The engine's private copy of the score policy, used only to prefer good peers. The
+    /// authoritative book lives in the network layer, moved by [`crate::Action::Penalise`].
+    pub ranking: PeerScores<P>,
+}
+
+impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
+    pub(crate) fn new() -> Self {
+        Peers {
+            entries: BTreeMap::new(),
+            ranking: PeerScores::new(ScoreConfig::default()),
+        }
+    }
+
+    /// Highest credible head among peers.
+    pub(crate) fn best_head(&self) -> Option<Height> {
+        self.entries.values().filter_map(PeerEntry::credible_head).max()
+    }
+}

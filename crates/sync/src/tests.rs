@@ -1,0 +1,647 @@
+//! Focused tests of single mechanisms, driving the engine by hand with unsigned blocks (the engine
+//! never checks signatures). The randomized whole-system runs are in `tests/simulator.rs`.
+
+use bytes::Bytes;
+use syncnode_types::{Block, BlockHeader, Hash, Height, PublicKey, Signature};
+
+use crate::*;
+
+/// A chain of unsigned blocks `0..=len`, payloads of `payload` bytes; `salt` makes forks differ.
+fn chain(len: Height, payload: usize, salt: u8) -> Vec<Block> {
+    let mut blocks: Vec<Block> = Vec::new();
+    for height in 0..=len {
+        let parent_hash = blocks.last().map_or(Hash::ZERO, Block::hash);
+        let body = Bytes::from(vec![salt; payload]);
+        blocks.push(Block {
+            header: BlockHeader {
+                height,
+                parent_hash,
+                timestamp_ms: 1_000 + height * 1_000,
+                payload_hash: Hash::of(&body),
+                proposer: PublicKey::ZERO,
+            },
+            payload: body,
+            signature: Signature::ZERO,
+        });
+    }
+    blocks
+}
+
+fn config() -> SyncConfig {
+    SyncConfig {
+        batch_size: 10,
+        window_batches: 4,
+        backfill_batch_size: 10,
+        backfill_window_batches: 2,
+        request_timeout_ms: 1_000,
+        max_request_timeout_ms: 8_000,
+        retry_min_delay_ms: 100,
+        retry_max_delay_ms: 1_000,
+        stall_after_ms: 5_000,
+        ..SyncConfig::default()
+    }
+}
+
+fn local(blocks: &[Block], head: Height) -> LocalChain {
+    LocalChain {
+        head_height: head,
+        head_hash: blocks[head as usize].hash(),
+        finalized_height: head,
+        genesis_hash: blocks[0].hash(),
+        backfill: None,
+    }
+}
+
+fn status(blocks: &[Block], head: Height) -> PeerStatus {
+    PeerStatus {
+        head_height: head,
+        head_hash: blocks[head as usize].hash(),
+        finalized_height: 0,
+        earliest_height: 0,
+    }
+}
+
+fn drain(engine: &mut SyncEngine<u32>) -> Vec<Action<u32>> {
+    std::iter::from_fn(|| engine.poll_action()).collect()
+}
+
+fn range_requests(actions: &[Action<u32>]) -> Vec<(u32, RequestId, Height, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendRangeRequest {
+                peer,
+                id,
+                start_height,
+                count,
+                ..
+            } => Some((*peer, *id, *start_height, *count)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn penalties(actions: &[Action<u32>]) -> Vec<(u32, PeerAction)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Penalise { peer, action, .. } => Some((*peer, *action)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn serve(blocks: &[Block], start: Height, count: u64) -> Vec<Block> {
+    blocks
+        .iter()
+        .skip(start as usize)
+        .take(count as usize)
+        .cloned()
+        .collect()
+}
+
+/// Performs every import (all succeed) and returns the imported heights in order.
+fn import_all(engine: &mut SyncEngine<u32>, now: u64, actions: &[Action<u32>]) -> Vec<Height> {
+    let mut heights = Vec::new();
+    for action in actions {
+        if let Action::Import { id, blocks, .. } = action {
+            heights.extend(blocks.iter().map(Block::height));
+            engine.import_result(now, *id, Ok(()));
+        }
+    }
+    heights
+}
+
+/// Drains the actions and performs their imports.
+fn import_drained(engine: &mut SyncEngine<u32>, now: u64) -> Vec<Height> {
+    let actions = drain(engine);
+    import_all(engine, now, &actions)
+}
+
+#[test]
+fn syncs_from_one_honest_peer_in_order() {
+    let blocks = chain(35, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    engine.peer_status(0, 7, status(&blocks, 35));
+    assert_eq!(engine.target(), 35);
+    assert_eq!(engine.state(), SyncState::Syncing);
+    let mut imported = Vec::new();
+    let mut now = 0;
+    while engine.head_height() < 35 && now < 100 {
+        now += 1;
+        let actions = drain(&mut engine);
+        imported.extend(import_all(&mut engine, now, &actions));
+        for (_, id, start, count) in range_requests(&actions) {
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+    }
+    assert_eq!(imported, (1..=35).collect::<Vec<_>>());
+    assert_eq!(engine.state(), SyncState::Synced);
+}
+
+#[test]
+fn a_silent_peers_batch_is_reassigned_after_its_deadline_with_a_longer_timeout() {
+    let blocks = chain(10, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 2);
+    engine.peer_status(0, 1, status(&blocks, 10));
+    let first = range_requests(&drain(&mut engine));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, 1);
+    engine.peer_status(10, 2, status(&blocks, 10));
+    assert!(
+        range_requests(&drain(&mut engine)).is_empty(),
+        "one batch, already in flight"
+    );
+    engine.tick(999);
+    assert!(drain(&mut engine).is_empty(), "deadline not reached");
+    engine.tick(1_000);
+    let actions = drain(&mut engine);
+    assert_eq!(penalties(&actions), vec![(1, PeerAction::Timeout)]);
+    assert!(
+        range_requests(&actions).is_empty(),
+        "a failed batch waits before any retry"
+    );
+    engine.tick(1_200);
+    let actions = drain(&mut engine);
+    let retry = range_requests(&actions);
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].0, 2, "the retry goes to another peer");
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::SendRangeRequest { timeout_ms, .. } if *timeout_ms == 2_000)));
+}
+
+#[test]
+fn a_short_answer_continues_where_it_stopped() {
+    let blocks = chain(10, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 3);
+    engine.peer_status(0, 1, status(&blocks, 10));
+    let (_, id, start, count) = range_requests(&drain(&mut engine))[0];
+    assert_eq!((start, count), (1, 10));
+    engine.range_response(5, id, serve(&blocks, 1, 4));
+    let actions = drain(&mut engine);
+    // Short inside its own promised range: a small charge, and it is not asked beyond 4 again.
+    assert_eq!(penalties(&actions), vec![(1, PeerAction::BrokenPromise)]);
+    // Its claim is capped at what it proved to have: the target drops to 4 and 1..=4 import.
+    assert_eq!(engine.target(), 4);
+    assert_eq!(import_all(&mut engine, 5, &actions), vec![1, 2, 3, 4]);
+    engine.peer_status(6, 2, status(&blocks, 10));
+    let rest = range_requests(&drain(&mut engine));
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].0, rest[0].2, rest[0].3), (2, 5, 6));
+    engine.range_response(7, rest[0].1, serve(&blocks, 5, 6));
+    let heights = import_drained(&mut engine, 8);
+    assert_eq!(heights, (5..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_empty_answer_outside_the_peers_status_costs_nothing() {
+    let blocks = chain(20, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 4);
+    engine.peer_status(0, 1, status(&blocks, 20));
+    let requests = range_requests(&drain(&mut engine));
+    let (_, id, start, _) = requests[0];
+    assert_eq!(start, 1);
+    // The peer now says (lying low) it has nothing: an empty answer at 1 is no fault.
+    engine.peer_status(1, 1, status(&blocks, 0));
+    engine.range_response(2, id, Vec::new());
+    let actions = drain(&mut engine);
+    assert!(penalties(&actions).is_empty(), "{actions:?}");
+    assert_eq!(engine.target(), 20, "lying low does not lower the target");
+}
+
+#[test]
+fn the_target_drops_only_when_its_claimers_leave() {
+    let blocks = chain(100, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 5);
+    engine.peer_status(0, 1, status(&blocks, 100));
+    engine.peer_status(0, 2, status(&blocks, 50));
+    assert_eq!(engine.target(), 100);
+    engine.peer_status(1, 1, status(&blocks, 40));
+    engine.peer_status(1, 3, status(&blocks, 10));
+    assert_eq!(
+        engine.target(),
+        100,
+        "one peer lying low cannot drag the target back"
+    );
+    drain(&mut engine);
+    engine.peer_disconnected(2, &1);
+    assert_eq!(engine.target(), 50);
+    assert!(drain(&mut engine).contains(&Action::TargetChanged(50)));
+}
+
+#[test]
+fn peers_ahead_that_never_deliver_make_the_state_stalled() {
+    let blocks = chain(30, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 6);
+    engine.peer_status(0, 1, status(&blocks, 30));
+    assert_eq!(engine.state(), SyncState::Syncing);
+    let mut now = 0;
+    while now < 6_000 {
+        now += 250;
+        engine.tick(now);
+        // Keep the Status fresh; never answer.
+        engine.peer_status(now, 1, status(&blocks, 30));
+    }
+    assert_eq!(engine.state(), SyncState::Stalled);
+    let actions = drain(&mut engine);
+    assert!(actions.contains(&Action::StateChanged(SyncState::Stalled)));
+    // Timeouts charged, but a peer's score is the network's business: it is not banned here.
+    assert!(penalties(&actions).iter().all(|(_, a)| *a == PeerAction::Timeout));
+}
+
+#[test]
+fn only_the_peer_contradicted_by_the_imported_chain_is_charged() {
+    let blocks = chain(20, 8, 0);
+    let fork = chain(20, 8, 9);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7);
+    engine.peer_status(0, 1, status(&blocks, 20));
+    engine.peer_status(0, 2, status(&blocks, 20));
+    let requests = range_requests(&drain(&mut engine));
+    assert_eq!(requests.len(), 2);
+    // Whoever got batch 11..=20 answers from the fork, the other honestly.
+    let mut liar = 0;
+    for (peer, id, start, count) in requests.iter().copied() {
+        if start == 11 {
+            liar = peer;
+            engine.range_response(1, id, serve(&fork, start, count));
+        } else {
+            engine.range_response(1, id, serve(&blocks, start, count));
+        }
+    }
+    let actions = drain(&mut engine);
+    let imported = import_all(&mut engine, 2, &actions);
+    assert_eq!(imported, (1..=10).collect::<Vec<_>>());
+    let actions = drain(&mut engine);
+    assert_eq!(penalties(&actions), vec![(liar, PeerAction::ProvenWrong)]);
+    engine.tick(2_000);
+    let retry = range_requests(&drain(&mut engine));
+    assert_eq!(retry.len(), 1);
+    assert_ne!(retry[0].0, liar);
+    engine.range_response(2_001, retry[0].1, serve(&blocks, 11, 10));
+    let imported = import_drained(&mut engine, 2_002);
+    assert_eq!(imported, (11..=20).collect::<Vec<_>>());
+    assert_eq!(engine.state(), SyncState::Synced);
+}
+
+#[test]
+fn a_local_import_failure_charges_nobody_and_is_retried() {
+    let blocks = chain(10, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 8);
+    engine.peer_status(0, 1, status(&blocks, 10));
+    let (_, id, start, count) = range_requests(&drain(&mut engine))[0];
+    engine.range_response(1, id, serve(&blocks, start, count));
+    let actions = drain(&mut engine);
+    let Some(Action::Import { id, .. }) = actions.iter().find(|a| matches!(a, Action::Import { .. })) else {
+        panic!("no import in {actions:?}");
+    };
+    engine.import_result(2, *id, Err(ImportError::Local("disk full".into())));
+    assert!(penalties(&drain(&mut engine)).is_empty());
+    engine.tick(5_000);
+    let imported = import_drained(&mut engine, 5_001);
+    assert_eq!(imported, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_byte_window_bounds_buffered_blocks() {
+    // Blocks of ~256 KiB: a 4 MiB window holds ~16 of them, far fewer than 4 batches of 10.
+    let blocks = chain(60, 256 * 1024, 0);
+    let window_bytes = config::MIN_WINDOW_BYTES * 4;
+    let cfg = SyncConfig {
+        window_bytes,
+        ..config()
+    };
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9);
+    for peer in 0..6 {
+        engine.peer_status(0, peer, status(&blocks, 60));
+    }
+    let mut now = 0;
+    let mut pending: Vec<(RequestId, Height, u64)> = Vec::new();
+    let mut imports = Vec::new();
+    let mut imported = Vec::new();
+    while engine.head_height() < 60 && now < 10_000 {
+        now += 10;
+        for action in drain(&mut engine) {
+            match action {
+                Action::SendRangeRequest {
+                    id,
+                    start_height,
+                    count,
+                    ..
+                } => pending.push((id, start_height, count)),
+                Action::Import { id, blocks, .. } => {
+                    imported.extend(blocks.iter().map(Block::height));
+                    imports.push(id);
+                }
+                _ => {}
+            }
+        }
+        // Answer the highest requests first, so the window fills before the import frontier.
+        pending.sort_by_key(|p| std::cmp::Reverse(p.1));
+        for (id, start, count) in pending.drain(..) {
+            engine.range_response(now, id, serve(&blocks, start, count));
+            assert!(engine.stats().buffered_bytes <= window_bytes);
+        }
+        // Import slowly: one per step.
+        if !imports.is_empty() {
+            let id = imports.remove(0);
+            engine.import_result(now, id, Ok(()));
+        }
+        engine.tick(now);
+    }
+    assert_eq!(imported, (1..=60).collect::<Vec<_>>());
+}
+
+#[test]
+fn gossip_follows_the_head_and_looks_up_unknown_parents() {
+    let blocks = chain(10, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 5), 10);
+    engine.peer_status(0, 1, status(&blocks, 5));
+    assert_eq!(engine.state(), SyncState::Synced);
+    drain(&mut engine);
+    engine.gossip_block(1, 1, blocks[6].clone());
+    assert_eq!(import_drained(&mut engine, 2), vec![6]);
+    // 9 arrives before 7 and 8: its ancestors are looked up by root from its sender.
+    engine.gossip_block(3, 1, blocks[9].clone());
+    for wanted in [8u64, 7] {
+        let actions = drain(&mut engine);
+        let root = actions
+            .iter()
+            .find(|a| matches!(a, Action::SendRootRequest { .. }))
+            .cloned();
+        let Some(Action::SendRootRequest { peer, id, hashes, .. }) = root else {
+            panic!("expected a root request, got {actions:?}");
+        };
+        assert_eq!(peer, 1);
+        assert_eq!(hashes, vec![blocks[wanted as usize].hash()]);
+        engine.root_response(4, id, vec![blocks[wanted as usize].clone()]);
+    }
+    assert_eq!(import_drained(&mut engine, 5), vec![7, 8, 9]);
+    assert_eq!(engine.head_height(), 9);
+    // A root answer with a block not asked for is the responder's fault.
+    engine.gossip_block(6, 1, blocks[10].clone());
+    assert_eq!(import_drained(&mut engine, 7), vec![10]);
+}
+
+#[test]
+fn backfill_reaches_genesis_then_does_no_more_work() {
+    let blocks = chain(40, 8, 0);
+    let mut start = local(&blocks, 40);
+    start.backfill = Some(BackfillStart {
+        lowest_height: 30,
+        lowest_parent_hash: blocks[29].hash(),
+        floor_height: 0,
+    });
+    let mut engine = SyncEngine::new(config(), start, 11);
+    assert_eq!(engine.state(), SyncState::Backfilling);
+    engine.peer_status(0, 1, status(&blocks, 40));
+    engine.peer_status(0, 2, status(&blocks, 40));
+    let mut now = 0;
+    let mut imported = Vec::new();
+    let mut complete = 0;
+    while now < 200 {
+        now += 1;
+        let actions = drain(&mut engine);
+        for action in &actions {
+            match action {
+                Action::Import {
+                    id,
+                    blocks: got,
+                    direction,
+                } => {
+                    assert_eq!(*direction, Direction::Backfill);
+                    imported.push((got[0].height(), got[got.len() - 1].height()));
+                    engine.import_result(now, *id, Ok(()));
+                }
+                Action::BackfillComplete { lowest_height } => {
+                    assert_eq!(*lowest_height, 1);
+                    complete += 1;
+                }
+                _ => {}
+            }
+        }
+        for (_, id, start, count) in range_requests(&actions) {
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        engine.tick(now);
+    }
+    assert_eq!(imported, vec![(20, 29), (10, 19), (1, 9)]);
+    assert_eq!(complete, 1, "completion is announced exactly once");
+    assert_eq!(engine.backfill_complete(), Some(true));
+    assert_eq!(engine.state(), SyncState::Synced);
+    // Terminal: more events and time bring no backfill work.
+    engine.peer_status(300, 3, status(&blocks, 40));
+    engine.tick(100_000);
+    assert!(drain(&mut engine).iter().all(|a| !matches!(
+        a,
+        Action::SendRangeRequest { .. } | Action::Import { .. } | Action::BackfillComplete { .. }
+    )));
+    assert_eq!(engine.stats().backfill_batches, 0);
+}
+
+#[test]
+fn backfill_charges_a_batch_that_does_not_chain_to_the_stored_history() {
+    let blocks = chain(40, 8, 0);
+    let fork = chain(40, 8, 5);
+    let mut start = local(&blocks, 40);
+    start.backfill = Some(BackfillStart {
+        lowest_height: 21,
+        lowest_parent_hash: blocks[20].hash(),
+        floor_height: 11,
+    });
+    let mut engine = SyncEngine::new(config(), start, 12);
+    engine.peer_status(0, 1, status(&blocks, 40));
+    let (_, id, start_height, count) = range_requests(&drain(&mut engine))[0];
+    assert_eq!((start_height, count), (11, 10));
+    engine.range_response(1, id, serve(&fork, 11, 10));
+    assert_eq!(penalties(&drain(&mut engine)), vec![(1, PeerAction::ProvenWrong)]);
+    assert_eq!(engine.backfill_complete(), Some(false));
+}
+
+#[test]
+fn invalid_shapes_are_the_responders_fault() {
+    let blocks = chain(20, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 13);
+    engine.peer_status(0, 1, status(&blocks, 20));
+    engine.peer_status(0, 2, status(&blocks, 20));
+    let requests = range_requests(&drain(&mut engine));
+    // Peer answers with blocks of the wrong heights.
+    let (peer, id, start, count) = requests[0];
+    engine.range_response(1, id, serve(&blocks, start + 1, count));
+    assert_eq!(
+        penalties(&drain(&mut engine)),
+        vec![(peer, PeerAction::InvalidData)]
+    );
+    // Rules 3-5 failures reported by the verifier.
+    let (peer, id, _, _) = requests[1];
+    engine.response_invalid(2, id, "bad signature");
+    assert_eq!(
+        penalties(&drain(&mut engine)),
+        vec![(peer, PeerAction::InvalidData)]
+    );
+    // No peer left to serve: both were proven wrong.
+    engine.tick(10_000);
+    assert!(range_requests(&drain(&mut engine)).is_empty());
+}
+
+#[test]
+fn a_batch_above_a_target_that_dropped_shrinks_to_it() {
+    let blocks = chain(40, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 14);
+    // Peer 1 claims 40 but serves nothing above 30; peer 2 honestly has 35.
+    engine.peer_status(0, 1, status(&blocks, 40));
+    let requests = range_requests(&drain(&mut engine));
+    assert_eq!(requests.len(), 1);
+    engine.peer_status(0, 2, status(&blocks, 35));
+    let mut pending = requests;
+    pending.extend(range_requests(&drain(&mut engine)));
+    let mut now = 0;
+    let mut imported = Vec::new();
+    while engine.head_height() < 35 && now < 20_000 {
+        now += 50;
+        for (peer, id, start, count) in std::mem::take(&mut pending) {
+            let served = if peer == 1 && start > 30 {
+                Vec::new()
+            } else {
+                serve(&blocks, start, count.min(36u64.saturating_sub(start)))
+            };
+            engine.range_response(now, id, served);
+        }
+        engine.tick(now);
+        let actions = drain(&mut engine);
+        imported.extend(import_all(&mut engine, now, &actions));
+        pending.extend(range_requests(&actions));
+        pending.extend(range_requests(&drain(&mut engine)));
+    }
+    assert_eq!(imported, (1..=35).collect::<Vec<_>>());
+    assert_eq!(
+        engine.target(),
+        35,
+        "the liar's claim was capped by its own empty answer"
+    );
+    assert_eq!(engine.state(), SyncState::Synced);
+}
+
+#[test]
+fn a_peer_with_a_stale_status_is_asked_for_a_fresh_one_before_it_gets_work() {
+    let blocks = chain(30, 8, 0);
+    let cfg = SyncConfig {
+        status_stale_ms: 10_000,
+        ..config()
+    };
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 15);
+    engine.peer_status(0, 1, status(&blocks, 30));
+    let (_, id, _, _) = range_requests(&drain(&mut engine))[0];
+    // It stays silent past its Status' freshness; the retry asks for a Status, not blocks.
+    engine.tick(20_000);
+    let actions = drain(&mut engine);
+    assert!(range_requests(&actions).is_empty(), "{actions:?}");
+    assert!(actions.contains(&Action::RequestStatus { peer: 1 }));
+    engine.request_failed(20_001, id, RequestFailure::Timeout);
+    engine.peer_status(20_002, 1, status(&blocks, 30));
+    assert_eq!(range_requests(&drain(&mut engine)).len(), 1);
+}
+
+/// Any sequence of events, however absurd, leaves the engine standing and within its bounds.
+#[test]
+fn arbitrary_event_sequences_never_panic() {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    let blocks = chain(120, 8, 0);
+    let fork = chain(120, 8, 3);
+    for seed in 0..200u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut start = local(&blocks, rng.random_range(0..60));
+        if rng.random_bool(0.5) {
+            start.backfill = Some(BackfillStart {
+                lowest_height: rng.random_range(0..60),
+                lowest_parent_hash: blocks[rng.random_range(0..60)].hash(),
+                floor_height: rng.random_range(0..20),
+            });
+        }
+        let cfg = config();
+        let mut engine = SyncEngine::new(cfg.clone(), start, seed);
+        let mut now = 0u64;
+        let mut sent: Vec<RequestId> = Vec::new();
+        let mut imports: Vec<ImportId> = Vec::new();
+        for _ in 0..400 {
+            now += rng.random_range(0..3_000);
+            let peer = rng.random_range(0..6u32);
+            let id = match sent.len() {
+                n if n > 0 && rng.random_bool(0.8) => sent[rng.random_range(0..n)],
+                _ => RequestId(rng.random_range(0..60)),
+            };
+            let import = match imports.len() {
+                n if n > 0 && rng.random_bool(0.8) => imports[rng.random_range(0..n)],
+                _ => ImportId(rng.random_range(0..30)),
+            };
+            let source = if rng.random_bool(0.7) { &blocks } else { &fork };
+            let from = rng.random_range(0..130usize);
+            let picked: Vec<Block> = source
+                .iter()
+                .skip(from)
+                .take(rng.random_range(0..15))
+                .cloned()
+                .collect();
+            match rng.random_range(0..11) {
+                0 => {
+                    let head = match rng.random_range(0..4) {
+                        0 => u64::MAX,
+                        _ => rng.random_range(0..200),
+                    };
+                    let status = PeerStatus {
+                        head_height: head,
+                        head_hash: Hash::of(&head.to_be_bytes()),
+                        finalized_height: rng.random_range(0..u64::MAX),
+                        earliest_height: rng.random_range(0..100),
+                    };
+                    engine.peer_status(now, peer, status);
+                }
+                1 => engine.peer_disconnected(now, &peer),
+                2 | 3 => engine.range_response(now, id, picked),
+                4 => engine.root_response(now, id, picked),
+                5 => engine.response_invalid(now, id, "bad"),
+                6 => engine.request_failed(now, id, RequestFailure::Timeout),
+                7 => {
+                    let result = match rng.random_range(0..4) {
+                        0 => Err(ImportError::Local("x".into())),
+                        1 => Err(ImportError::Rejected {
+                            height: rng.random_range(0..130),
+                            reason: "x".into(),
+                        }),
+                        2 => Err(ImportError::DoesNotLink {
+                            height: rng.random_range(0..120),
+                            hash: Hash::ZERO,
+                        }),
+                        _ => Ok(()),
+                    };
+                    engine.import_result(now, import, result);
+                }
+                8 => {
+                    if let Some(block) = picked.first() {
+                        engine.gossip_block(now, peer, block.clone());
+                    }
+                }
+                9 => engine.local_head_changed(now, rng.random_range(0..120), Hash::ZERO),
+                _ => engine.tick(now),
+            }
+            let stats = engine.stats();
+            assert!(stats.buffered_bytes <= cfg.window_bytes);
+            assert!(stats.forward_batches <= cfg.window_batches);
+            assert!(stats.lookups <= cfg.max_lookups);
+            assert!(stats.in_flight_requests <= stats.peers + 6);
+            while let Some(action) = engine.poll_action() {
+                match action {
+                    Action::SendRangeRequest { id, .. } | Action::SendRootRequest { id, .. } => sent.push(id),
+                    Action::Import { id, .. } => imports.push(id),
+                    _ => {}
+                }
+            }
+            if sent.len() > 20 {
+                sent.drain(..10);
+            }
+            if imports.len() > 20 {
+                imports.drain(..10);
+            }
+        }
+    }
+}
