@@ -6,6 +6,7 @@ mod chain;
 mod cli;
 mod db;
 mod progress;
+mod run;
 
 use clap::Parser;
 
@@ -29,6 +30,7 @@ fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Db(DbCommand::Check(args)) => db::check(args),
         Command::Db(DbCommand::Export(args)) => db::export(args),
         Command::Db(DbCommand::Repair(args)) => db::repair(args),
+        Command::Run(args) => run::run(*args),
     }
 }
 

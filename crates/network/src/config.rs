@@ -42,10 +42,10 @@ impl Default for RateLimits {
         RateLimits {
             // Status is exchanged on connect and every 30 s by both sides.
             status: Quota::new(5, 0.5),
-            // Four maximal requests at once, then two per second: an honest syncing peer keeps
-            // a few requests in flight; a flood is cut off after its burst.
-            blocks_by_range: Quota::new(4096, 2048.0),
-            blocks_by_root: Quota::new(512, 128.0),
+            // A syncing peer pulls a whole chain as fast as it can: the per-peer quota only keeps
+            // one peer from taking every serving slot; the global serving bound does the rest.
+            blocks_by_range: Quota::new(32_768, 65_536.0),
+            blocks_by_root: Quota::new(1024, 1024.0),
         }
     }
 }

@@ -75,7 +75,15 @@ pub(crate) struct Service {
     pub after_response: HashMap<(Protocol, InboundRequestId), (PeerId, Verdict)>,
     pub metrics: NetworkMetrics,
     pub libp2p_metrics: Libp2pMetrics,
+    /// Bootnodes, redialled with backoff while the node has no peer at all.
+    pub bootnodes: Vec<Multiaddr>,
+    pub next_redial: Instant,
+    pub redial_backoff: Duration,
 }
+
+/// First and longest wait between redials of the bootnodes while the node has no peer.
+const REDIAL_MIN: Duration = Duration::from_secs(2);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 /// Starts the network: builds the swarm, starts listening (waiting up to 5 s until every
 /// listener has its address, so [`NetworkHandle::listen_addrs`] is complete at once), dials
@@ -150,6 +158,9 @@ pub async fn start(
         after_response: HashMap::new(),
         metrics,
         libp2p_metrics,
+        bootnodes: config.bootnodes.clone(),
+        next_redial: Instant::now() + REDIAL_MIN,
+        redial_backoff: REDIAL_MIN,
     };
     service.wait_for_listeners(waiting).await?;
     for addr in &config.bootnodes {
@@ -503,6 +514,28 @@ impl Service {
         }
     }
 
+    /// A node that lost every peer (a restart of its bootnode, a disconnect after a penalty) dials
+    /// its bootnodes again, backing off exponentially while nobody answers.
+    fn redial_bootnodes_if_alone(&mut self) {
+        let now = Instant::now();
+        if self.manager.connected_count() > 0 {
+            self.redial_backoff = REDIAL_MIN;
+            self.next_redial = now + REDIAL_MIN;
+            return;
+        }
+        if self.bootnodes.is_empty() || now < self.next_redial {
+            return;
+        }
+        tracing::debug!(bootnodes = self.bootnodes.len(), "no peers: redialling bootnodes");
+        for addr in self.bootnodes.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "cannot redial bootnode");
+            }
+        }
+        self.next_redial = now + self.redial_backoff;
+        self.redial_backoff = (self.redial_backoff * 2).min(REDIAL_MAX);
+    }
+
     fn maintain(&mut self) {
         for peer in self.manager.expired_bans() {
             tracing::info!(%peer, "ban expired");
@@ -510,6 +543,7 @@ impl Service {
         }
         self.manager.prune();
         self.limiter.prune(Instant::now());
+        self.redial_bootnodes_if_alone();
         self.metrics
             .set_peers(self.manager.connected_count(), self.manager.banned_count());
         let (lo, hi) = self.manager.score_range();

@@ -43,7 +43,7 @@ impl PeerAction {
             PeerAction::ProtocolViolation => -25.0,
             PeerAction::Timeout => -8.0,
             PeerAction::BrokenPromise => -5.0,
-            PeerAction::RateLimited => -2.0,
+            PeerAction::RateLimited => -1.0,
             PeerAction::UsefulResponse => 1.0,
         }
     }

@@ -1,0 +1,97 @@
+//! `syncnode run`: a node on the network until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use syncnode_network::{Keypair, Multiaddr, NetworkConfig};
+use syncnode_node::{NodeConfig, ProducerConfig};
+use syncnode_sync::SyncConfig;
+use syncnode_types::{Hash, SigningKey};
+
+use crate::cli::RunArgs;
+
+fn parse_addrs(what: &str, addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .with_context(|| format!("{what} {a:?} is not a multiaddr"))
+        })
+        .collect()
+}
+
+/// The node configuration the flags describe.
+pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
+    let spec = crate::chain::read_spec(&args.chain)?;
+    let mut network = NetworkConfig::new(Keypair::generate_ed25519(), Hash::ZERO);
+    network.listen = if args.listen.is_empty() {
+        parse_addrs(
+            "listen",
+            &["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()],
+        )?
+    } else {
+        parse_addrs("--listen", &args.listen)?
+    };
+    network.bootnodes = parse_addrs("--bootnode", &args.bootnodes)?;
+    network.mdns = args.mdns;
+    network.max_peers = args.max_peers;
+    network.serve_blocks_per_sec = args.serve_blocks_per_sec;
+    let producer = match (args.produce, args.dev_key) {
+        (true, Some(index)) => {
+            let key = SigningKey::dev(index);
+            if !spec.authorities.contains(&key.public_key()) {
+                anyhow::bail!(
+                    "dev key {index} ({}) is not an authority of chain {}",
+                    key.public_key(),
+                    spec.name
+                );
+            }
+            Some(ProducerConfig {
+                key,
+                payload_bytes: args.payload_bytes as usize,
+            })
+        }
+        (true, None) => anyhow::bail!("--produce needs --dev-key"),
+        (false, _) => None,
+    };
+    let sync = SyncConfig {
+        batch_size: args.batch_size,
+        ..SyncConfig::default()
+    };
+    sync.validate().context("--batch-size")?;
+    Ok(NodeConfig {
+        spec,
+        data_dir: args.data_dir.clone(),
+        network,
+        http: args.http,
+        producer,
+        sync,
+        verify_threads: 0,
+    })
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = node_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    std::future::pending::<()>().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+        };
+        syncnode_node::run(config, shutdown).await
+    })?;
+    // Blocking tasks still waiting on the network are abandoned rather than awaited.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,200 @@
+//! The syncnode node: the store, the sync engine and the network joined by one event loop.
+//!
+//! ## Data flow
+//! ```text
+//!  peers ──libp2p──▶ network ──events──▶ event loop ──▶ SyncEngine (sans-IO)
+//!                      ▲                    │  ▲              │ actions
+//!                      │ requests, reports  │  │ results      ▼
+//!                      └────────────────────┘  └── verification pool (rayon: rules 3–5)
+//!                                               └── importer thread (store commits, in order)
+//!  store ──BlockSource (blocking threads)──▶ network: what this node seeds
+//!  store ──watch: Status, head──▶ network (Status exchange), HTTP API, subscribers
+//! ```
+//! - Requests go out on their own tasks with the engine's deadline; their answers are verified on
+//!   the rayon pool (rules 3–5, batch signature verification in parallel sub-batches) before the
+//!   engine sees them, so nothing slow runs on the event loop or the swarm task.
+//! - The engine's imports are committed by one importer thread in the order asked, each one atomic
+//!   store commit (the store checks rules 1–2); after each commit the Status watch the network
+//!   serves and the head watch are updated.
+//! - A producer (development key) builds a block in each of its slots once the node is in sync,
+//!   imports it through the same importer, tells the engine, and publishes it by gossip.
+//!
+//! ## Invariants
+//! - The event loop never awaits the network's command channel (it spawns), so the two tasks can
+//!   never wait on each other.
+//! - Every queue is bounded: the inbox, the import queue, the network's channels; the engine's
+//!   window bounds what is downloaded ahead of import.
+//! - At shutdown the loop stops, the network stops, the importer drains its queue, and the store
+//!   is dropped (flushed) before `run` returns.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod http;
+pub mod import;
+pub mod metrics;
+pub mod node;
+pub mod source;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use syncnode_network::{Keypair, NetworkConfig};
+use syncnode_store::BlockStore;
+use syncnode_sync::{SyncConfig, SyncEngine};
+use syncnode_types::ChainSpec;
+use tokio::sync::{mpsc, watch};
+
+pub use node::ProducerConfig;
+
+/// Everything a node runs with.
+pub struct NodeConfig {
+    pub spec: ChainSpec,
+    pub data_dir: PathBuf,
+    /// Network settings; its `keypair` and `genesis_hash` are filled in by [`run`].
+    pub network: NetworkConfig,
+    pub http: Option<SocketAddr>,
+    pub producer: Option<ProducerConfig>,
+    pub sync: SyncConfig,
+    /// Verification threads (0: one per core).
+    pub verify_threads: usize,
+}
+
+/// Loads the node's libp2p identity from `DATA_DIR/network_key`, creating it on first start, so
+/// the peer id survives restarts.
+pub fn load_or_create_keypair(data_dir: &Path) -> anyhow::Result<Keypair> {
+    let path = data_dir.join("network_key");
+    if path.exists() {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        return Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a key", path.display()));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let keypair = Keypair::generate_ed25519();
+    let bytes = keypair
+        .to_protobuf_encoding()
+        .context("encoding the network key")?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(keypair)
+}
+
+/// Runs a node until `shutdown` resolves, then stops cleanly.
+pub async fn run(
+    mut config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let spec = config.spec.clone();
+    let data_dir = config.data_dir.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || BlockStore::open(&data_dir, &spec))
+        .await?
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    for action in &report.actions {
+        tracing::warn!("store repaired at open: {action}");
+    }
+    let store = Arc::new(store);
+    let head = store.head();
+    tracing::info!(chain = %config.spec.name, genesis = %store.status().genesis_hash, head = head.height, "store open");
+
+    let mut registry = Registry::default();
+    let metrics = metrics::NodeMetrics::register(&mut registry);
+    metrics.observe_chain(&store.status());
+    let (done_tx, done_rx) = mpsc::channel(import::IMPORT_QUEUE * 2);
+    let (imports, chain, importer) = import::spawn_importer(store.clone(), done_tx)?;
+
+    config.network.keypair = load_or_create_keypair(&config.data_dir)?;
+    config.network.genesis_hash = store.status().genesis_hash;
+    let source = Arc::new(source::StoreSource(store.clone()));
+    let (network, events) =
+        syncnode_network::start(config.network, source, chain.status.clone(), &mut registry)
+            .await
+            .context("starting the network")?;
+    tracing::info!(peer_id = %network.local_peer_id(), "network started");
+
+    config.sync.validate().context("sync configuration")?;
+    let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed());
+    let (sync_view, sync_rx) = watch::channel(http::SyncView {
+        state: engine.state(),
+        target: engine.target(),
+        backfill_complete: engine.backfill_complete().unwrap_or(true),
+    });
+
+    let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_task = match config.http {
+        Some(addr) => {
+            let state = http::ApiState {
+                store: store.clone(),
+                network: network.clone(),
+                chain: chain.clone(),
+                sync: sync_rx,
+                registry: Arc::new(registry),
+            };
+            let (local, task) = http::serve(addr, state, async {
+                let _ = stop_http_rx.await;
+            })
+            .await
+            .with_context(|| format!("binding the HTTP API on {addr}"))?;
+            tracing::info!(%local, "HTTP API listening");
+            Some(task)
+        }
+        None => None,
+    };
+    log_listen_addrs(&network).await;
+
+    let event_loop = node::EventLoop {
+        store: store.clone(),
+        network: network.clone(),
+        events,
+        engine,
+        verifier: verify::Verifier::new(config.spec.clone(), config.verify_threads)?,
+        imports,
+        import_done: done_rx,
+        sync_view,
+        metrics,
+        producer: config.producer.clone(),
+        gossiped: node::RecentHashes::default(),
+    };
+    event_loop.run(shutdown).await;
+
+    tracing::info!("shutting down");
+    let _ = stop_http_tx.send(());
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    }
+    network.shutdown().await;
+    drop(network);
+    let _ = tokio::task::spawn_blocking(move || importer.join()).await;
+    drop(chain);
+    match Arc::try_unwrap(store) {
+        Ok(store) => drop(store),
+        Err(_) => tracing::warn!("store still shared at shutdown; it closes when the last user ends"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn log_listen_addrs(network: &syncnode_network::NetworkHandle) {
+    for _ in 0..20 {
+        let addrs = network.listen_addrs().await;
+        if !addrs.is_empty() {
+            for addr in addrs {
+                tracing::info!(%addr, "listening");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn rand_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}

@@ -1,0 +1,158 @@
+//! The node's own Prometheus metrics (the network registers its own and libp2p's beside them).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use syncnode_proto::Status;
+use syncnode_sync::{EngineStats, SyncState};
+
+/// Gauges and counters of the chain, the engine and the pipeline.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub head_height: Gauge,
+    pub finalized_height: Gauge,
+    pub earliest_height: Gauge,
+    pub target_height: Gauge,
+    pub sync_state: Gauge,
+    pub blocks_imported: Counter,
+    pub blocks_backfilled: Counter,
+    pub blocks_downloaded: Counter,
+    pub bytes_downloaded: Counter,
+    pub batches_in_flight: Gauge,
+    pub window_blocks: Gauge,
+    pub window_bytes: Gauge,
+    pub verify_seconds: Histogram,
+    pub import_seconds: Histogram,
+    pub invalid_responses: Counter,
+    pub produced_blocks: Counter,
+}
+
+impl NodeMetrics {
+    /// Registers the metrics under the `syncnode` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = NodeMetrics {
+            head_height: Gauge::default(),
+            finalized_height: Gauge::default(),
+            earliest_height: Gauge::default(),
+            target_height: Gauge::default(),
+            sync_state: Gauge::default(),
+            blocks_imported: Counter::default(),
+            blocks_backfilled: Counter::default(),
+            blocks_downloaded: Counter::default(),
+            bytes_downloaded: Counter::default(),
+            batches_in_flight: Gauge::default(),
+            window_blocks: Gauge::default(),
+            window_bytes: Gauge::default(),
+            verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            import_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            invalid_responses: Counter::default(),
+            produced_blocks: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("syncnode");
+        r.register(
+            "head_height",
+            "Height of the canonical head",
+            m.head_height.clone(),
+        );
+        r.register(
+            "finalized_height",
+            "Height of the finalized block",
+            m.finalized_height.clone(),
+        );
+        r.register(
+            "earliest_height",
+            "Lowest height served as an unbroken range",
+            m.earliest_height.clone(),
+        );
+        r.register(
+            "target_height",
+            "Highest head a peer credibly claims",
+            m.target_height.clone(),
+        );
+        r.register(
+            "sync_state",
+            "0 synced, 1 syncing, 2 backfilling, 3 stalled",
+            m.sync_state.clone(),
+        );
+        r.register(
+            "blocks_imported",
+            "Blocks imported forward",
+            m.blocks_imported.clone(),
+        );
+        r.register(
+            "blocks_backfilled",
+            "Blocks imported by backfill",
+            m.blocks_backfilled.clone(),
+        );
+        r.register(
+            "blocks_downloaded",
+            "Blocks received in range and root responses",
+            m.blocks_downloaded.clone(),
+        );
+        r.register(
+            "bytes_downloaded",
+            "Payload bytes received in responses",
+            m.bytes_downloaded.clone(),
+        );
+        r.register(
+            "batches_in_flight",
+            "Requests of the sync engine in flight",
+            m.batches_in_flight.clone(),
+        );
+        r.register(
+            "window_blocks",
+            "Downloaded blocks waiting for import",
+            m.window_blocks.clone(),
+        );
+        r.register(
+            "window_bytes",
+            "Bytes of downloaded blocks waiting for import",
+            m.window_bytes.clone(),
+        );
+        r.register(
+            "verify_seconds",
+            "Time to verify rules 3-5 of one response",
+            m.verify_seconds.clone(),
+        );
+        r.register(
+            "import_seconds",
+            "Time of one import commit",
+            m.import_seconds.clone(),
+        );
+        r.register(
+            "invalid_responses",
+            "Responses that failed verification",
+            m.invalid_responses.clone(),
+        );
+        r.register(
+            "produced_blocks",
+            "Blocks this node produced",
+            m.produced_blocks.clone(),
+        );
+        m
+    }
+
+    /// Mirrors the chain's pointers.
+    pub fn observe_chain(&self, s: &Status) {
+        self.head_height.set(s.head_height as i64);
+        self.finalized_height.set(s.finalized_height as i64);
+        self.earliest_height.set(s.earliest_height as i64);
+    }
+
+    /// Mirrors the engine.
+    pub fn observe_engine(&self, stats: &EngineStats, state: SyncState, target: u64) {
+        self.batches_in_flight.set(stats.in_flight_requests as i64);
+        self.window_blocks
+            .set((stats.buffered_blocks + stats.backfill_buffered_blocks) as i64);
+        self.window_bytes
+            .set((stats.buffered_bytes + stats.backfill_buffered_bytes) as i64);
+        self.target_height.set(target as i64);
+        self.sync_state.set(match state {
+            SyncState::Synced => 0,
+            SyncState::Syncing => 1,
+            SyncState::Backfilling => 2,
+            SyncState::Stalled => 3,
+        });
+    }
+}

@@ -1,0 +1,490 @@
+//! The node's event loop: one task owns the sync engine and feeds it everything that happens.
+//!
+//! Network events, request results, verification results, import results, the engine's own
+//! deadlines and the producer's slots all arrive on this task; each is handed to the engine, and the
+//! engine's actions are carried out by *spawned* work: requests on their own tasks, verification on
+//! the rayon pool, imports on the importer thread, reports to the network on small tasks. The loop
+//! never awaits the network's command channel itself, so the network blocked on its event channel
+//! and the loop blocked on the command channel cannot wait on each other.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use syncnode_network::{
+    BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, GossipAcceptance, MessageId, NetworkEvent,
+    NetworkHandle, PeerId, RequestError,
+};
+use syncnode_proto::convert::ResponseCode;
+use syncnode_store::BlockStore;
+use syncnode_sync::{
+    Action, BackfillStart, Direction, LocalChain, PeerStatus, RequestFailure, RequestId, SyncEngine,
+    SyncState,
+};
+use syncnode_types::validity::{check_not_future, check_standalone};
+use syncnode_types::{Block, DevChain, SigningKey};
+use tokio::sync::{mpsc, watch};
+
+use crate::http::SyncView;
+use crate::import::{ImportDone, ImportJob};
+use crate::metrics::NodeMetrics;
+use crate::verify::{Verified, Verifier};
+
+/// How often the engine's clock ticks when nothing else happens.
+const TICK: Duration = Duration::from_millis(100);
+/// Capacity of the loop's inbox of results.
+const INBOX: usize = 1024;
+
+/// Block production by a development key.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    pub key: SigningKey,
+    pub payload_bytes: usize,
+}
+
+/// Results of spawned work, back on the loop.
+enum Inbox {
+    Response {
+        id: RequestId,
+        peer: PeerId,
+        root: bool,
+        result: Result<BlocksResponse, RequestError>,
+    },
+    Verified {
+        id: RequestId,
+        root: bool,
+        verified: Verified,
+    },
+    Gossip {
+        peer: PeerId,
+        message_id: MessageId,
+        block: Block,
+        valid: Result<(), String>,
+    },
+}
+
+/// Everything the loop drives.
+pub struct EventLoop {
+    pub store: Arc<BlockStore>,
+    pub network: NetworkHandle,
+    pub events: mpsc::Receiver<NetworkEvent>,
+    pub engine: SyncEngine<PeerId>,
+    pub verifier: Verifier,
+    pub imports: mpsc::Sender<ImportJob>,
+    pub import_done: mpsc::Receiver<ImportDone>,
+    pub sync_view: watch::Sender<SyncView>,
+    pub metrics: NodeMetrics,
+    pub producer: Option<ProducerConfig>,
+    /// Blocks that arrived by gossip: gossipsub forwards them on Accept, so they are not
+    /// published again.
+    pub gossiped: RecentHashes,
+}
+
+/// A bounded set of recently seen block hashes.
+#[derive(Default)]
+pub struct RecentHashes {
+    order: std::collections::VecDeque<syncnode_types::Hash>,
+    set: std::collections::HashSet<syncnode_types::Hash>,
+}
+
+impl RecentHashes {
+    /// How many hashes are remembered.
+    pub const CAPACITY: usize = 4096;
+
+    /// Remembers `hash`, forgetting the oldest beyond the capacity.
+    pub fn insert(&mut self, hash: syncnode_types::Hash) {
+        if self.set.insert(hash) {
+            self.order.push_back(hash);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `hash` was seen recently.
+    pub fn contains(&self, hash: &syncnode_types::Hash) -> bool {
+        self.set.contains(hash)
+    }
+}
+
+/// The engine's starting view of the local chain.
+pub fn local_chain(store: &BlockStore) -> LocalChain {
+    let p = store.pointers();
+    let backfill = (p.low.height > p.floor && p.low.height > 0).then(|| BackfillStart {
+        lowest_height: p.low.height,
+        // The check at open guarantees the low block is intact; a zero hash would only make
+        // backfill accept nothing.
+        lowest_parent_hash: store
+            .block(&p.low.hash)
+            .ok()
+            .flatten()
+            .map_or(syncnode_types::Hash::ZERO, |b| b.header.parent_hash),
+        floor_height: p.floor,
+    });
+    LocalChain {
+        head_height: p.head.height,
+        head_hash: p.head.hash,
+        finalized_height: p.finalized.height,
+        genesis_hash: p.genesis,
+        backfill,
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn failure_of(e: &RequestError) -> RequestFailure {
+    match e {
+        RequestError::Timeout => RequestFailure::Timeout,
+        RequestError::Disconnected | RequestError::NoResponse | RequestError::UnsupportedProtocol => {
+            RequestFailure::Disconnected
+        }
+        RequestError::ProtocolViolation(_) => RequestFailure::ProtocolViolation,
+        RequestError::Refused { code, .. } => failure_of_code(*code),
+        other => RequestFailure::Local(other.to_string()),
+    }
+}
+
+fn failure_of_code(code: ResponseCode) -> RequestFailure {
+    match code {
+        ResponseCode::RateLimited => RequestFailure::RateLimited,
+        ResponseCode::ResourceUnavailable | ResponseCode::ServerError => RequestFailure::ResourceUnavailable,
+        // We sent a request the peer found invalid: ours to fix, not the peer's fault.
+        ResponseCode::InvalidRequest | ResponseCode::Ok => {
+            RequestFailure::Local(format!("peer answered {code:?} to our request"))
+        }
+    }
+}
+
+impl EventLoop {
+    /// Runs until `shutdown` resolves or the network stops.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let started = Instant::now();
+        let now = move || started.elapsed().as_millis() as u64;
+        let (inbox_tx, mut inbox) = mpsc::channel::<Inbox>(INBOX);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let slot_ms = self.store.spec().slot_ms.max(1);
+        let mut slots = tokio::time::interval(Duration::from_millis(slot_ms));
+        slots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut producing = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_network_event(now(), event, &inbox_tx),
+                    None => break,
+                },
+                Some(msg) = inbox.recv() => self.on_inbox(now(), msg, &inbox_tx),
+                Some(done) = self.import_done.recv() => {
+                    if done.id.is_none() {
+                        producing = false;
+                    }
+                    self.on_import_done(now(), done);
+                }
+                _ = tick.tick() => self.engine.tick(now()),
+                _ = slots.tick(), if self.producer.is_some() && !producing => {
+                    producing = self.produce();
+                }
+            }
+            self.drain_actions(now(), &inbox_tx);
+        }
+        tracing::info!("event loop stopped");
+    }
+
+    fn on_network_event(&mut self, now: u64, event: NetworkEvent, inbox: &mpsc::Sender<Inbox>) {
+        match event {
+            NetworkEvent::PeerStatus { peer, status } => self.engine.peer_status(
+                now,
+                peer,
+                PeerStatus {
+                    head_height: status.head_height,
+                    head_hash: status.head_hash,
+                    finalized_height: status.finalized_height,
+                    earliest_height: status.earliest_height,
+                },
+            ),
+            NetworkEvent::PeerDisconnected { peer } => self.engine.peer_disconnected(now, &peer),
+            NetworkEvent::GossipBlock {
+                peer,
+                message_id,
+                block,
+            } => {
+                let (spec, inbox) = (self.store.spec().clone(), inbox.clone());
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let valid = match store.contains(&block.hash()) {
+                        Ok(true) => Err("already known".to_owned()),
+                        _ => check_standalone(&block, &spec)
+                            .and_then(|()| check_not_future(&block.header, wall_ms()))
+                            .map_err(|e| format!("invalid: {e}")),
+                    };
+                    let _ = inbox.blocking_send(Inbox::Gossip {
+                        peer,
+                        message_id,
+                        block,
+                        valid,
+                    });
+                });
+            }
+        }
+    }
+
+    fn on_inbox(&mut self, now: u64, msg: Inbox, inbox: &mpsc::Sender<Inbox>) {
+        match msg {
+            Inbox::Response {
+                id,
+                peer,
+                root,
+                result,
+            } => match result {
+                Ok(resp) if resp.code == ResponseCode::Ok => {
+                    let n = resp.blocks.len() as u64;
+                    let bytes: u64 = resp.blocks.iter().map(|b| b.payload.len() as u64).sum();
+                    self.metrics.blocks_downloaded.inc_by(n);
+                    self.metrics.bytes_downloaded.inc_by(bytes);
+                    let (verifier, inbox) = (self.verifier.clone(), inbox.clone());
+                    tokio::spawn(async move {
+                        let verified = verifier.verify(resp.blocks).await;
+                        let _ = inbox.send(Inbox::Verified { id, root, verified }).await;
+                    });
+                }
+                Ok(resp) => {
+                    tracing::debug!(%peer, code = ?resp.code, "request refused: {}", resp.error_message);
+                    self.engine.request_failed(now, id, failure_of_code(resp.code));
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "request failed: {e}");
+                    self.engine.request_failed(now, id, failure_of(&e));
+                }
+            },
+            Inbox::Verified { id, root, verified } => {
+                self.metrics.verify_seconds.observe(verified.seconds);
+                match verified.result {
+                    Ok(()) if root => self.engine.root_response(now, id, verified.blocks),
+                    Ok(()) => self.engine.range_response(now, id, verified.blocks),
+                    Err(e) => {
+                        self.metrics.invalid_responses.inc();
+                        tracing::info!("response failed verification: {e}");
+                        self.engine.response_invalid(now, id, &e.to_string());
+                    }
+                }
+            }
+            Inbox::Gossip {
+                peer,
+                message_id,
+                block,
+                valid,
+            } => {
+                let acceptance = match &valid {
+                    Ok(()) => GossipAcceptance::Accept,
+                    Err(why) if why == "already known" => GossipAcceptance::Ignore,
+                    Err(_) => GossipAcceptance::Reject,
+                };
+                let network = self.network.clone();
+                tokio::spawn(async move { network.report_gossip(message_id, peer, acceptance).await });
+                match valid {
+                    Ok(()) => {
+                        self.gossiped.insert(block.hash());
+                        self.engine.gossip_block(now, peer, block);
+                    }
+                    Err(why) if why != "already known" => {
+                        tracing::info!(%peer, "gossiped block {}: {why}", block.hash());
+                        let network = self.network.clone();
+                        tokio::spawn(async move {
+                            network
+                                .report(
+                                    peer,
+                                    syncnode_sync::PeerAction::InvalidData,
+                                    "invalid gossiped block",
+                                )
+                                .await
+                        });
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    fn on_import_done(&mut self, now: u64, done: ImportDone) {
+        self.metrics.import_seconds.observe(done.seconds);
+        if let Err(e) = &done.result {
+            tracing::warn!(blocks = done.blocks, "import failed: {e}");
+        } else {
+            match done.direction {
+                Direction::Forward => self.metrics.blocks_imported.inc_by(done.blocks as u64),
+                Direction::Backfill => self.metrics.blocks_backfilled.inc_by(done.blocks as u64),
+            };
+            self.metrics.observe_chain(&self.store.status());
+        }
+        let follow = done.direction == Direction::Forward
+            && done.became_head
+            && (done.id.is_none() || self.engine.state() == SyncState::Synced);
+        let published_by_gossip = done
+            .last
+            .as_ref()
+            .is_some_and(|b| self.gossiped.contains(&b.hash()));
+        if follow
+            && !published_by_gossip
+            && let Some(block) = done.last.clone()
+        {
+            let network = self.network.clone();
+            tokio::spawn(async move {
+                if let Err(e) = network.publish(block).await {
+                    tracing::debug!("publish: {e}");
+                }
+            });
+        }
+        match done.id {
+            Some(id) => self.engine.import_result(now, id, done.result),
+            None => {
+                if done.result.is_ok() {
+                    let head = self.store.head();
+                    self.engine.local_head_changed(now, head.height, head.hash);
+                }
+            }
+        }
+    }
+
+    /// Produces a block if this node's key is scheduled next and it is in sync. Returns whether
+    /// a block was handed to the importer.
+    fn produce(&mut self) -> bool {
+        let Some(producer) = &self.producer else {
+            return false;
+        };
+        let state = self.engine.state();
+        if !matches!(state, SyncState::Synced | SyncState::Backfilling) {
+            return false;
+        }
+        let head = self.store.head();
+        let spec = self.store.spec();
+        if spec.authority_at(head.height + 1) != producer.key.public_key() {
+            return false;
+        }
+        let Ok(Some(parent)) = self.store.block(&head.hash) else {
+            return false;
+        };
+        let payload = DevChain::payload(head.height + 1, producer.payload_bytes);
+        let timestamp = wall_ms().max(parent.header.timestamp_ms + 1);
+        let block = Block::new_signed(head.height + 1, head.hash, timestamp, payload, &producer.key);
+        self.metrics.produced_blocks.inc();
+        tracing::info!(height = block.height(), hash = %block.hash(), "produced block");
+        let job = ImportJob {
+            id: None,
+            blocks: vec![block],
+            direction: Direction::Forward,
+        };
+        self.imports.try_send(job).is_ok()
+    }
+
+    fn drain_actions(&mut self, now: u64, inbox: &mpsc::Sender<Inbox>) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::SendRangeRequest {
+                    peer,
+                    id,
+                    start_height,
+                    count,
+                    timeout_ms,
+                } => match BlocksByRangeRequest::new(start_height, count) {
+                    Ok(request) => {
+                        let (network, inbox) = (self.network.clone(), inbox.clone());
+                        tokio::spawn(async move {
+                            let result = tokio::time::timeout(
+                                Duration::from_millis(timeout_ms),
+                                network.request_range(peer, request),
+                            )
+                            .await
+                            .unwrap_or(Err(RequestError::Timeout));
+                            let _ = inbox
+                                .send(Inbox::Response {
+                                    id,
+                                    peer,
+                                    root: false,
+                                    result,
+                                })
+                                .await;
+                        });
+                    }
+                    Err(e) => self
+                        .engine
+                        .request_failed(now, id, RequestFailure::Local(e.to_string())),
+                },
+                Action::SendRootRequest {
+                    peer,
+                    id,
+                    hashes,
+                    timeout_ms,
+                } => match BlocksByRootRequest::new(hashes) {
+                    Ok(request) => {
+                        let (network, inbox) = (self.network.clone(), inbox.clone());
+                        tokio::spawn(async move {
+                            let result = tokio::time::timeout(
+                                Duration::from_millis(timeout_ms),
+                                network.request_roots(peer, request),
+                            )
+                            .await
+                            .unwrap_or(Err(RequestError::Timeout));
+                            let _ = inbox
+                                .send(Inbox::Response {
+                                    id,
+                                    peer,
+                                    root: true,
+                                    result,
+                                })
+                                .await;
+                        });
+                    }
+                    Err(e) => self
+                        .engine
+                        .request_failed(now, id, RequestFailure::Local(e.to_string())),
+                },
+                Action::RequestStatus { peer } => {
+                    // The network re-exchanges Status on its own interval; nothing to force here.
+                    tracing::trace!(%peer, "engine asked for a fresher status");
+                }
+                Action::Import {
+                    id,
+                    blocks,
+                    direction,
+                } => {
+                    if let Err(e) = self.imports.try_send(ImportJob {
+                        id: Some(id),
+                        blocks,
+                        direction,
+                    }) {
+                        let reason = format!("import queue: {e}");
+                        self.engine
+                            .import_result(now, id, Err(syncnode_sync::ImportError::Local(reason)));
+                    }
+                }
+                Action::Penalise { peer, action, reason } => {
+                    tracing::info!(%peer, ?action, reason, "penalising peer");
+                    let network = self.network.clone();
+                    tokio::spawn(async move { network.report(peer, action, reason).await });
+                }
+                Action::StateChanged(state) => {
+                    tracing::info!(state = crate::http::state_name(state), "sync state changed");
+                    self.sync_view.send_modify(|v| v.state = state);
+                }
+                Action::TargetChanged(target) => {
+                    tracing::debug!(target, "sync target changed");
+                    self.sync_view.send_modify(|v| v.target = target);
+                }
+                Action::BackfillComplete { lowest_height } => {
+                    tracing::info!(lowest_height, "backfill complete");
+                    self.sync_view.send_modify(|v| v.backfill_complete = true);
+                }
+            }
+        }
+        self.metrics
+            .observe_engine(&self.engine.stats(), self.engine.state(), self.engine.target());
+    }
+}

@@ -1,0 +1,36 @@
+//! The store as the network's [`BlockSource`]: what this node seeds.
+
+use std::sync::Arc;
+
+use syncnode_network::{BlockSource, SourceError};
+use syncnode_store::BlockStore;
+use syncnode_types::{Block, Hash, Height};
+
+/// Serves canonical blocks from the store.
+pub struct StoreSource(pub Arc<BlockStore>);
+
+fn source_error(e: syncnode_store::StoreError) -> SourceError {
+    SourceError(e.to_string())
+}
+
+impl BlockSource for StoreSource {
+    fn blocks_by_range(
+        &self,
+        start: Height,
+        count: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, SourceError> {
+        // Heights below the backfill low are not served as a range: the range would not be unbroken.
+        let low = self.0.pointers().low.height;
+        if start < low {
+            return Ok(Vec::new());
+        }
+        self.0
+            .blocks_by_range(start, count, max_bytes)
+            .map_err(source_error)
+    }
+
+    fn blocks_by_root(&self, hashes: &[Hash], max_bytes: usize) -> Result<Vec<Block>, SourceError> {
+        self.0.blocks_by_root(hashes, max_bytes).map_err(source_error)
+    }
+}
