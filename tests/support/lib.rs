@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod node;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 

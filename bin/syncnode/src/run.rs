@@ -57,9 +57,13 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     };
     let sync = SyncConfig {
         batch_size: args.batch_size,
+        window_batches: args.window_batches,
+        window_bytes: args.window_mib.saturating_mul(1 << 20),
+        stall_after_ms: args.stall_after_secs.saturating_mul(1000),
         ..SyncConfig::default()
     };
-    sync.validate().context("--batch-size")?;
+    sync.validate()
+        .context("sync settings (--batch-size, --window-*, --stall-after-secs)")?;
     Ok(NodeConfig {
         spec,
         data_dir: args.data_dir.clone(),

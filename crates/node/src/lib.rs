@@ -117,6 +117,7 @@ pub async fn run(
     tracing::info!(peer_id = %network.local_peer_id(), "network started");
 
     config.sync.validate().context("sync configuration")?;
+    tracing::info!(sync = ?config.sync, "sync configuration");
     let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed());
     let (sync_view, sync_rx) = watch::channel(http::SyncView {
         state: engine.state(),

@@ -645,3 +645,33 @@ fn arbitrary_event_sequences_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_peer_that_delivers_then_falls_silent_makes_the_state_stalled() {
+    // Found end to end: a node that synced part of the chain, then whose only peer stopped
+    // answering, stayed `syncing` forever.
+    let blocks = chain(200, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7);
+    let mut now = 700;
+    engine.peer_status(now, 1, status(&blocks, 200));
+    let first = range_requests(&drain(&mut engine));
+    assert_eq!(first.len(), 1);
+    let (_, id, start, count) = first[0];
+    engine.range_response(now, id, serve(&blocks, start, count));
+    import_drained(&mut engine, now);
+    assert!(engine.head_height() > 0);
+    let mut stalled_at = None;
+    while now < 40_000 {
+        now += 100;
+        engine.tick(now);
+        if now % 1_000 == 0 {
+            engine.peer_status(now, 1, status(&blocks, 200));
+        }
+        drain(&mut engine);
+        if engine.state() == SyncState::Stalled && stalled_at.is_none() {
+            stalled_at = Some(now);
+        }
+    }
+    let stalled_at = stalled_at.expect("never stalled");
+    assert!(stalled_at <= 700 + 5_000 + 1_000, "stalled only at {stalled_at}");
+}

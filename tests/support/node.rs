@@ -1,0 +1,160 @@
+//! Running `syncnode run` processes and watching them through the HTTP API.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::{ChildGuard, path_str, syncnode};
+
+/// A free TCP port on 127.0.0.1 (bound then released; the test binds it again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `GET path` on `addr` with a plain HTTP/1.1 request; the body, or `None` on any failure.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// `GET path` as JSON, or `None`.
+pub fn http_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let (code, body) = http_get(addr, path)?;
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running `syncnode run` with its HTTP API and P2P port on 127.0.0.1.
+pub struct Node {
+    pub name: String,
+    pub child: ChildGuard,
+    pub http: SocketAddr,
+    pub p2p_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Starts `syncnode run` on fresh ports; its stderr goes to `DATA_DIR.log`.
+    pub fn start(name: &str, spec: &Path, data_dir: &Path, extra: &[String]) -> Node {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let p2p_port = free_port();
+        let listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+        let http_s = http.to_string();
+        let mut args = vec!["run", "--chain", path_str(spec), "--data-dir", path_str(data_dir)];
+        args.extend([
+            "--listen",
+            &listen,
+            "--http",
+            &http_s,
+            "--log-level",
+            "info,syncnode=debug",
+        ]);
+        let mut cmd = syncnode(&args);
+        cmd.args(extra);
+        let log = data_dir.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(std::process::Stdio::null()).stderr(file);
+        let child = ChildGuard(cmd.spawn().expect("spawn syncnode run"));
+        let node = Node {
+            name: name.into(),
+            child,
+            http,
+            p2p_port,
+            data_dir: data_dir.into(),
+            log,
+        };
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{name} to answer /status"),
+            || node.status(),
+        );
+        node
+    }
+
+    /// The multiaddr other nodes use to dial this one.
+    pub fn multiaddr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
+    }
+
+    /// `GET /status`, or `None` while it does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        http_json(self.http, "/status")
+    }
+
+    /// A numeric field of `/status`.
+    pub fn status_u64(&self, field: &str) -> Option<u64> {
+        self.status()?.get(field)?.as_u64()
+    }
+
+    /// Waits until `/status` satisfies `pred`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(timeout, &format!("{}: {what}", self.name), || {
+            self.status().filter(|s| pred(s))
+        })
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0 in time.
+    pub fn stop(&mut self) -> bool {
+        let pid = self.child.0.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill();
+        false
+    }
+
+    /// Sends a signal by name (e.g. `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.0.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status();
+    }
+
+    /// The node's log so far (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
