@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean
+.PHONY: test lint build fmt clean devnet
 
 ## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
 test: lint build
@@ -15,6 +15,12 @@ test: lint build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## make devnet: a local testnet on 127.0.0.1 (producer, two nodes from genesis, one from a
+## checkpoint that backfills); ends when all are synced with full history. DEVNET_ARGS adds flags.
+devnet:
+	$(CARGO) build -p syncnode
+	./target/debug/syncnode devnet $(DEVNET_ARGS)
 
 ## The end-to-end tests run the real binary: build it first.
 build:

@@ -40,6 +40,30 @@ pub enum Command {
     Db(DbCommand),
     /// Run a node: join the network, sync, seed, follow the head.
     Run(Box<RunArgs>),
+    /// A local testnet on 127.0.0.1: a producer, nodes syncing from genesis, one from a checkpoint.
+    Devnet(DevnetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevnetArgs {
+    /// Syncing nodes besides the producer (the last starts from a checkpoint and backfills).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub nodes: u32,
+    /// Blocks of pre-generated history.
+    #[arg(long, default_value_t = 50_000)]
+    pub blocks: u64,
+    /// Payload size of each block in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub payload_bytes: u64,
+    /// Keep the nodes running after they are synced (stop with Ctrl-C).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Directory for the chain spec, stores and logs [default: a temporary directory, removed at the end].
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Give up (exit non-zero) if the nodes are not all synced after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +101,9 @@ pub struct RunArgs {
     /// Cap on blocks this node serves per second to all peers together (for benchmarks).
     #[arg(long)]
     pub serve_blocks_per_sec: Option<u32>,
+    /// Start from this trusted block (HEIGHT:HASH) instead of genesis, then backfill history.
+    #[arg(long)]
+    pub checkpoint: Option<syncnode_node::checkpoint::Checkpoint>,
     /// Blocks per range request of the sync engine (1..=1024).
     #[arg(long, default_value_t = 512)]
     pub batch_size: u64,

@@ -5,6 +5,8 @@
 mod chain;
 mod cli;
 mod db;
+mod devnet;
+mod http_client;
 mod progress;
 mod run;
 
@@ -31,6 +33,7 @@ fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Db(DbCommand::Export(args)) => db::export(args),
         Command::Db(DbCommand::Repair(args)) => db::repair(args),
         Command::Run(args) => run::run(*args),
+        Command::Devnet(args) => devnet::devnet(args),
     }
 }
 

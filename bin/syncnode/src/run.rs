@@ -72,6 +72,7 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         producer,
         sync,
         verify_threads: 0,
+        checkpoint: args.checkpoint,
     })
 }
 

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod checkpoint;
 pub mod http;
 pub mod import;
 pub mod metrics;
@@ -62,6 +63,8 @@ pub struct NodeConfig {
     pub sync: SyncConfig,
     /// Verification threads (0: one per core).
     pub verify_threads: usize,
+    /// Start from this trusted block instead of genesis, then backfill below it.
+    pub checkpoint: Option<checkpoint::Checkpoint>,
 }
 
 /// Loads the node's libp2p identity from `DATA_DIR/network_key`, creating it on first start, so
@@ -110,12 +113,19 @@ pub async fn run(
     config.network.keypair = load_or_create_keypair(&config.data_dir)?;
     config.network.genesis_hash = store.status().genesis_hash;
     let source = Arc::new(source::StoreSource(store.clone()));
-    let (network, events) =
+    let (network, mut events) =
         syncnode_network::start(config.network, source, chain.status.clone(), &mut registry)
             .await
             .context("starting the network")?;
     tracing::info!(peer_id = %network.local_peer_id(), "network started");
 
+    let mut replay = Vec::new();
+    if let Some(cp) = config.checkpoint
+        && let checkpoint::Need::Fetch = checkpoint::need(&store, cp)?
+    {
+        replay = checkpoint::fetch_and_anchor(&store, &network, &mut events, cp).await?;
+        metrics.observe_chain(&store.status());
+    }
     config.sync.validate().context("sync configuration")?;
     tracing::info!(sync = ?config.sync, "sync configuration");
     let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed());
@@ -160,7 +170,7 @@ pub async fn run(
         producer: config.producer.clone(),
         gossiped: node::RecentHashes::default(),
     };
-    event_loop.run(shutdown).await;
+    event_loop.run(replay, shutdown).await;
 
     tracing::info!("shutting down");
     let _ = stop_http_tx.send(());

@@ -163,10 +163,15 @@ fn failure_of_code(code: ResponseCode) -> RequestFailure {
 
 impl EventLoop {
     /// Runs until `shutdown` resolves or the network stops.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// `replay` holds network events that arrived before the loop started.
+    pub async fn run(mut self, replay: Vec<NetworkEvent>, shutdown: impl std::future::Future<Output = ()>) {
         let started = Instant::now();
         let now = move || started.elapsed().as_millis() as u64;
         let (inbox_tx, mut inbox) = mpsc::channel::<Inbox>(INBOX);
+        for event in replay {
+            self.on_network_event(now(), event, &inbox_tx);
+        }
+        self.drain_actions(now(), &inbox_tx);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slot_ms = self.store.spec().slot_ms.max(1);

@@ -1,0 +1,356 @@
+//! `syncnode devnet`: a local testnet of real `syncnode run` processes on 127.0.0.1.
+//!
+//! It writes a one-authority chain spec, pre-generates history, starts a producer that keeps
+//! producing, nodes that sync from genesis, and one node that starts from a checkpoint near the
+//! head and backfills; shows live progress per node; and ends when every node is synced with full
+//! history, printing a summary and stopping the children cleanly (SIGTERM, then SIGKILL).
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use syncnode_store::BlockStore;
+use syncnode_types::{ChainSpec, DevChain};
+
+use crate::cli::DevnetArgs;
+use crate::http_client::get_json;
+
+/// A child node of the devnet.
+struct Member {
+    name: String,
+    role: &'static str,
+    child: Child,
+    http: SocketAddr,
+    p2p: String,
+    started: Instant,
+    done_after: Option<Duration>,
+    start_height: u64,
+    bar: ProgressBar,
+}
+
+impl Member {
+    fn status(&self) -> Option<serde_json::Value> {
+        get_json(self.http, "/status").ok()
+    }
+
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn_node(
+    name: &str,
+    role: &'static str,
+    spec: &Path,
+    root: &Path,
+    extra: &[String],
+    bars: &MultiProgress,
+) -> anyhow::Result<Member> {
+    let http = free_addr()?;
+    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_addr()?.port());
+    let data = root.join(name);
+    let log = std::fs::File::create(root.join(format!("{name}.log")))?;
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(["run", "--chain"])
+        .arg(spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &p2p, "--http", &http.to_string()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting node {name}"))?;
+    let bar = bars.add(ProgressBar::new(1));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos:>7}/{len:7} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_owned());
+    let member = Member {
+        name: name.into(),
+        role,
+        child,
+        http,
+        p2p,
+        started: Instant::now(),
+        done_after: None,
+        start_height: 0,
+        bar,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while member.status().is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {name} did not answer on {http}; see {}/{name}.log",
+            root.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(member)
+}
+
+pub fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
+    let keep_dir = args.data_root.is_some() || args.keep_running;
+    let root = match &args.data_root {
+        Some(r) => r.clone(),
+        None => std::env::temp_dir().join(format!("syncnode-devnet-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&root)?;
+    let result = run_devnet(&args, &root);
+    if !keep_dir {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        println!("data and logs kept in {}", root.display());
+    }
+    result
+}
+
+/// Set by SIGINT/SIGTERM: the devnet stops its nodes and exits.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let tty = std::io::stdout().is_terminal();
+    let now_ms = crate::chain::now_ms()?;
+    let slot_ms = 1000;
+    let genesis_ms = (now_ms / 1000).saturating_sub(args.blocks + 5) * 1000;
+    let spec = ChainSpec::dev("devnet", 1, genesis_ms, slot_ms, 32)?;
+    let spec_path = root.join("spec.json");
+    std::fs::write(&spec_path, spec.to_json())?;
+    println!(
+        "devnet: chain {} genesis {} in {}",
+        spec.name,
+        spec.genesis_hash(),
+        root.display()
+    );
+
+    let producer_dir = root.join("producer");
+    let started = Instant::now();
+    {
+        let (store, _) = BlockStore::open(&producer_dir, &spec)?;
+        let dev = DevChain::new(&spec)?;
+        let mut parent = spec.genesis().header;
+        let bar = crate::progress::bar(args.blocks, "history");
+        let mut done = store.head().height;
+        while done < args.blocks {
+            let n = 4096.min(args.blocks - done);
+            let blocks = crate::chain::build_blocks(&dev, &parent, n, args.payload_bytes as usize);
+            store.import_blocks(&blocks)?;
+            parent = blocks[blocks.len() - 1].header;
+            done += n;
+            bar.set_position(done);
+        }
+        bar.finish_and_clear();
+    }
+    println!(
+        "devnet: generated {} blocks of {} bytes in {:.1} s",
+        args.blocks,
+        args.payload_bytes,
+        started.elapsed().as_secs_f64()
+    );
+
+    let bars = if tty {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
+    let payload = args.payload_bytes.to_string();
+    let mut members = Vec::new();
+    let producer_args = ["--produce", "--dev-key", "0", "--payload-bytes", &payload].map(String::from);
+    members.push(spawn_node(
+        "producer",
+        "producer",
+        &spec_path,
+        root,
+        &producer_args,
+        &bars,
+    )?);
+    let boot = vec!["--bootnode".to_string(), members[0].p2p.clone()];
+    let checkpoint_height = args.blocks.saturating_sub(args.blocks / 50).max(1);
+    let checkpoint_hash = get_json(members[0].http, &format!("/blocks/{checkpoint_height}"))?["hash"]
+        .as_str()
+        .context("checkpoint block has no hash")?
+        .to_owned();
+    let syncing = args.nodes.max(1);
+    for i in 0..syncing {
+        let last = i + 1 == syncing && syncing > 1;
+        let mut extra = boot.clone();
+        for m in members.iter().skip(1) {
+            extra.extend(["--bootnode".to_string(), m.p2p.clone()]);
+        }
+        let (name, role) = if last {
+            extra.extend([
+                "--checkpoint".to_string(),
+                format!("{checkpoint_height}:{checkpoint_hash}"),
+            ]);
+            ("checkpoint".to_string(), "checkpoint+backfill")
+        } else {
+            (format!("node{}", i + 1), "from genesis")
+        };
+        members.push(spawn_node(&name, role, &spec_path, root, &extra, &bars)?);
+    }
+    println!(
+        "devnet: {} nodes running; checkpoint {checkpoint_height}:{checkpoint_hash}",
+        members.len()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut last_line = Instant::now();
+    let mut last_heads: Vec<(Instant, u64)> = members.iter().map(|_| (Instant::now(), 0)).collect();
+    loop {
+        let target = members[0]
+            .status()
+            .and_then(|s| s["head_height"].as_u64())
+            .unwrap_or(args.blocks);
+        let mut all_done = true;
+        for (i, m) in members.iter_mut().enumerate() {
+            let Some(s) = m.status() else {
+                all_done = false;
+                if let Ok(Some(code)) = m.child.try_wait() {
+                    anyhow::bail!(
+                        "node {} exited with {code}; see {}/{}.log",
+                        m.name,
+                        root.display(),
+                        m.name
+                    );
+                }
+                continue;
+            };
+            let head = s["head_height"].as_u64().unwrap_or(0);
+            let earliest = s["earliest_height"].as_u64().unwrap_or(0);
+            let state = s["sync_state"].as_str().unwrap_or("?").to_owned();
+            let peers = s["peers"].as_u64().unwrap_or(0);
+            if m.start_height == 0
+                && head > 0
+                && i > 0
+                && m.done_after.is_none()
+                && m.role == "checkpoint+backfill"
+            {
+                m.start_height = checkpoint_height;
+            }
+            let (t0, h0) = last_heads[i];
+            let rate = (head.saturating_sub(h0)) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+            last_heads[i] = (Instant::now(), head);
+            let done = i == 0
+                || (state == "synced"
+                    && head >= args.blocks
+                    && earliest == 0
+                    && s["backfill_complete"] == true);
+            if done && m.done_after.is_none() && i > 0 {
+                m.done_after = Some(m.started.elapsed());
+            }
+            all_done &= done;
+            m.bar.set_length(target.max(1));
+            m.bar.set_position(head);
+            m.bar.set_message(format!(
+                "earliest {earliest:>6} {state:<11} peers {peers} {rate:>8.0} blocks/s"
+            ));
+            if !tty && last_line.elapsed() >= Duration::from_secs(2) {
+                println!(
+                    "{:>10} head {head:>7}/{target} earliest {earliest:>6} {state:<11} peers {peers} {rate:>8.0} blocks/s",
+                    m.name
+                );
+            }
+        }
+        if !tty && last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = Instant::now();
+        }
+        if interrupted() {
+            println!("devnet: interrupted; stopping the nodes");
+            for m in members.iter_mut().rev() {
+                m.stop();
+            }
+            return Ok(ExitCode::from(130));
+        }
+        if all_done && !args.keep_running {
+            break;
+        }
+        anyhow::ensure!(
+            args.keep_running || Instant::now() < deadline,
+            "devnet did not finish within {} s; logs in {}",
+            args.timeout_secs,
+            root.display()
+        );
+        std::thread::sleep(Duration::from_millis(if tty { 200 } else { 500 }));
+    }
+    for m in &members {
+        m.bar.finish();
+    }
+    print_summary(&members, args.blocks);
+    for m in members.iter_mut().rev() {
+        m.stop();
+    }
+    println!("devnet: all nodes stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(members: &[Member], blocks: u64) {
+    println!();
+    println!("| node | role | time to sync (s) | blocks/s | peak RSS (MiB) | peers banned |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for m in members {
+        let bans = get_json(m.http, "/peers")
+            .ok()
+            .and_then(|p| {
+                p.as_array()
+                    .map(|a| a.iter().filter(|x| x["banned"] == true).count())
+            })
+            .unwrap_or(0);
+        let rss = m
+            .peak_rss_kib()
+            .map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let (time, rate) = match m.done_after {
+            Some(d) => (
+                format!("{:.1}", d.as_secs_f64()),
+                format!("{:.0}", blocks as f64 / d.as_secs_f64().max(1e-3)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!("| {} | {} | {time} | {rate} | {rss} | {bans} |", m.name, m.role);
+    }
+    println!();
+}
