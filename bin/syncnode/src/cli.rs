@@ -42,6 +42,18 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// A local testnet on 127.0.0.1: a producer, nodes syncing from genesis, one from a checkpoint.
     Devnet(DevnetArgs),
+    /// Show a running node's status and peers.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node's HTTP API address (its --http).
+    #[arg(long)]
+    pub http: std::net::SocketAddr,
+    /// Print JSON ({"status": ..., "peers": [...]}) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod devnet;
 mod http_client;
 mod progress;
 mod run;
+mod status;
 
 use clap::Parser;
 
@@ -34,6 +35,7 @@ fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Db(DbCommand::Repair(args)) => db::repair(args),
         Command::Run(args) => run::run(*args),
         Command::Devnet(args) => devnet::devnet(args),
+        Command::Status(args) => status::status(args),
     }
 }
 
