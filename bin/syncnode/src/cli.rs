@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::run_config::RunArgs;
+
 /// syncnode: a libp2p peer-to-peer block sync node.
 #[derive(Debug, Parser)]
 #[command(name = "syncnode", version, about, propagate_version = true)]
@@ -76,58 +78,6 @@ pub struct DevnetArgs {
     /// Give up (exit non-zero) if the nodes are not all synced after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
-}
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Chain spec JSON file.
-    #[arg(long)]
-    pub chain: PathBuf,
-    /// Data directory (store and network key).
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Multiaddr to listen on; repeatable [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1].
-    #[arg(long = "listen")]
-    pub listen: Vec<String>,
-    /// Multiaddr of a peer to dial at start; repeatable.
-    #[arg(long = "bootnode")]
-    pub bootnodes: Vec<String>,
-    /// Address of the HTTP API (e.g. 127.0.0.1:8080); off when absent.
-    #[arg(long)]
-    pub http: Option<std::net::SocketAddr>,
-    /// Produce blocks in the slots where --dev-key is the scheduled authority.
-    #[arg(long, requires = "dev_key")]
-    pub produce: bool,
-    /// Index of the development key to produce with.
-    #[arg(long)]
-    pub dev_key: Option<u32>,
-    /// Payload size of produced blocks in bytes.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
-    pub payload_bytes: u64,
-    /// Discover peers on the local network by mDNS.
-    #[arg(long)]
-    pub mdns: bool,
-    /// Most peers connected at once.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_peers: u32,
-    /// Cap on blocks this node serves per second to all peers together (for benchmarks).
-    #[arg(long)]
-    pub serve_blocks_per_sec: Option<u32>,
-    /// Start from this trusted block (HEIGHT:HASH) instead of genesis, then backfill history.
-    #[arg(long)]
-    pub checkpoint: Option<syncnode_node::checkpoint::Checkpoint>,
-    /// Blocks per range request of the sync engine (1..=1024).
-    #[arg(long, default_value_t = 512)]
-    pub batch_size: u64,
-    /// Most batches downloaded ahead of import.
-    #[arg(long, default_value_t = 16)]
-    pub window_batches: usize,
-    /// Most bytes of blocks downloaded ahead of import, in MiB.
-    #[arg(long, default_value_t = 64)]
-    pub window_mib: usize,
-    /// Seconds without progress, while peers are ahead, before the state is `stalled`.
-    #[arg(long, default_value_t = 60)]
-    pub stall_after_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]

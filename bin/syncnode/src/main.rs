@@ -9,6 +9,7 @@ mod devnet;
 mod http_client;
 mod progress;
 mod run;
+mod run_config;
 mod status;
 
 use clap::Parser;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use syncnode_network::{Keypair, Multiaddr, NetworkConfig};
+use syncnode_node::checkpoint::Checkpoint;
 use syncnode_node::{NodeConfig, ProducerConfig};
 use syncnode_sync::SyncConfig;
 use syncnode_types::{Hash, SigningKey};
@@ -21,21 +22,17 @@ fn parse_addrs(what: &str, addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
         .collect()
 }
 
-/// The node configuration the flags describe.
+/// The node configuration that resolved settings describe.
 pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
-    let spec = crate::chain::read_spec(&args.chain)?;
-    let mut network = NetworkConfig::new(Keypair::generate_ed25519(), Hash::ZERO);
-    network.listen = if args.listen.is_empty() {
-        parse_addrs(
-            "listen",
-            &["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()],
-        )?
-    } else {
-        parse_addrs("--listen", &args.listen)?
+    let (Some(chain), Some(data_dir)) = (&args.chain, &args.data_dir) else {
+        anyhow::bail!("--chain and --data-dir are required");
     };
-    network.bootnodes = parse_addrs("--bootnode", &args.bootnodes)?;
+    let spec = crate::chain::read_spec(chain)?;
+    let mut network = NetworkConfig::new(Keypair::generate_ed25519(), Hash::ZERO);
+    network.listen = parse_addrs("listen", &args.listen)?;
+    network.bootnodes = parse_addrs("bootnode", &args.bootnodes)?;
     network.mdns = args.mdns;
-    network.max_peers = args.max_peers;
+    network.max_peers = args.max_peers.unwrap_or(network.max_peers);
     network.serve_blocks_per_sec = args.serve_blocks_per_sec;
     let producer = match (args.produce, args.dev_key) {
         (true, Some(index)) => {
@@ -49,34 +46,51 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
             }
             Some(ProducerConfig {
                 key,
-                payload_bytes: args.payload_bytes as usize,
+                payload_bytes: args.payload_bytes.unwrap_or(1024) as usize,
             })
         }
         (true, None) => anyhow::bail!("--produce needs --dev-key"),
         (false, _) => None,
     };
+    let defaults = SyncConfig::default();
     let sync = SyncConfig {
-        batch_size: args.batch_size,
-        window_batches: args.window_batches,
-        window_bytes: args.window_mib.saturating_mul(1 << 20),
-        stall_after_ms: args.stall_after_secs.saturating_mul(1000),
-        ..SyncConfig::default()
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        window_batches: args.window_batches.unwrap_or(defaults.window_batches),
+        window_bytes: args
+            .window_mib
+            .map_or(defaults.window_bytes, |m| m.saturating_mul(1 << 20)),
+        stall_after_ms: args
+            .stall_after_secs
+            .map_or(defaults.stall_after_ms, |s| s.saturating_mul(1000)),
+        ..defaults
     };
     sync.validate()
-        .context("sync settings (--batch-size, --window-*, --stall-after-secs)")?;
+        .context("sync settings (batch-size, window-*, stall-after-secs)")?;
+    let checkpoint = match &args.checkpoint {
+        Some(text) => Some(
+            text.parse::<Checkpoint>()
+                .map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))?,
+        ),
+        None => None,
+    };
     Ok(NodeConfig {
         spec,
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.clone(),
         network,
         http: args.http,
         producer,
         sync,
         verify_threads: 0,
-        checkpoint: args.checkpoint,
+        checkpoint,
     })
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let args = args.resolved()?;
+    if args.print_config {
+        print!("{}", args.to_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = node_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
