@@ -2,10 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet
+.PHONY: test lint build fmt clean devnet interop-deps chaos
 
 ## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
-test: lint build
+test: lint build interop-deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -25,6 +25,12 @@ devnet:
 ## The end-to-end tests run the real binary: build it first.
 build:
 	$(CARGO) build --workspace --bins
+
+## The js-libp2p interoperability test's client packages (pinned by package-lock.json).
+interop-deps:
+	@if [ ! -d tests/interop/node_modules/libp2p ]; then \
+		npm ci --prefix tests/interop --no-audit --no-fund; \
+	fi
 
 fmt:
 	$(CARGO) fmt --all
