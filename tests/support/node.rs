@@ -67,7 +67,19 @@ impl Node {
     /// Starts `syncnode run` on fresh ports; its stderr goes to `DATA_DIR.log`.
     pub fn start(name: &str, spec: &Path, data_dir: &Path, extra: &[String]) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let p2p_port = free_port();
+        Node::start_at(name, spec, data_dir, extra, http, free_port())
+    }
+
+    /// Starts `syncnode run` on the given ports (to restart a node where its peers and clients
+    /// expect it); its stderr is appended to `DATA_DIR.log`.
+    pub fn start_at(
+        name: &str,
+        spec: &Path,
+        data_dir: &Path,
+        extra: &[String],
+        http: SocketAddr,
+        p2p_port: u16,
+    ) -> Node {
         let listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
         let http_s = http.to_string();
         let mut args = vec!["run", "--chain", path_str(spec), "--data-dir", path_str(data_dir)];
@@ -82,7 +94,11 @@ impl Node {
         let mut cmd = syncnode(&args);
         cmd.args(extra);
         let log = data_dir.with_extension("log");
-        let file = std::fs::File::create(&log).expect("log file");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         cmd.stdout(std::process::Stdio::null()).stderr(file);
         let child = ChildGuard(cmd.spawn().expect("spawn syncnode run"));
         let node = Node {
@@ -151,10 +167,68 @@ impl Node {
             .status();
     }
 
+    /// The value of an unlabelled metric in `GET /metrics` (e.g. `syncnode_blocks_downloaded_total`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (code, body) = http_get(self.http, "/metrics")?;
+        if code != 200 {
+            return None;
+        }
+        body.lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|value| value.trim().parse().ok())
+    }
+
     /// The node's log so far (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A one-authority chain spec in `dir/spec.json` whose history of `blocks` blocks ends before now,
+/// generated into `dir/<store>` with `payload` bytes per block. Returns (spec path, store path).
+pub fn chain_with_history(dir: &Path, store: &str, blocks: u64, payload: u64) -> (PathBuf, PathBuf) {
+    let genesis_ms = ((now_s() - blocks - 60) * 1000).to_string();
+    let spec = crate::write_spec(
+        dir,
+        "e2e",
+        1,
+        &["--genesis-timestamp-ms", &genesis_ms, "--slot-ms", "1000"],
+    );
+    let data = dir.join(store);
+    let (n, p) = (blocks.to_string(), payload.to_string());
+    crate::run_ok(&[
+        "chain",
+        "generate",
+        "--chain",
+        path_str(&spec),
+        "--data-dir",
+        path_str(&data),
+        "--blocks",
+        &n,
+        "--payload-bytes",
+        &p,
+    ]);
+    (spec, data)
+}
+
+/// The heights of the JSON block lines in `text` (reorg lines are returned as `None`).
+pub fn printed_heights(text: &str) -> Vec<Option<u64>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["height"].as_u64())
+        })
+        .collect()
 }

@@ -46,6 +46,24 @@ pub enum Command {
     Devnet(DevnetArgs),
     /// Show a running node's status and peers.
     Status(StatusArgs),
+    /// Print canonical blocks as JSON lines, in height order, resumable through a cursor file.
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The node's HTTP API address (its --http).
+    #[arg(long)]
+    pub http: std::net::SocketAddr,
+    /// File holding the last height printed; the next run continues after it.
+    #[arg(long)]
+    pub cursor_file: PathBuf,
+    /// First height when the cursor file does not exist yet [default: 0].
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Exit 0 after printing this height.
+    #[arg(long)]
+    pub until: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod progress;
 mod run;
 mod run_config;
 mod status;
+mod subscribe;
 
 use clap::Parser;
 
@@ -37,6 +38,7 @@ fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Run(args) => run::run(*args),
         Command::Devnet(args) => devnet::devnet(args),
         Command::Status(args) => status::status(args),
+        Command::Subscribe(args) => subscribe::subscribe(args),
     }
 }
 

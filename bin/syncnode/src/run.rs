@@ -55,6 +55,7 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     let defaults = SyncConfig::default();
     let sync = SyncConfig {
         batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        backfill_batch_size: args.batch_size.unwrap_or(defaults.backfill_batch_size),
         window_batches: args.window_batches.unwrap_or(defaults.window_batches),
         window_bytes: args
             .window_mib
@@ -82,6 +83,7 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         sync,
         verify_threads: 0,
         checkpoint,
+        history_blocks: args.history_blocks,
     })
 }
 

@@ -63,7 +63,11 @@ pub struct RunArgs {
     /// Start from this trusted block (HEIGHT:HASH) instead of genesis, then backfill history.
     #[arg(long)]
     pub checkpoint: Option<String>,
-    /// Blocks per range request of the sync engine, 1..=1024 [default: 512].
+    /// Keep only the last N blocks below the finalized block: backfill stops at finalized - N and
+    /// older blocks are pruned as the head advances [default: keep all history].
+    #[arg(long, value_name = "N")]
+    pub history_blocks: Option<u64>,
+    /// Blocks per range request of the sync engine, forward and backfill, 1..=1024 [default: 512].
     #[arg(long)]
     pub batch_size: Option<u64>,
     /// Most batches downloaded ahead of import [default: 16].
@@ -106,6 +110,7 @@ impl RunArgs {
             max_peers: self.max_peers.or(file.max_peers),
             serve_blocks_per_sec: self.serve_blocks_per_sec.or(file.serve_blocks_per_sec),
             checkpoint: self.checkpoint.or(file.checkpoint),
+            history_blocks: self.history_blocks.or(file.history_blocks),
             batch_size: self.batch_size.or(file.batch_size),
             window_batches: self.window_batches.or(file.window_batches),
             window_mib: self.window_mib.or(file.window_mib),

@@ -1,6 +1,7 @@
 //! The importer: one thread that commits imports to the store strictly in the order they were
 //! asked for, so the engine's in-order imports stay in order, and disk writes never run on the
-//! async runtime. After each commit it publishes the new Status and head on watch channels.
+//! async runtime. After each commit it prunes old history when retention asks for it (see
+//! [`crate::retention`]), then publishes the new Status and head on watch channels.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,9 +45,12 @@ pub struct ChainWatch {
 
 /// Starts the importer thread. Returns the job queue, the chain watches and the thread, which
 /// ends (dropping its share of the store) once the queue's senders are gone and it is drained.
+/// With `history_blocks`, history older than that below the finalized block is pruned as the
+/// head advances.
 pub fn spawn_importer(
     store: Arc<BlockStore>,
     done: mpsc::Sender<ImportDone>,
+    history_blocks: Option<u64>,
 ) -> std::io::Result<(mpsc::Sender<ImportJob>, ChainWatch, std::thread::JoinHandle<()>)> {
     let (jobs_tx, mut jobs) = mpsc::channel::<ImportJob>(IMPORT_QUEUE);
     let (status_tx, status) = watch::channel(store.status());
@@ -58,6 +62,12 @@ pub fn spawn_importer(
                 let started = Instant::now();
                 let head_before = store.head();
                 let result = commit(&store, &job);
+                if result.is_ok()
+                    && let Some(n) = history_blocks
+                    && let Err(e) = crate::retention::prune_if_due(&store, n, crate::retention::PRUNE_STEP)
+                {
+                    tracing::warn!("pruning old history failed: {e}");
+                }
                 let head_now = store.head();
                 if result.is_ok() {
                     status_tx.send_replace(store.status());

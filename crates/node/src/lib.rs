@@ -35,7 +35,9 @@ pub mod http;
 pub mod import;
 pub mod metrics;
 pub mod node;
+pub mod retention;
 pub mod source;
+pub mod subscribe;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -65,6 +67,9 @@ pub struct NodeConfig {
     pub verify_threads: usize,
     /// Start from this trusted block instead of genesis, then backfill below it.
     pub checkpoint: Option<checkpoint::Checkpoint>,
+    /// Keep only this many blocks below the finalized block: backfill stops there and older
+    /// blocks are pruned as the head advances (`None`: full history). See [`retention`].
+    pub history_blocks: Option<u64>,
 }
 
 /// Loads the node's libp2p identity from `DATA_DIR/network_key`, creating it on first start, so
@@ -89,8 +94,18 @@ pub fn load_or_create_keypair(data_dir: &Path) -> anyhow::Result<Keypair> {
 
 /// Runs a node until `shutdown` resolves, then stops cleanly.
 pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], handing `on_ready` the node's [`subscribe::Subscriptions`] once the store is open, for
+/// programs that consume blocks in-process.
+pub async fn run_with(
     mut config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(subscribe::Subscriptions),
 ) -> anyhow::Result<()> {
     let spec = config.spec.clone();
     let data_dir = config.data_dir.clone();
@@ -101,6 +116,17 @@ pub async fn run(
         tracing::warn!("store repaired at open: {action}");
     }
     let store = Arc::new(store);
+    let history_blocks = config.history_blocks;
+    let retained = store.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), syncnode_store::StoreError> {
+        retention::set_floor(&retained, history_blocks)?;
+        if let Some(n) = history_blocks {
+            retention::prune_if_due(&retained, n, 1)?;
+        }
+        Ok(())
+    })
+    .await?
+    .context("applying --history-blocks")?;
     let head = store.head();
     tracing::info!(chain = %config.spec.name, genesis = %store.status().genesis_hash, head = head.height, "store open");
 
@@ -108,7 +134,9 @@ pub async fn run(
     let metrics = metrics::NodeMetrics::register(&mut registry);
     metrics.observe_chain(&store.status());
     let (done_tx, done_rx) = mpsc::channel(import::IMPORT_QUEUE * 2);
-    let (imports, chain, importer) = import::spawn_importer(store.clone(), done_tx)?;
+    let (imports, chain, importer) = import::spawn_importer(store.clone(), done_tx, history_blocks)?;
+    let subscriptions = subscribe::Subscriptions::new(store.clone(), chain.head.clone());
+    on_ready(subscriptions.clone());
 
     config.network.keypair = load_or_create_keypair(&config.data_dir)?;
     config.network.genesis_hash = store.status().genesis_hash;
@@ -124,6 +152,10 @@ pub async fn run(
         && let checkpoint::Need::Fetch = checkpoint::need(&store, cp)?
     {
         replay = checkpoint::fetch_and_anchor(&store, &network, &mut events, cp).await?;
+        let anchored = store.clone();
+        tokio::task::spawn_blocking(move || retention::set_floor(&anchored, history_blocks))
+            .await?
+            .context("setting the history floor below the checkpoint")?;
         metrics.observe_chain(&store.status());
     }
     config.sync.validate().context("sync configuration")?;
@@ -144,6 +176,7 @@ pub async fn run(
                 chain: chain.clone(),
                 sync: sync_rx,
                 registry: Arc::new(registry),
+                subscriptions: subscriptions.clone(),
             };
             let (local, task) = http::serve(addr, state, async {
                 let _ = stop_http_rx.await;
@@ -181,6 +214,14 @@ pub async fn run(
     drop(network);
     let _ = tokio::task::spawn_blocking(move || importer.join()).await;
     drop(chain);
+    drop(subscriptions);
+    // Open block streams end once the importer is gone; give them a moment to let go of the store.
+    for _ in 0..40 {
+        if Arc::strong_count(&store) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     match Arc::try_unwrap(store) {
         Ok(store) => drop(store),
         Err(_) => tracing::warn!("store still shared at shutdown; it closes when the last user ends"),

@@ -47,7 +47,6 @@ impl BlockCache {
     }
 
     /// Forgets a block.
-    #[cfg(test)]
     pub fn remove(&mut self, hash: &Hash) {
         if let Some(old) = self.blocks.pop(hash) {
             self.bytes = self.bytes.saturating_sub(old.size_bytes());

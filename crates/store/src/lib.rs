@@ -5,7 +5,14 @@
 //! `Block` bytes), the canonical index height → hash, and metadata: the pointers `genesis`,
 //! `head`, `finalized`, `anchor` (the trusted checkpoint a node started from), `backfill_low` (the
 //! lowest block from which the canonical chain is unbroken up to the head; its height is the
-//! node's `earliest_height`), `history_floor`, and subscriber cursors.
+//! node's `earliest_height`), `history_floor` (the height below which history is not kept:
+//! backfill stops there and pruning moves it up), and subscriber cursors.
+//!
+//! ## History retention
+//! [`BlockStore::prune_below`] deletes canonical blocks from the bottom of the unbroken range, never
+//! at or above the finalized block, keeping genesis, in bounded commits that each move the low
+//! pointer and the floor with the deletions (see `prune.rs`). Nothing else ever moves the low
+//! pointer up, except the repair at open.
 //!
 //! ## Crash safety
 //! Every change that moves a pointer is one parity-db commit together with the blocks and index
@@ -35,6 +42,7 @@
 
 mod cache;
 mod check;
+mod prune;
 mod repair;
 pub mod schema;
 mod write;
@@ -46,6 +54,7 @@ use syncnode_proto::Status;
 use syncnode_types::{Block, BlockError, ChainSpec, Hash, Height};
 
 pub use check::{ChainReport, CheckFault};
+pub use prune::{PRUNE_CHUNK, PruneOutcome};
 pub use repair::RepairReport;
 pub use schema::Pointer;
 pub use write::{BackfillOutcome, ImportOutcome};
@@ -130,7 +139,8 @@ pub struct Pointers {
     pub low: Pointer,
     /// The trusted checkpoint this store started from, if any.
     pub anchor: Option<Pointer>,
-    /// Blocks below this height are not kept (0: full history).
+    /// Blocks below this height are not kept (0: full history): backfill stops here, and
+    /// pruning raises it with the low pointer.
     pub floor: Height,
 }
 

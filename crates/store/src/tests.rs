@@ -252,3 +252,114 @@ fn cursors_persist() {
     drop(store);
     assert_eq!(open(&dir).cursor("indexer").expect("read"), Some(42));
 }
+
+/// The store after `n` blocks from genesis (finality depth 8).
+fn full_store(dir: &tempfile::TempDir, n: u64) -> (BlockStore, Vec<Block>) {
+    let store = open(dir);
+    let blocks = chain(n);
+    for part in blocks.chunks(1000) {
+        store.import_blocks(part).expect("import");
+    }
+    (store, blocks)
+}
+
+#[test]
+fn prune_deletes_history_below_keeps_genesis_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, blocks) = full_store(&dir, 3000);
+    let out = store.prune_in_chunks(1000, 300, u64::MAX).expect("prune");
+    assert_eq!(out.low, Pointer::at(&blocks[999]));
+    assert_eq!((out.pruned, out.commits), (999, 4));
+    let p = store.pointers();
+    assert_eq!((p.low.height, p.floor), (1000, 1000));
+    assert_eq!(store.status().earliest_height, 1000);
+    for b in &blocks[..999] {
+        assert!(
+            !store.contains(&b.hash()).expect("read"),
+            "block {} kept",
+            b.height()
+        );
+        assert_eq!(
+            store.block(&b.hash()).expect("read"),
+            None,
+            "cached block {}",
+            b.height()
+        );
+    }
+    assert_eq!(store.hash_at(500).expect("read"), None);
+    assert_eq!(store.block_at(0).expect("read"), Some(spec().genesis()));
+    assert_eq!(store.block_at(1000).expect("read"), Some(blocks[999].clone()));
+    assert!(
+        store
+            .blocks_by_range(999, 10, usize::MAX)
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(store.prune_below(1000).expect("again").pruned, 0);
+    assert_eq!(store.prune_below(10).expect("lower").low.height, 1000);
+
+    // The chain still checks from the new low up, and grows as before.
+    let report = store.verify_chain(|_, _| {}).expect("check");
+    assert!(report.is_ok() && report.blocks == 2001, "{report:?}");
+    let more = DevChain::new(&spec())
+        .expect("dev")
+        .extend(&blocks[2999].header, 10, 64);
+    store.import_blocks(&more).expect("import after prune");
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.pointers().low, Pointer::at(&blocks[999]));
+    assert_eq!(store.pointers().floor, 1000);
+}
+
+#[test]
+fn prune_never_reaches_the_finalized_block() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, blocks) = full_store(&dir, 100);
+    let finalized = store.pointers().finalized;
+    assert_eq!(finalized.height, 92);
+    let out = store.prune_below(u64::MAX).expect("prune");
+    assert_eq!(out.low, finalized);
+    assert_eq!(store.block_at(92).expect("read"), Some(blocks[91].clone()));
+    let report = store.verify_chain(|_, _| {}).expect("check");
+    assert!(report.is_ok() && report.blocks == 9, "{report:?}");
+}
+
+#[test]
+fn a_prune_cut_short_leaves_a_consistent_store() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, blocks) = full_store(&dir, 2000);
+    // Two commits of a longer prune, then the process "dies".
+    let out = store.prune_in_chunks(1500, 256, 2).expect("prune");
+    assert_eq!((out.low.height, out.commits), (512, 2));
+    drop(store);
+    let store = open(&dir);
+    let p = store.pointers();
+    assert_eq!((p.low, p.floor), (Pointer::at(&blocks[511]), 512));
+    assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
+    assert_eq!(store.prune_below(1500).expect("resume").low.height, 1500);
+    assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
+}
+
+#[test]
+fn prune_after_checkpoint_backfill_to_a_floor() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    let blocks = chain(400);
+    store.start_from_checkpoint(&blocks[299]).expect("anchor");
+    store.set_history_floor(200).expect("floor");
+    store.import_blocks(&blocks[300..]).expect("forward");
+    let out = store.import_backfill(&blocks[150..299]).expect("backfill");
+    assert_eq!((out.low.height, out.complete), (200, true));
+    assert_eq!(
+        store.hash_at(199).expect("read"),
+        None,
+        "below the floor is not stored"
+    );
+    let out = store.prune_below(350).expect("prune");
+    assert_eq!((out.low.height, out.pruned), (350, 150));
+    assert_eq!(store.pointers().floor, 350);
+    // A replayed backfill batch below the floor changes nothing.
+    let out = store.import_backfill(&blocks[150..299]).expect("replay");
+    assert_eq!((out.imported, out.complete), (0, true));
+    assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
+}
