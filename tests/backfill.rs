@@ -321,3 +321,92 @@ fn a_seeder_with_another_history_below_the_checkpoint_is_charged_and_never_store
     }
     stop_and_compare(&mut node, &reference);
 }
+
+/// Blocks a pruned node keeps below its finalized block in [`a_pruned_peer_is_never_asked_below_its_earliest_height`].
+const KEPT: u64 = 2_000;
+
+/// A node run with `--history-blocks` prunes its store at start, advertises the raised
+/// `earliest_height`, and still passes `db check`; a checkpoint node that has it and a full seeder
+/// as peers backfills to genesis from the full seeder only: the pruned node never receives a range
+/// request below its earliest height (its own counter of such requests stays at 0) and is never
+/// charged, while it does serve forward ranges it holds.
+#[test]
+fn a_pruned_peer_is_never_asked_below_its_earliest_height() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (spec, seed) = spec_and_history(dir.path(), CHAIN);
+    let reference = db_export(&seed, 0, CHAIN);
+    let pruned_dir = dir.path().join("pruned");
+    copy_dir(&seed, &pruned_dir);
+    // The full seeder serves slowly, so the checkpoint node also wants the pruned node's ranges.
+    let full = Node::start("full", &spec, &seed, &args(&["--serve-blocks-per-sec", "4000"]));
+    let mut pruned = Node::start(
+        "pruned",
+        &spec,
+        &pruned_dir,
+        &args(&["--history-blocks", &KEPT.to_string()]),
+    );
+    let status = pruned.status().expect("status");
+    let finalized = status["finalized_height"].as_u64().expect("finalized");
+    let earliest = status["earliest_height"].as_u64().expect("earliest");
+    assert_eq!(earliest, finalized - KEPT, "pruned node's status: {status}");
+    assert!(
+        earliest > CHECKPOINT,
+        "the test needs the pruned node's history to start above {CHECKPOINT}"
+    );
+    let (code, _) = http_get(pruned.http, &format!("/blocks/{}", earliest - 1)).expect("answer");
+    assert_eq!(
+        code,
+        404,
+        "block {} below the earliest height is still served",
+        earliest - 1
+    );
+
+    let pruned_id = peer_id(&pruned);
+    let cp = checkpoint_of(&full, CHECKPOINT);
+    let mut node = Node::start(
+        "checkpoint",
+        &spec,
+        &dir.path().join("checkpoint"),
+        &args(&[
+            "--bootnode",
+            &pruned.multiaddr(),
+            "--bootnode",
+            &full.multiaddr(),
+            "--checkpoint",
+            &cp,
+            "--batch-size",
+            "256",
+        ]),
+    );
+    node.wait_status(Duration::from_secs(60), "backfill complete", complete_down_to(0));
+    let entry = peer_entry(&node, &pruned_id);
+    assert_eq!(entry["earliest_height"], earliest, "{entry}");
+    assert_eq!(entry["banned"], false, "the pruned peer was banned: {entry}");
+    assert!(
+        entry["score"].as_f64().expect("score") >= 0.0,
+        "the pruned peer was charged: {entry}"
+    );
+    let below = pruned
+        .metric("syncnode_range_requests_below_earliest_total")
+        .expect("below-earliest counter");
+    assert_eq!(
+        below, 0.0,
+        "the pruned peer was asked for ranges below its earliest height"
+    );
+    let served = pruned
+        .metric("syncnode_network_blocks_served_total")
+        .expect("served counter");
+    assert!(
+        served > 0.0,
+        "the pruned peer served nothing: the test proves nothing"
+    );
+    eprintln!("pruned peer (earliest {earliest}) served {served} blocks, none below its earliest height");
+    stop_and_compare(&mut node, &reference);
+    assert!(
+        pruned.stop(),
+        "pruned node did not stop cleanly:\n{}",
+        pruned.log_tail(30)
+    );
+    assert_eq!(db_check_ok(&pruned_dir), CHAIN);
+}

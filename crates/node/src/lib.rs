@@ -140,7 +140,10 @@ pub async fn run_with(
 
     config.network.keypair = load_or_create_keypair(&config.data_dir)?;
     config.network.genesis_hash = store.status().genesis_hash;
-    let source = Arc::new(source::StoreSource(store.clone()));
+    let source = Arc::new(source::StoreSource {
+        store: store.clone(),
+        below_earliest: metrics.range_requests_below_earliest.clone(),
+    });
     let (network, mut events) =
         syncnode_network::start(config.network, source, chain.status.clone(), &mut registry)
             .await

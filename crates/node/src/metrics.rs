@@ -26,6 +26,7 @@ pub struct NodeMetrics {
     pub import_seconds: Histogram,
     pub invalid_responses: Counter,
     pub produced_blocks: Counter,
+    pub range_requests_below_earliest: Counter,
 }
 
 impl NodeMetrics {
@@ -48,6 +49,7 @@ impl NodeMetrics {
             import_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             invalid_responses: Counter::default(),
             produced_blocks: Counter::default(),
+            range_requests_below_earliest: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("syncnode");
         r.register(
@@ -59,6 +61,11 @@ impl NodeMetrics {
             "finalized_height",
             "Height of the finalized block",
             m.finalized_height.clone(),
+        );
+        r.register(
+            "range_requests_below_earliest",
+            "Range requests served empty because they start below the earliest height held",
+            m.range_requests_below_earliest.clone(),
         );
         r.register(
             "earliest_height",
