@@ -26,6 +26,12 @@ devnet:
 build:
 	$(CARGO) build --workspace --bins
 
+## make chaos: the crash soak: a node killed by SIGKILL 50 times (CHAOS_KILLS) at random moments
+## while it syncs, backfills and feeds a subscriber; CHAOS_BLOCKS sizes the chain, CHAOS_SEED replays.
+CHAOS_KILLS ?= 50
+chaos: build
+	CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test -p syncnode-e2e --test chaos -- --nocapture
+
 ## The js-libp2p interoperability test's client packages (pinned by package-lock.json).
 interop-deps:
 	@if [ ! -d tests/interop/node_modules/libp2p ]; then \
