@@ -6,11 +6,11 @@
 //! a time (see [`serial`]): they time signals against backfill's progress, which two tests sharing
 //! two cores would make needlessly loose.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use syncnode_e2e::node::{Node, http_get, http_json, wait_for};
+use syncnode_e2e::node::{Node, chain_with_history, http_get, http_json, wait_for};
 use syncnode_e2e::*;
 
 /// Blocks of pre-generated history.
@@ -25,39 +25,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Held for a whole test so the tests of this file never overlap.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// A one-authority chain whose pre-generated history of `blocks` ends before now, in `dir/seed`.
-fn spec_and_history(dir: &Path, blocks: u64) -> (PathBuf, PathBuf) {
-    let genesis_ms = ((now_s() - blocks - 60) * 1000).to_string();
-    let spec = write_spec(
-        dir,
-        "backfill",
-        1,
-        &["--genesis-timestamp-ms", &genesis_ms, "--slot-ms", "1000"],
-    );
-    let data = dir.join("seed");
-    let n = blocks.to_string();
-    run_ok(&[
-        "chain",
-        "generate",
-        "--chain",
-        path_str(&spec),
-        "--data-dir",
-        path_str(&data),
-        "--blocks",
-        &n,
-        "--payload-bytes",
-        "256",
-    ]);
-    (spec, data)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -129,7 +96,7 @@ fn stop_and_compare(node: &mut Node, reference: &[u8]) {
 fn a_checkpoint_node_ends_with_the_full_chain() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, seed) = spec_and_history(dir.path(), CHAIN);
+    let (spec, seed) = chain_with_history(dir.path(), "seed", CHAIN, 256);
     let reference = db_export(&seed, 0, CHAIN);
     let second = dir.path().join("seed2");
     copy_dir(&seed, &second);
@@ -181,7 +148,7 @@ fn downloaded(node: &Node) -> u64 {
 fn backfill_resumes_after_sigterm_and_sigkill() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, seed) = spec_and_history(dir.path(), CHAIN);
+    let (spec, seed) = chain_with_history(dir.path(), "seed", CHAIN, 256);
     let reference = db_export(&seed, 0, CHAIN);
     // A slow seeder, so backfill lasts long enough to be interrupted twice.
     let seeder = Node::start("seeder", &spec, &seed, &args(&["--serve-blocks-per-sec", "1500"]));
@@ -278,7 +245,7 @@ fn fork_history_below(spec_path: &Path, data_dir: &Path, below: u64) -> Vec<sync
 fn a_seeder_with_another_history_below_the_checkpoint_is_charged_and_never_stored() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, seed) = spec_and_history(dir.path(), CHAIN);
+    let (spec, seed) = chain_with_history(dir.path(), "seed", CHAIN, 256);
     let reference = db_export(&seed, 0, CHAIN);
     let forked = dir.path().join("forked");
     copy_dir(&seed, &forked);
@@ -334,7 +301,7 @@ const KEPT: u64 = 2_000;
 fn a_pruned_peer_is_never_asked_below_its_earliest_height() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, seed) = spec_and_history(dir.path(), CHAIN);
+    let (spec, seed) = chain_with_history(dir.path(), "seed", CHAIN, 256);
     let reference = db_export(&seed, 0, CHAIN);
     let pruned_dir = dir.path().join("pruned");
     copy_dir(&seed, &pruned_dir);

@@ -89,17 +89,7 @@ fn js_libp2p_client_syncs_and_verifies_a_range_from_syncnode() {
     let tmp = tempfile::tempdir().expect("tmp");
     let spec = write_spec(tmp.path(), "interop", 3, &[]);
     let data = tmp.path().join("seeder");
-    let blocks = BLOCKS.to_string();
-    run_ok(&[
-        "chain",
-        "generate",
-        "--chain",
-        path_str(&spec),
-        "--data-dir",
-        path_str(&data),
-        "--blocks",
-        &blocks,
-    ]);
+    generate(&spec, &data, BLOCKS, 1024);
 
     let mut node = Node::start("seeder", &spec, &data, &[]);
     let status = node.status().expect("status");

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use syncnode_e2e::{ChildGuard, path_str, run_ok, syncnode_bin, write_spec};
+use syncnode_e2e::node::now_s;
+use syncnode_e2e::{ChildGuard, generate, path_str, syncnode_bin, write_spec};
 
 const BLOCKS: u64 = 500;
 /// Only inside the test's namespaces, so fixed values cannot collide with anything.
@@ -257,13 +258,6 @@ impl<'a> NsNode<'a> {
     }
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 fn require_curl() {
     let ok = Command::new("curl")
         .arg("--version")
@@ -290,19 +284,7 @@ fn nodes_in_separate_namespaces_find_each_other_by_mdns_alone_and_sync() {
         &["--genesis-timestamp-ms", &genesis_ms, "--slot-ms", "1000"],
     );
     let seed_dir = dir.path().join("seeder");
-    let blocks = BLOCKS.to_string();
-    run_ok(&[
-        "chain",
-        "generate",
-        "--chain",
-        path_str(&spec),
-        "--data-dir",
-        path_str(&seed_dir),
-        "--blocks",
-        &blocks,
-        "--payload-bytes",
-        "256",
-    ]);
+    generate(&spec, &seed_dir, BLOCKS, 256);
 
     let mut seeder = NsNode::start("seeder", &lab.a, format!("{SUBNET_PREFIX}.1"), &spec, &seed_dir);
     let mut fresh = NsNode::start(

@@ -3,43 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use syncnode_e2e::node::{Node, wait_for};
+use syncnode_e2e::node::{Node, chain_with_history, wait_for};
 use syncnode_e2e::*;
 
 const CHAIN: u64 = 20_000;
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// A one-authority chain whose pre-generated history ends just before now.
-fn spec_and_history(dir: &Path, blocks: u64) -> (std::path::PathBuf, std::path::PathBuf) {
-    let genesis_ms = ((now_s() - blocks - 60) * 1000).to_string();
-    let spec = write_spec(
-        dir,
-        "e2e",
-        1,
-        &["--genesis-timestamp-ms", &genesis_ms, "--slot-ms", "1000"],
-    );
-    let data = dir.join("producer");
-    let n = blocks.to_string();
-    run_ok(&[
-        "chain",
-        "generate",
-        "--chain",
-        path_str(&spec),
-        "--data-dir",
-        path_str(&data),
-        "--blocks",
-        &n,
-        "--payload-bytes",
-        "256",
-    ]);
-    (spec, data)
-}
 
 fn synced_at_least(height: u64) -> impl Fn(&serde_json::Value) -> bool {
     move |s| s["sync_state"] == "synced" && s["head_height"].as_u64().is_some_and(|h| h >= height)
@@ -48,7 +15,7 @@ fn synced_at_least(height: u64) -> impl Fn(&serde_json::Value) -> bool {
 #[test]
 fn a_fresh_node_syncs_from_three_seeders_and_all_agree() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, producer_dir) = spec_and_history(dir.path(), CHAIN);
+    let (spec, producer_dir) = chain_with_history(dir.path(), "producer", CHAIN, 256);
     let mut producer = Node::start(
         "producer",
         &spec,
@@ -148,7 +115,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_seeder_serving_corrupt_blocks_is_banned_and_the_chain_is_right() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, original) = spec_and_history(dir.path(), CHAIN);
+    let (spec, original) = chain_with_history(dir.path(), "producer", CHAIN, 256);
     let honest = [dir.path().join("honest1"), dir.path().join("honest2")];
     let corrupt = dir.path().join("corrupt");
     for d in honest.iter().chain([&corrupt]) {
@@ -204,7 +171,7 @@ fn a_seeder_serving_corrupt_blocks_is_banned_and_the_chain_is_right() {
 #[test]
 fn a_node_whose_peers_stop_answering_is_stalled_then_recovers() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, seed_dir) = spec_and_history(dir.path(), CHAIN);
+    let (spec, seed_dir) = chain_with_history(dir.path(), "producer", CHAIN, 256);
     let seeder = Node::start("seeder", &spec, &seed_dir, &[]);
     let args: Vec<String> = [
         "--bootnode",

@@ -85,6 +85,23 @@ pub fn write_spec(dir: &Path, name: &str, authorities: u32, extra: &[&str]) -> P
     path
 }
 
+/// `syncnode chain generate`: appends `blocks` blocks of `payload` bytes to the store in `data_dir`.
+pub fn generate(spec: &Path, data_dir: &Path, blocks: u64, payload: u64) {
+    let (n, p) = (blocks.to_string(), payload.to_string());
+    run_ok(&[
+        "chain",
+        "generate",
+        "--chain",
+        path_str(spec),
+        "--data-dir",
+        path_str(data_dir),
+        "--blocks",
+        &n,
+        "--payload-bytes",
+        &p,
+    ]);
+}
+
 /// The head height that `syncnode db check` reports for `data_dir`, after asserting it passes.
 pub fn db_check_ok(data_dir: &Path) -> u64 {
     let out = run_ok(&["db", "check", "--data-dir", path_str(data_dir)]);

@@ -205,19 +205,7 @@ pub fn chain_with_history(dir: &Path, store: &str, blocks: u64, payload: u64) ->
         &["--genesis-timestamp-ms", &genesis_ms, "--slot-ms", "1000"],
     );
     let data = dir.join(store);
-    let (n, p) = (blocks.to_string(), payload.to_string());
-    crate::run_ok(&[
-        "chain",
-        "generate",
-        "--chain",
-        path_str(&spec),
-        "--data-dir",
-        path_str(&data),
-        "--blocks",
-        &n,
-        "--payload-bytes",
-        &p,
-    ]);
+    crate::generate(&spec, &data, blocks, payload);
     (spec, data)
 }
 
