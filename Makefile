@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos
+.PHONY: test lint build fmt clean devnet interop-deps chaos fuzz
 
 ## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
 test: lint build interop-deps
@@ -43,3 +43,7 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## make fuzz: each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 600) from its seeds.
+fuzz:
+	CARGO=$(CARGO) ./fuzz/run.sh

@@ -25,6 +25,12 @@ const MAX_VARINT_LEN: usize = 10;
 /// Growth step while a frame's bytes arrive; a peer must send data to make us hold more.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Whether prefix byte `index` carries bits past the 64th: the tenth byte holds only bit 63, so
+/// anything above 1 there is no u64 (shifting it would silently drop the high bits).
+fn past_u64(index: usize, byte: u8) -> bool {
+    index == MAX_VARINT_LEN - 1 && byte > 1
+}
+
 /// Encodes `msg` as one frame: varint length, then the protobuf bytes.
 pub fn encode_frame<M: Message>(msg: &M) -> Vec<u8> {
     let len = msg.encoded_len();
@@ -43,6 +49,9 @@ pub fn decode_frame<M: Message + Default>(buf: &[u8], max: usize) -> Result<(M, 
         let byte = *buf
             .get(prefix)
             .ok_or(FrameError::Truncated { got: 0, expected: 1 })?;
+        if past_u64(prefix, byte) {
+            return Err(FrameError::BadLength);
+        }
         len |= u64::from(byte & 0x7f) << (7 * prefix);
         prefix += 1;
         if len > max as u64 {
@@ -56,11 +65,15 @@ pub fn decode_frame<M: Message + Default>(buf: &[u8], max: usize) -> Result<(M, 
         }
     }
     let len = len as usize;
-    let body = buf.get(prefix..prefix + len).ok_or(FrameError::Truncated {
-        got: buf.len().saturating_sub(prefix),
-        expected: len,
-    })?;
-    Ok((M::decode(body)?, prefix + len))
+    // Never `prefix + len`: without a limit, `len` may be near `usize::MAX`.
+    let body = buf
+        .get(prefix..)
+        .and_then(|rest| rest.get(..len))
+        .ok_or(FrameError::Truncated {
+            got: buf.len().saturating_sub(prefix),
+            expected: len,
+        })?;
+    Ok((M::decode(body)?, prefix + body.len()))
 }
 
 async fn read_length<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<usize>, FrameError> {
@@ -73,6 +86,9 @@ async fn read_length<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Opti
                 0 => Ok(None),
                 _ => Err(FrameError::BadLength),
             };
+        }
+        if past_u64(i, byte[0]) {
+            return Err(FrameError::BadLength);
         }
         len |= u64::from(byte[0] & 0x7f) << (7 * i);
         // Checked on every byte: an over-long length is refused before it is even complete.
@@ -133,4 +149,44 @@ pub async fn write_frame<M: Message, W: AsyncWrite + Unpin>(
     }
     w.write_all(&encode_frame(msg)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+
+    use super::*;
+    use crate::pb;
+
+    /// Found by the `frame` fuzz target: with no limit (`usize::MAX`), a ten-byte length near
+    /// `u64::MAX` overflowed `prefix + len` (a panic with overflow checks, as in tests and fuzzing).
+    #[test]
+    fn huge_length_without_limit_is_truncated_not_overflow() {
+        let mut frame = [0xffu8; 10];
+        frame[9] = 0x01;
+        let r = decode_frame::<pb::Status>(&frame, usize::MAX);
+        assert!(matches!(r, Err(FrameError::Truncated { got: 0, .. })), "{r:?}");
+    }
+
+    /// A tenth prefix byte above 1 makes a value past `u64::MAX`: not a valid length, however the
+    /// low bits come out, in the slice decoder and the async reader alike.
+    #[test]
+    fn length_past_u64_is_bad_length() {
+        for max in [MAX_REQUEST, usize::MAX] {
+            let mut frame = vec![0x80u8; 9];
+            frame.push(0x02);
+            let r = decode_frame::<pb::Status>(&frame, max);
+            assert!(
+                matches!(r, Err(FrameError::BadLength | FrameError::TooLarge { .. })),
+                "{r:?}"
+            );
+            let r = block_on(read_frame_bytes(&mut &frame[..], max));
+            assert!(
+                matches!(r, Err(FrameError::BadLength | FrameError::TooLarge { .. })),
+                "{r:?}"
+            );
+        }
+    }
+
+    const MAX_REQUEST: usize = crate::MAX_REQUEST_FRAME;
 }

@@ -60,4 +60,6 @@ pub fn gossip_topic(genesis_hash: &syncnode_types::Hash) -> String {
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod vector_tests;

@@ -35,4 +35,6 @@ pub use spec::{ChainSpec, SpecError};
 pub use validity::{BatchError, BlockError};
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod vector_tests;
