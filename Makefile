@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos fuzz
+.PHONY: test lint build fmt clean devnet interop-deps chaos fuzz adversarial
 
 ## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
 test: lint build interop-deps
@@ -21,6 +21,18 @@ lint:
 devnet:
 	$(CARGO) build -p syncnode
 	./target/debug/syncnode devnet $(DEVNET_ARGS)
+
+## make adversarial: the hostile-peer scenarios of tests/hostile.rs at full size, one at a time,
+## with their figures (sync time with and without hostile peers, peak RSS, bans) on stderr.
+ADVERSARIAL_BLOCKS ?= 20000
+adversarial: build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		ADVERSARIAL_BLOCKS=$(ADVERSARIAL_BLOCKS) $(CARGO) nextest run -p syncnode-e2e --test hostile \
+			--no-capture --test-threads 1; \
+	else \
+		ADVERSARIAL_BLOCKS=$(ADVERSARIAL_BLOCKS) $(CARGO) test -p syncnode-e2e --test hostile -- \
+			--nocapture --test-threads 1; \
+	fi
 
 ## The end-to-end tests run the real binary: build it first.
 build:

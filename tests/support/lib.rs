@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod hostile;
 pub mod node;
 
 use std::path::{Path, PathBuf};

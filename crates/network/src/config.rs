@@ -83,6 +83,11 @@ pub struct NetworkConfig {
     /// Most block requests waiting for a serving slot; beyond it requests are answered
     /// `RESOURCE_UNAVAILABLE`.
     pub max_queued_serving: usize,
+    /// Most bytes of block responses handed to libp2p and not yet fully written to their
+    /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;
+    /// a finished response that would take the total over this is answered
+    /// `RESOURCE_UNAVAILABLE` instead (one is always let through when none is being written).
+    pub max_serving_bytes: usize,
     /// Global cap on blocks served per second (all peers together); `None` for no cap.
     pub serve_blocks_per_sec: Option<u32>,
     /// Capacity of the event channel to the node.
@@ -119,6 +124,7 @@ impl NetworkConfig {
             rate_limits: RateLimits::default(),
             max_concurrent_serving: 8,
             max_queued_serving: 64,
+            max_serving_bytes: 64 * 1024 * 1024,
             serve_blocks_per_sec: None,
             event_buffer: 1024,
             command_buffer: 1024,

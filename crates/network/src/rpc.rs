@@ -353,7 +353,9 @@ impl Service {
             self.respond(proto, channel, &resp);
             return;
         }
-        if self.serving >= self.serve_limit {
+        // Also refused before any read while the responses being written fill their byte bound:
+        // what it would read now could only be thrown away when it is done.
+        if self.serving >= self.serve_limit || self.writing_bytes >= self.max_serving_bytes {
             let resp = BlocksResponse::error(ResponseCode::ResourceUnavailable, "busy");
             self.respond(proto, channel, &resp);
             return;
@@ -366,6 +368,7 @@ impl Service {
             let response = serve(ctx, query, received).await;
             let finished = ServeDone {
                 protocol: proto,
+                request_id,
                 peer,
                 channel,
                 code: code_label(response.code),
@@ -384,7 +387,7 @@ impl Service {
         channel: ResponseChannel<pb::BlocksResponse>,
         resp: &BlocksResponse,
     ) {
-        self.send_blocks_response(
+        let _ = self.send_blocks_response(
             proto,
             channel,
             pb::BlocksResponse::from(resp),
@@ -392,29 +395,51 @@ impl Service {
         );
     }
 
+    /// Hands a response to libp2p; returns whether the requester was still there to take it.
     fn send_blocks_response(
         &mut self,
         proto: Protocol,
         channel: ResponseChannel<pb::BlocksResponse>,
         resp: pb::BlocksResponse,
         code: &'static str,
-    ) {
+    ) -> bool {
         let behaviour = self.swarm.behaviour_mut();
         let sent = match proto {
             Protocol::BlocksByRoot => behaviour.root.send_response(channel, resp),
             _ => behaviour.range.send_response(channel, resp),
         };
         match sent {
-            Ok(()) => self.metrics.response(Direction::Inbound, proto, code),
-            Err(_) => tracing::debug!(protocol = proto.label(), "requester gone before the answer"),
+            Ok(()) => {
+                self.metrics.response(Direction::Inbound, proto, code);
+                true
+            }
+            Err(_) => {
+                tracing::debug!(protocol = proto.label(), "requester gone before the answer");
+                false
+            }
         }
     }
 
+    /// A serving task finished: its response goes out if the bytes being written leave room for
+    /// it, else it is answered `RESOURCE_UNAVAILABLE` (a requester that does not read its answers
+    /// must not make us hold an unbounded amount of them).
     pub(crate) fn on_served(&mut self, done: ServeDone) {
         self.serving = self.serving.saturating_sub(1);
+        let size = prost::Message::encoded_len(&done.response);
+        let key = (done.protocol, done.request_id);
+        let over = self.writing_bytes.saturating_add(size) > self.max_serving_bytes;
+        if over && !self.writing.is_empty() {
+            tracing::debug!(peer = %done.peer, size, writing = self.writing_bytes, "responses in flight at their bound");
+            let busy = BlocksResponse::error(ResponseCode::ResourceUnavailable, "busy");
+            self.respond(done.protocol, done.channel, &busy);
+            return;
+        }
         self.metrics.blocks_served(done.blocks);
         tracing::trace!(peer = %done.peer, blocks = done.blocks, code = done.code, "served");
-        self.send_blocks_response(done.protocol, done.channel, done.response, done.code);
+        if self.send_blocks_response(done.protocol, done.channel, done.response, done.code) {
+            self.writing_bytes = self.writing_bytes.saturating_add(size);
+            self.writing.insert(key, size);
+        }
     }
 
     /// A request frame that was oversize, undecodable or stalled: charge the sender.
@@ -439,6 +464,9 @@ impl Service {
 
     /// The answer to an inbound request went out (or never will): run any deferred verdict.
     fn response_sent(&mut self, proto: Protocol, request_id: InboundRequestId) {
+        if let Some(size) = self.writing.remove(&(proto, request_id)) {
+            self.writing_bytes = self.writing_bytes.saturating_sub(size);
+        }
         if let Some((peer, verdict)) = self.after_response.remove(&(proto, request_id)) {
             self.enforce(peer, verdict);
         }

@@ -33,6 +33,7 @@ use crate::serve::{BlockSource, ServeContext};
 /// A finished serving task's answer, to be sent on the swarm task.
 pub(crate) struct ServeDone {
     pub protocol: Protocol,
+    pub request_id: InboundRequestId,
     pub peer: PeerId,
     pub channel: libp2p::request_response::ResponseChannel<pb::BlocksResponse>,
     pub response: pb::BlocksResponse,
@@ -67,6 +68,11 @@ pub(crate) struct Service {
     /// Serving tasks running or waiting for a permit.
     pub serving: usize,
     pub serve_limit: usize,
+    /// Encoded sizes of the block responses libp2p is still writing, by request.
+    pub writing: HashMap<(Protocol, InboundRequestId), usize>,
+    /// Their sum, kept at most `max_serving_bytes` (but for a single response).
+    pub writing_bytes: usize,
+    pub max_serving_bytes: usize,
     pub pending_range: HashMap<OutboundRequestId, Pending>,
     pub pending_root: HashMap<OutboundRequestId, Pending>,
     pub pending_status: HashMap<OutboundRequestId, (PeerId, Instant)>,
@@ -151,6 +157,9 @@ pub async fn start(
         serve_rx,
         serving: 0,
         serve_limit,
+        writing: HashMap::new(),
+        writing_bytes: 0,
+        max_serving_bytes: config.max_serving_bytes,
         pending_range: HashMap::new(),
         pending_root: HashMap::new(),
         pending_status: HashMap::new(),

@@ -144,7 +144,11 @@ fn failure_of(e: &RequestError) -> RequestFailure {
         RequestError::Disconnected | RequestError::NoResponse | RequestError::UnsupportedProtocol => {
             RequestFailure::Disconnected
         }
-        RequestError::ProtocolViolation(_) => RequestFailure::ProtocolViolation,
+        // The network charged this wire violation already (and disconnected the peer if its
+        // score fell that low); charging it again through the engine would turn one violation
+        // into a ban, or not, depending on whether the disconnect reached the engine first.
+        // So the engine hears only that the request failed, and retries elsewhere.
+        RequestError::ProtocolViolation(_) => RequestFailure::Disconnected,
         RequestError::Refused { code, .. } => failure_of_code(*code),
         other => RequestFailure::Local(other.to_string()),
     }
@@ -491,5 +495,49 @@ impl EventLoop {
         }
         self.metrics
             .observe_engine(&self.engine.stats(), self.engine.state(), self.engine.target());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncnode_sync::{LocalChain, PeerStatus, SyncConfig};
+    use syncnode_types::Hash;
+
+    /// One bad frame is charged once (by the network, which already did when the request failed
+    /// with `ProtocolViolation`): the engine must not emit a second charge for it.
+    #[test]
+    fn a_wire_violation_already_charged_by_the_network_is_not_charged_again() {
+        let local = LocalChain {
+            head_height: 0,
+            head_hash: Hash::ZERO,
+            finalized_height: 0,
+            genesis_hash: Hash::ZERO,
+            backfill: None,
+        };
+        let mut engine = SyncEngine::new(SyncConfig::default(), local, 1);
+        let peer = PeerId::random();
+        let status = PeerStatus {
+            head_height: 100,
+            head_hash: Hash::ZERO,
+            finalized_height: 0,
+            earliest_height: 0,
+        };
+        engine.peer_status(0, peer, status);
+        let mut request = None;
+        while let Some(action) = engine.poll_action() {
+            if let Action::SendRangeRequest { id, .. } = action {
+                request = Some(id);
+            }
+        }
+        let id = request.expect("the engine asks the peer for blocks");
+        let error = RequestError::ProtocolViolation("frame of 16777217 bytes".into());
+        engine.request_failed(1, id, failure_of(&error));
+        while let Some(action) = engine.poll_action() {
+            assert!(
+                !matches!(action, Action::Penalise { .. }),
+                "charged twice for one violation: {action:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,670 @@
+//! Hostile test peers: real libp2p peers (TCP + Noise + Yamux, the node's own stack) that speak
+//! syncnode's protocols of PROTOCOL.md §3 but misbehave on purpose, one [`Misbehaviour`] each.
+//!
+//! A peer holds the honest chain in memory (read from `syncnode db export` of a seeder's store
+//! before the seeder starts) and answers Status and `blocks_by_range` from it, bending its answers
+//! as its misbehaviour says: a block that breaks one validity rule, right blocks at the wrong
+//! heights, blocks nobody asked for, a batch that does not link to the chain below, a frame over
+//! the limit, bytes that do not decode, silence, a trickle, a Status that claims far more than it
+//! serves, a flood of requests of its own, or a new identity after every ban. Streams are raw
+//! (libp2p-stream), so a peer can write any bytes at any pace.
+//!
+//! Every loop here is bounded (by a count, a deadline, or the life of its connection), and every
+//! buffer of held streams is capped, so a test that fails leaves nothing running once its
+//! [`tokio::runtime::Runtime`] is dropped. Clients (requests, floods, the runtime) are in
+//! [`crate::client`].
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
+use prost::Message;
+use syncnode_proto::frame::{decode_frame, encode_frame, read_frame_bytes};
+use syncnode_proto::{
+    BLOCKS_BY_RANGE_PROTOCOL, BLOCKS_BY_ROOT_PROTOCOL, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    STATUS_PROTOCOL, pb,
+};
+use syncnode_types::{Block, ChainSpec, DevChain, Hash, Height, MAX_PAYLOAD_BYTES, SigningKey};
+
+use crate::client::{flood, raw_swarm};
+
+/// One way to misbehave. Each hostile peer has exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Misbehaviour {
+    /// Rule 1: a block whose parent hash is not its parent's (re-signed, so rules 3–5 hold).
+    BadParent,
+    /// Rule 2: a block whose timestamp equals its parent's (re-signed).
+    StaleTimestamp,
+    /// Rule 3: a payload that does not hash to the header's `payload_hash`.
+    BadPayloadHash,
+    /// Rule 3: a payload of 1 MiB + 1 byte (header re-made and re-signed to match it).
+    OversizePayload,
+    /// Rule 4: a block signed by a key that is not the scheduled authority.
+    WrongProposer,
+    /// Rule 5: a signature that does not verify.
+    BadSignature,
+    /// Right blocks, one height above the heights asked for.
+    WrongHeights,
+    /// The blocks asked for plus one more than `count`.
+    Unrequested,
+    /// A batch of valid, internally linked blocks whose first block does not link to the block
+    /// below it (a different chain).
+    Unlinked,
+    /// A response frame announcing more than 16,777,216 bytes.
+    OversizeFrame,
+    /// A frame whose bytes do not decode as protobuf.
+    Garbage,
+    /// Reads the request and never answers.
+    Silent,
+    /// Answers correctly, one byte a second.
+    Trickle,
+    /// Claims a head a million blocks beyond its own; serves honestly up to its real head.
+    LyingStatus,
+    /// Serves honestly, and floods the node with maximal range requests and Status requests.
+    Flood,
+    /// Sends blocks with bad signatures and comes back under a new identity after each ban.
+    Reincarnating,
+}
+
+impl Misbehaviour {
+    /// Every misbehaviour, one hostile peer each in the scenarios.
+    pub const ALL: [Misbehaviour; 16] = [
+        Misbehaviour::BadParent,
+        Misbehaviour::StaleTimestamp,
+        Misbehaviour::BadPayloadHash,
+        Misbehaviour::OversizePayload,
+        Misbehaviour::WrongProposer,
+        Misbehaviour::BadSignature,
+        Misbehaviour::WrongHeights,
+        Misbehaviour::Unrequested,
+        Misbehaviour::Unlinked,
+        Misbehaviour::OversizeFrame,
+        Misbehaviour::Garbage,
+        Misbehaviour::Silent,
+        Misbehaviour::Trickle,
+        Misbehaviour::LyingStatus,
+        Misbehaviour::Flood,
+        Misbehaviour::Reincarnating,
+    ];
+
+    /// Whether the peer sends data that breaks a validity rule or the protocol's shape, for
+    /// which PROTOCOL.md and the score policy demand a ban.
+    pub fn sends_invalid_data(self) -> bool {
+        !matches!(
+            self,
+            Misbehaviour::Silent | Misbehaviour::Trickle | Misbehaviour::LyingStatus | Misbehaviour::Flood
+        )
+    }
+
+    /// Whether it breaks the wire protocol (frame over the limit, undecodable bytes): charged
+    /// `ProtocolViolation`, which bans on the second offence.
+    pub fn breaks_the_wire(self) -> bool {
+        matches!(self, Misbehaviour::OversizeFrame | Misbehaviour::Garbage)
+    }
+}
+
+/// Counters of what a hostile peer did and saw.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    pub connections: AtomicU64,
+    pub status_answered: AtomicU64,
+    pub range_requests: AtomicU64,
+    /// Answers this peer bent as its misbehaviour says.
+    pub hostile_answers: AtomicU64,
+    pub flood_sent: AtomicU64,
+    pub flood_ok: AtomicU64,
+    pub flood_refused: AtomicU64,
+    pub flood_failed: AtomicU64,
+}
+
+impl PeerStats {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The honest chain a hostile peer bends, indexed by height (genesis at 0).
+pub struct Chain {
+    pub spec: ChainSpec,
+    pub blocks: Vec<Block>,
+    keys: DevChain,
+}
+
+impl Chain {
+    /// The chain of `spec_path` from the bytes of `syncnode db export --from 0` (varint-framed
+    /// protobuf `Block`s, ascending from genesis).
+    pub fn from_export(spec_path: &Path, export: &[u8]) -> Arc<Chain> {
+        let text = std::fs::read_to_string(spec_path).expect("read spec");
+        let spec = ChainSpec::from_json(&text).expect("spec");
+        let mut blocks = Vec::new();
+        let mut at = 0;
+        while at < export.len() {
+            let (msg, used) =
+                decode_frame::<pb::Block>(&export[at..], MAX_RESPONSE_FRAME).expect("export frame");
+            blocks.push(Block::try_from(msg).expect("exported block"));
+            at += used;
+        }
+        assert!(
+            blocks.first().is_some_and(|g| g.hash() == spec.genesis_hash()),
+            "the export must start at genesis"
+        );
+        let keys = DevChain::new(&spec).expect("dev authorities");
+        Arc::new(Chain { spec, blocks, keys })
+    }
+
+    /// Height of the last block.
+    pub fn head(&self) -> Height {
+        self.blocks.len() as u64 - 1
+    }
+
+    /// The Status an honest node holding the whole chain sends.
+    pub fn status(&self) -> pb::Status {
+        let head = self.head();
+        let finalized = head.saturating_sub(self.spec.finality_depth);
+        let hash = |h: Height| Bytes::copy_from_slice(&self.blocks[h as usize].hash().0);
+        pb::Status {
+            genesis_hash: hash(0),
+            head_height: head,
+            head_hash: hash(head),
+            finalized_height: finalized,
+            finalized_hash: hash(finalized),
+            earliest_height: 0,
+        }
+    }
+
+    /// Honest blocks `start..start+count`, cut at the head.
+    fn range(&self, start: Height, count: u64) -> Vec<Block> {
+        let len = self.blocks.len() as u64;
+        let from = start.min(len);
+        let to = start.saturating_add(count).min(len);
+        self.blocks[from as usize..to as usize].to_vec()
+    }
+
+    fn resign(&self, header: syncnode_types::BlockHeader, payload: Bytes, key: &SigningKey) -> Block {
+        Block {
+            signature: key.sign(&header.hash()),
+            header,
+            payload,
+        }
+    }
+
+    /// `count` valid blocks from `start`, internally linked and signed by the scheduled
+    /// authorities, whose first block's parent is a hash of no block of the chain.
+    fn unlinked(&self, start: Height, count: u64) -> Vec<Block> {
+        let n = count.min(self.head().saturating_sub(start).saturating_add(1));
+        let mut parent = Hash::of(format!("unlinked below {start}").as_bytes());
+        let mut out = Vec::with_capacity(n as usize);
+        for h in start..start + n {
+            let timestamp = self.blocks[h as usize].header.timestamp_ms;
+            let payload = Bytes::from(format!("another chain at {h}").into_bytes());
+            let block = Block::new_signed(h, parent, timestamp, payload, self.keys.key_at(h));
+            parent = block.hash();
+            out.push(block);
+        }
+        out
+    }
+
+    /// Bends the last block of `blocks` to break the rule of `how`; returns whether it did (not
+    /// for an empty answer, nor for misbehaviours that do not bend blocks).
+    fn bend_last(&self, how: Misbehaviour, blocks: &mut [Block]) -> bool {
+        let Some(last) = blocks.last_mut() else {
+            return false;
+        };
+        let h = last.height();
+        let key = self.keys.key_at(h);
+        let mut header = last.header;
+        *last = match how {
+            Misbehaviour::BadParent => {
+                header.parent_hash = Hash::of(format!("no such parent of {h}").as_bytes());
+                self.resign(header, last.payload.clone(), key)
+            }
+            Misbehaviour::StaleTimestamp => {
+                let parent = &self.blocks[h.saturating_sub(1) as usize];
+                header.timestamp_ms = parent.header.timestamp_ms;
+                self.resign(header, last.payload.clone(), key)
+            }
+            Misbehaviour::BadPayloadHash => {
+                let mut payload = last.payload.to_vec();
+                payload.push(0x42);
+                Block {
+                    payload: Bytes::from(payload),
+                    ..last.clone()
+                }
+            }
+            Misbehaviour::OversizePayload => {
+                let payload = Bytes::from(vec![0x17u8; MAX_PAYLOAD_BYTES + 1]);
+                header.payload_hash = Hash::of(&payload);
+                self.resign(header, payload, key)
+            }
+            Misbehaviour::WrongProposer => {
+                let stranger = SigningKey::dev(4000);
+                header.proposer = stranger.public_key();
+                self.resign(header, last.payload.clone(), &stranger)
+            }
+            Misbehaviour::BadSignature | Misbehaviour::Reincarnating => {
+                let mut sig = last.signature;
+                sig.0[7] ^= 0x55;
+                Block {
+                    signature: sig,
+                    ..last.clone()
+                }
+            }
+            _ => return false,
+        };
+        true
+    }
+}
+
+/// What a hostile peer answers to one range request: the frame bytes, or a way to not answer.
+enum Answer {
+    Frame(Vec<u8>),
+    Silence,
+    Trickle(Vec<u8>),
+}
+
+fn ok_frame(blocks: &[Block]) -> Vec<u8> {
+    encode_frame(&pb::BlocksResponse {
+        code: 0,
+        blocks: blocks.iter().map(pb::Block::from).collect(),
+        error_message: String::new(),
+    })
+}
+
+/// LEB128 of `n`.
+fn varint(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The answer of a peer misbehaving as `how` to a request for `count` blocks from `start`, and
+/// whether it is bent (differs from the honest answer).
+fn answer(chain: &Chain, how: Misbehaviour, start: Height, count: u64) -> (Answer, bool) {
+    let honest = || chain.range(start, count);
+    match how {
+        Misbehaviour::WrongHeights => {
+            let blocks = chain.range(start.saturating_add(1), count);
+            let bent = !blocks.is_empty();
+            (Answer::Frame(ok_frame(&blocks)), bent)
+        }
+        Misbehaviour::Unrequested => {
+            let mut blocks = honest();
+            let extra = chain.range(start.saturating_add(count), 1);
+            // Past the head, any block will do: it was not asked for either.
+            let extra = extra
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| chain.blocks[1].clone());
+            blocks.push(extra);
+            (Answer::Frame(ok_frame(&blocks)), true)
+        }
+        Misbehaviour::Unlinked => {
+            let blocks = chain.unlinked(start, count);
+            let bent = !blocks.is_empty();
+            (Answer::Frame(ok_frame(&blocks)), bent)
+        }
+        Misbehaviour::OversizeFrame => {
+            let mut bytes = varint(MAX_RESPONSE_FRAME as u64 + 1);
+            bytes.extend_from_slice(&[0u8; 1024]);
+            (Answer::Frame(bytes), true)
+        }
+        Misbehaviour::Garbage => {
+            // Tag 0x0f is field 1 with wire type 7, which does not exist.
+            let mut bytes = varint(64);
+            bytes.extend_from_slice(&[0x0fu8; 64]);
+            (Answer::Frame(bytes), true)
+        }
+        Misbehaviour::Silent => (Answer::Silence, true),
+        Misbehaviour::Trickle => (Answer::Trickle(ok_frame(&honest())), true),
+        Misbehaviour::LyingStatus | Misbehaviour::Flood => {
+            let blocks = honest();
+            let bent = blocks.is_empty() && how == Misbehaviour::LyingStatus;
+            (Answer::Frame(ok_frame(&blocks)), bent)
+        }
+        _ => {
+            let mut blocks = honest();
+            let bent = chain.bend_last(how, &mut blocks);
+            (Answer::Frame(ok_frame(&blocks)), bent)
+        }
+    }
+}
+
+/// Streams held open unanswered, per peer.
+const MAX_HELD_STREAMS: usize = 64;
+/// Times a peer that broke the wire reconnects after being disconnected.
+const MAX_COMEBACKS: usize = 4;
+/// Most bytes a trickle writes before it gives up (the node resets the stream long before).
+const MAX_TRICKLE_BYTES: usize = 120;
+
+/// Serves the range protocol on one identity's swarm.
+async fn serve_range(
+    mut incoming: libp2p_stream::IncomingStreams,
+    chain: Arc<Chain>,
+    how: Misbehaviour,
+    stats: Arc<PeerStats>,
+) {
+    let held = Arc::new(Mutex::new(VecDeque::new()));
+    while let Some((_, mut stream)) = incoming.next().await {
+        let (chain, stats, held) = (chain.clone(), stats.clone(), held.clone());
+        tokio::spawn(async move {
+            let Ok(Some(bytes)) = read_frame_bytes(&mut stream, MAX_REQUEST_FRAME).await else {
+                return;
+            };
+            let Ok(req) = pb::BlocksByRangeRequest::decode(bytes) else {
+                return;
+            };
+            PeerStats::bump(&stats.range_requests);
+            let count = req.count.min(1024);
+            let (reply, bent) = answer(&chain, how, req.start_height, count);
+            if bent {
+                PeerStats::bump(&stats.hostile_answers);
+            }
+            match reply {
+                Answer::Frame(bytes) => {
+                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.close().await;
+                }
+                Answer::Silence => {
+                    let mut held = held.lock().expect("held streams");
+                    held.push_back(stream);
+                    if held.len() > MAX_HELD_STREAMS {
+                        held.pop_front();
+                    }
+                }
+                Answer::Trickle(bytes) => {
+                    for byte in bytes.iter().take(MAX_TRICKLE_BYTES) {
+                        if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Answers every Status request with `status`.
+async fn serve_status(
+    mut incoming: libp2p_stream::IncomingStreams,
+    status: pb::Status,
+    stats: Arc<PeerStats>,
+) {
+    let frame = encode_frame(&status);
+    while let Some((_, mut stream)) = incoming.next().await {
+        let (frame, stats) = (frame.clone(), stats.clone());
+        tokio::spawn(async move {
+            if read_frame_bytes(&mut stream, MAX_REQUEST_FRAME).await.is_ok() {
+                PeerStats::bump(&stats.status_answered);
+                let _ = stream.write_all(&frame).await;
+                let _ = stream.close().await;
+            }
+        });
+    }
+}
+
+/// Answers every by-root request with an empty `OK` (the scenarios gossip nothing).
+async fn serve_root(mut incoming: libp2p_stream::IncomingStreams) {
+    let frame = ok_frame(&[]);
+    while let Some((_, mut stream)) = incoming.next().await {
+        let frame = frame.clone();
+        tokio::spawn(async move {
+            if read_frame_bytes(&mut stream, MAX_REQUEST_FRAME).await.is_ok() {
+                let _ = stream.write_all(&frame).await;
+                let _ = stream.close().await;
+            }
+        });
+    }
+}
+
+/// One identity of a hostile peer, with what it did under that identity.
+pub type Identity = (PeerId, Arc<PeerStats>);
+
+/// A running hostile peer.
+pub struct HostilePeer {
+    pub how: Misbehaviour,
+    /// Where its first identity listens.
+    pub addr: Multiaddr,
+    /// Every identity it has used, first to last, with what that identity did.
+    pub identities: Arc<Mutex<Vec<Identity>>>,
+    node: Arc<Mutex<Option<(PeerId, Multiaddr)>>>,
+}
+
+/// Settings of a hostile peer.
+#[derive(Debug, Clone, Copy)]
+pub struct HostileConfig {
+    /// Identities a [`Misbehaviour::Reincarnating`] peer goes through at most.
+    pub max_identities: usize,
+    /// Concurrent streams of a [`Misbehaviour::Flood`] peer.
+    pub flood_streams: usize,
+    /// How long a flood lasts from its first connection.
+    pub flood_for: Duration,
+}
+
+impl Default for HostileConfig {
+    fn default() -> Self {
+        HostileConfig {
+            max_identities: 4,
+            flood_streams: 16,
+            flood_for: Duration::from_secs(60),
+        }
+    }
+}
+
+impl HostilePeer {
+    /// Starts a hostile peer on `rt`, listening on 127.0.0.1 (the node under test dials it).
+    pub fn spawn(
+        rt: &tokio::runtime::Handle,
+        chain: Arc<Chain>,
+        how: Misbehaviour,
+        config: HostileConfig,
+    ) -> HostilePeer {
+        let identities = Arc::new(Mutex::new(Vec::new()));
+        let node = Arc::new(Mutex::new(None));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let peer = HostilePeer {
+            how,
+            addr: Multiaddr::empty(),
+            identities: identities.clone(),
+            node: node.clone(),
+        };
+        rt.spawn(async move {
+            let lives = if how == Misbehaviour::Reincarnating {
+                config.max_identities.max(1)
+            } else {
+                1
+            };
+            let mut addr_tx = Some(addr_tx);
+            for life in 0..lives {
+                let key = identity::Keypair::generate_ed25519();
+                let stats = Arc::new(PeerStats::default());
+                identities
+                    .lock()
+                    .expect("ids")
+                    .push((key.public().to_peer_id(), stats.clone()));
+                let ctx = Life {
+                    chain: chain.clone(),
+                    how,
+                    stats,
+                    config,
+                    node: node.clone(),
+                };
+                ctx.run(key, addr_tx.take(), life > 0).await;
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("hostile peer listening");
+        HostilePeer { addr, ..peer }
+    }
+
+    /// Tells the peer where the node under test is (a reincarnating peer dials it back with each
+    /// new identity).
+    pub fn set_node(&self, peer: PeerId, addr: Multiaddr) {
+        *self.node.lock().expect("node") = Some((peer, addr));
+    }
+
+    /// Every identity it used, with its counters.
+    pub fn lives(&self) -> Vec<Identity> {
+        self.identities.lock().expect("ids").clone()
+    }
+
+    /// The sum of `counter` over every identity.
+    pub fn total(&self, counter: impl Fn(&PeerStats) -> &AtomicU64) -> u64 {
+        self.lives().iter().map(|(_, s)| PeerStats::get(counter(s))).sum()
+    }
+}
+
+/// One identity's life: listen (first life) or dial the node (later lives), serve, and end when
+/// the last connection closes after at least one was made.
+struct Life {
+    chain: Arc<Chain>,
+    how: Misbehaviour,
+    stats: Arc<PeerStats>,
+    config: HostileConfig,
+    node: Arc<Mutex<Option<(PeerId, Multiaddr)>>>,
+}
+
+impl Life {
+    /// The node under test, once the test has said where it is (at most 60 s from now).
+    async fn wait_for_node(&self) -> Option<(PeerId, Multiaddr)> {
+        for _ in 0..600 {
+            let target = self.node.lock().expect("node").clone();
+            if target.is_some() {
+                return target;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    async fn run(
+        self,
+        key: identity::Keypair,
+        addr_tx: Option<std::sync::mpsc::Sender<Multiaddr>>,
+        dial: bool,
+    ) {
+        let mut swarm = raw_swarm(key);
+        let mut control = swarm.behaviour().new_control();
+        let accept = |control: &mut libp2p_stream::Control, p: &'static str| {
+            control
+                .accept(StreamProtocol::new(p))
+                .expect("protocol accepted once")
+        };
+        let mut status = self.chain.status();
+        if self.how == Misbehaviour::LyingStatus {
+            status.head_height += 1_000_000;
+            status.head_hash = Bytes::copy_from_slice(&Hash::of(b"a head nobody has").0);
+        }
+        let tasks = [
+            tokio::spawn(serve_status(
+                accept(&mut control, STATUS_PROTOCOL),
+                status,
+                self.stats.clone(),
+            )),
+            tokio::spawn(serve_range(
+                accept(&mut control, BLOCKS_BY_RANGE_PROTOCOL),
+                self.chain.clone(),
+                self.how,
+                self.stats.clone(),
+            )),
+            tokio::spawn(serve_root(accept(&mut control, BLOCKS_BY_ROOT_PROTOCOL))),
+        ];
+        if let Some(tx) = addr_tx {
+            swarm
+                .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+                .expect("listen");
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    let _ = tx.send(address);
+                    break;
+                }
+            }
+        }
+        if dial {
+            // A new identity waits until it knows where the node is, then comes back.
+            let Some((_, addr)) = self.wait_for_node().await else {
+                return;
+            };
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if swarm.dial(addr).is_err() {
+                return;
+            }
+        }
+        let mut ever_connected = false;
+        let mut failed_dials = 0;
+        let mut comebacks = 0;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    ever_connected = true;
+                    PeerStats::bump(&self.stats.connections);
+                    if self.how == Misbehaviour::Flood && PeerStats::get(&self.stats.connections) == 1 {
+                        let until = Instant::now() + self.config.flood_for;
+                        tokio::spawn(flood(
+                            control.clone(),
+                            peer_id,
+                            self.chain.status(),
+                            self.config.flood_streams,
+                            until,
+                            self.stats.clone(),
+                        ));
+                    }
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } if ever_connected && self.how == Misbehaviour::Reincarnating => {
+                    break;
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } if self.how.breaks_the_wire() && comebacks < MAX_COMEBACKS => {
+                    // Disconnected for a bad frame: come back under the same identity and do it
+                    // again (a banned identity is refused at once).
+                    comebacks += 1;
+                    if let Some((peer, addr)) = self.wait_for_node().await {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                            .addresses(vec![addr])
+                            .build();
+                        let _ = swarm.dial(opts);
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { .. } if dial && !ever_connected => {
+                    failed_dials += 1;
+                    if failed_dials > 3 {
+                        break;
+                    }
+                    let target = self.node.lock().expect("node").clone();
+                    if let Some((_, addr)) = target {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let _ = swarm.dial(addr);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
