@@ -134,6 +134,13 @@ impl SyncConfig {
         grown.min(self.max_request_timeout_ms.max(self.request_timeout_ms))
     }
 
+    /// How long a peer whose request timed out is passed over while other peers serve the range:
+    /// three request timeouts, so a silent peer gets about one request in that time, not one per
+    /// batch.
+    pub(crate) fn slow_peer_rest_ms(&self) -> u64 {
+        self.request_timeout_ms.saturating_mul(3)
+    }
+
     /// Backoff before retrying a batch that failed `failures` (>= 1) times, before jitter.
     pub(crate) fn backoff_for(&self, failures: u32) -> u64 {
         let exp = failures.saturating_sub(1).min(16);

@@ -204,6 +204,9 @@ impl<P: PeerKey> SyncEngine<P> {
             tracing::trace!(?id, "response to a settled request ignored");
             return;
         };
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+            entry.slow_until_ms = 0; // it answers again
+        }
         match request.purpose {
             RequestPurpose::Forward { batch } => self.forward_response(now_ms, id, batch, request, blocks),
             RequestPurpose::Backfill { batch } => self.backfill_response(now_ms, id, batch, request, blocks),
@@ -417,6 +420,11 @@ impl<P: PeerKey> SyncEngine<P> {
     pub(crate) fn penalise(&mut self, now_ms: u64, peer: &P, action: PeerAction, reason: &'static str) {
         tracing::debug!(?peer, ?action, reason, "penalising peer");
         self.peers.ranking.apply(peer, action, now_ms);
+        if action == PeerAction::Timeout
+            && let Some(entry) = self.peers.entries.get_mut(peer)
+        {
+            entry.slow_until_ms = now_ms.saturating_add(self.config.slow_peer_rest_ms());
+        }
         if matches!(action, PeerAction::InvalidData | PeerAction::ProvenWrong)
             && let Some(entry) = self.peers.entries.get_mut(peer)
         {
@@ -477,7 +485,9 @@ impl<P: PeerKey> SyncEngine<P> {
     }
 
     /// The best idle peer whose Status covers `from..=to`, preferring peers that failed this range
-    /// least, then higher scores, ties broken at random. Peers with a stale Status are asked for a
+    /// least, then higher scores, ties broken at random. A peer resting after a timeout is passed
+    /// over while some other peer serving the range is not resting, even a busy one: waiting for a
+    /// brisk peer costs less than a batch stuck for a whole timeout in front of in-order import. Peers with a stale Status are asked for a
     /// fresh one instead. Returns `None` when nobody fits; `exhausted` is then true if some peer
     /// would fit but has used up its attempts.
     pub(crate) fn pick_peer(
@@ -490,8 +500,16 @@ impl<P: PeerKey> SyncEngine<P> {
         let mut best: Option<((u32, i64, u64), P)> = None;
         let mut exhausted = false;
         let mut stale = Vec::new();
+        let some_brisk = self
+            .peers
+            .entries
+            .values()
+            .any(|e| e.serves(from, to) && !e.resting(now_ms));
         for (peer, entry) in &self.peers.entries {
             if entry.in_flight.is_some() || !entry.serves(from, to) {
+                continue;
+            }
+            if some_brisk && entry.resting(now_ms) {
                 continue;
             }
             if now_ms.saturating_sub(entry.status_at_ms) > self.config.status_stale_ms {

@@ -25,7 +25,10 @@
 //! ahead of import by a bounded amount, whatever the chain's length. Each waiting batch is
 //! requested from the best idle peer whose Status covers it (`earliest_height <= start`,
 //! `head_height >= end`): the one that failed it least, then the best score, ties broken at random.
-//! A peer serves at most one request of ours at a time (the busy set).
+//! A peer serves at most one request of ours at a time (the busy set). A peer whose request timed
+//! out rests for three request timeouts (until it answers again): it gets no batch while another
+//! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
+//! holds up in-order import; with only resting peers, work still goes to them.
 //!
 //! A short answer is legal: the batch keeps what came and asks for the rest. An empty or short
 //! answer inside the range the peer's own Status promises costs it a small `BrokenPromise` (never a

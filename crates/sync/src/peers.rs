@@ -24,6 +24,9 @@ pub(crate) struct PeerEntry {
     pub in_flight: Option<RequestId>,
     /// When we last asked it for a fresh Status.
     pub status_requested_ms: Option<u64>,
+    /// A request to it timed out: until this time it gets work only when no other peer serving
+    /// the range is free of such a mark (see [`PeerEntry::resting`]). Cleared by its next answer.
+    pub slow_until_ms: u64,
 }
 
 impl PeerEntry {
@@ -36,6 +39,7 @@ impl PeerEntry {
             proven_wrong: false,
             in_flight: None,
             status_requested_ms: None,
+            slow_until_ms: 0,
         }
     }
 
@@ -53,6 +57,11 @@ impl PeerEntry {
             .cap
             .map_or(self.status.head_height, |c| c.min(self.status.head_height));
         !self.proven_wrong && self.status.earliest_height <= from && head >= to
+    }
+
+    /// Whether it timed out recently and has not answered since.
+    pub(crate) fn resting(&self, now_ms: u64) -> bool {
+        now_ms < self.slow_until_ms
     }
 
     /// Whether its latest Status promises the block at `height`.

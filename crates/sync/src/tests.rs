@@ -675,3 +675,100 @@ fn a_peer_that_delivers_then_falls_silent_makes_the_state_stalled() {
     let stalled_at = stalled_at.expect("never stalled");
     assert!(stalled_at <= 700 + 5_000 + 1_000, "stalled only at {stalled_at}");
 }
+
+/// A peer whose request timed out gets no new batch while a brisk peer serves the range, even a
+/// busy one; once its rest is over, or once it answers, it gets work again.
+#[test]
+fn a_peer_that_timed_out_rests_while_a_brisk_peer_serves() {
+    let blocks = chain(200, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    engine.peer_status(0, 1, status(&blocks, 200));
+    engine.peer_status(0, 2, status(&blocks, 200));
+    let first = range_requests(&drain(&mut engine));
+    assert_eq!(first.len(), 2, "one batch each: {first:?}");
+    // Peer 1 answers every time; peer 2 stays silent past its deadline (1 s).
+    let mut pending: Vec<_> = first.into_iter().filter(|r| r.0 == 1).collect();
+    let mut now = 500;
+    for (_, id, start, count) in pending.drain(..) {
+        engine.range_response(now, id, serve(&blocks, start, count));
+    }
+    let actions = drain(&mut engine);
+    import_all(&mut engine, now, &actions);
+    pending = range_requests(&actions);
+    assert!(
+        pending.iter().all(|r| r.0 == 1),
+        "peer 2 is still busy: {pending:?}"
+    );
+    now = 1_100;
+    engine.tick(now);
+    let mut asked_of_2 = 0;
+    // For the rest (3 s): only peer 1 is asked, batch after batch.
+    while now < 3_000 {
+        now += 50;
+        for (_, id, start, count) in pending.drain(..) {
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        let actions = drain(&mut engine);
+        import_all(&mut engine, now, &actions);
+        for r in range_requests(&actions) {
+            if r.0 == 2 {
+                asked_of_2 += 1;
+            } else {
+                pending.push(r);
+            }
+        }
+    }
+    assert_eq!(
+        asked_of_2, 0,
+        "a resting peer was given work while a brisk one served"
+    );
+    assert!(
+        engine.head_height() > 50,
+        "the brisk peer carried the sync: {}",
+        engine.head_height()
+    );
+    // After the rest, peer 2 may be asked again (it is idle and serves the range).
+    let mut asked_after = false;
+    while now < 6_000 && engine.head_height() < 200 && !asked_after {
+        now += 50;
+        for (_, id, start, count) in pending.drain(..) {
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        let actions = drain(&mut engine);
+        import_all(&mut engine, now, &actions);
+        for r in range_requests(&actions) {
+            if r.0 == 2 {
+                asked_after = true;
+            } else {
+                pending.push(r);
+            }
+        }
+    }
+    assert!(
+        asked_after || engine.head_height() == 200,
+        "peer 2 never got work again"
+    );
+}
+
+/// With only resting peers, work still goes to them: a node whose every peer was slow recovers.
+#[test]
+fn resting_peers_still_get_work_when_no_peer_is_brisk() {
+    let blocks = chain(50, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    engine.peer_status(0, 1, status(&blocks, 50));
+    let first = range_requests(&drain(&mut engine));
+    assert_eq!(first.len(), 1);
+    engine.tick(1_100);
+    let mut now = 1_100;
+    let mut retried = Vec::new();
+    while retried.is_empty() && now < 3_000 {
+        now += 50;
+        engine.tick(now);
+        retried = range_requests(&drain(&mut engine));
+    }
+    assert_eq!(
+        retried.first().map(|r| r.0),
+        Some(1),
+        "the only peer was never asked again"
+    );
+}
