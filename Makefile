@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos fuzz adversarial
+.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz
 
 ## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
 test: lint build interop-deps
@@ -55,6 +55,14 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## make bench: sync speed, memory and serving against this machine's limits, in one run (up to
+## 30 min); the table goes to stdout and target/bench/ with a plot. bench-quick: smaller, < 3 min.
+bench:
+	CARGO=$(CARGO) ./scripts/bench.sh
+
+bench-quick:
+	CARGO=$(CARGO) ./scripts/bench.sh --quick
 
 ## make fuzz: each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 600) from its seeds.
 fuzz:
