@@ -77,6 +77,11 @@ pub enum StoreError {
     Schema(u32),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "store at {path} was written with another column layout (an older syncnode): sync into a \
+         new --data-dir ({detail})"
+    )]
+    Layout { path: PathBuf, detail: String },
     #[error("block {index} of the import: {error}")]
     Invalid { index: usize, error: BlockError },
     #[error("parent {parent} of block at height {height} is unknown")]
@@ -174,7 +179,7 @@ impl BlockStore {
         config: StoreConfig,
     ) -> Result<(Self, RepairReport), StoreError> {
         std::fs::create_dir_all(path).map_err(parity_db::Error::Io)?;
-        let db = parity_db::Db::open_or_create(&db_options(path))?;
+        let db = open_db(path, parity_db::Db::open_or_create)?;
         let genesis = spec.genesis();
         let genesis_ptr = Pointer::at(&genesis);
         if db.get(COL_META, META_GENESIS)?.is_none() {
@@ -361,6 +366,25 @@ impl BlockStore {
     }
 }
 
+/// Opens the parity-db database at `path` with this layout's options, naming a layout mismatch
+/// (a store of an older schema) as such.
+fn open_db(
+    path: &Path,
+    open: fn(&parity_db::Options) -> parity_db::Result<parity_db::Db>,
+) -> Result<parity_db::Db, StoreError> {
+    open(&db_options(path)).map_err(|e| match e {
+        parity_db::Error::InvalidConfiguration(detail) => StoreError::Layout {
+            path: path.to_owned(),
+            detail,
+        },
+        parity_db::Error::IncompatibleColumnConfig { id, reason } => StoreError::Layout {
+            path: path.to_owned(),
+            detail: format!("column {id}: {reason}"),
+        },
+        other => StoreError::Db(other),
+    })
+}
+
 /// Reads the chain spec stored in the store at `path` (opening the database briefly).
 pub fn read_spec(path: &Path) -> Result<ChainSpec, StoreError> {
     if !path.join("metadata").exists() {
@@ -369,7 +393,7 @@ pub fn read_spec(path: &Path) -> Result<ChainSpec, StoreError> {
             path.display()
         )));
     }
-    let db = parity_db::Db::open_read_only(&db_options(path))?;
+    let db = open_db(path, parity_db::Db::open_read_only)?;
     let text = db
         .get(COL_META, META_SPEC)?
         .ok_or_else(|| StoreError::Corrupt("the store holds no chain spec".into()))?;

@@ -363,3 +363,17 @@ fn prune_after_checkpoint_backfill_to_a_floor() {
     assert_eq!((out.imported, out.complete), (0, true));
     assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
 }
+
+/// A store written with the first layout (canonical index in a hash-indexed column) is refused
+/// with an error that says so, and left as it was.
+#[test]
+fn a_store_of_the_old_column_layout_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut old = db_options(dir.path());
+    old.columns[COL_CANON as usize].btree_index = false;
+    drop(parity_db::Db::open_or_create(&old).expect("old layout"));
+    let err = BlockStore::open(dir.path(), &spec()).err().expect("refused");
+    assert!(matches!(err, StoreError::Layout { .. }), "{err}");
+    assert!(err.to_string().contains("new --data-dir"), "{err}");
+    parity_db::Db::open(&old).expect("the old store still opens with its own layout");
+}
