@@ -169,9 +169,11 @@ proptest! {
         let future = b.header.timestamp_ms > now.saturating_add(MAX_FUTURE_DRIFT_MS);
         prop_assert_eq!(rule_of(check_not_future(&b.header, now)), future.then_some(6));
         prop_assert_eq!(future, matches!(m, Mutation::FromTheFuture(_)));
-        // Refused somewhere, unless unchanged and not from the future, or a properly signed later block.
+        // Refused somewhere, unless unchanged and not from the future, or properly re-signed with a
+        // time still after its parent's (earlier or later than before: both are valid blocks).
         let refused = standalone.is_some() || link.is_some() || future;
-        let still_valid = (b == s.block && !future) || matches!(m, Mutation::Timestamp(d, true) if d > 0);
+        let still_valid = (b == s.block && !future)
+            || (matches!(m, Mutation::Timestamp(_, true)) && b.header.timestamp_ms > s.parent.header.timestamp_ms);
         prop_assert_eq!(refused, !still_valid, "{:?} gave {:?}", m, b);
     }
 
