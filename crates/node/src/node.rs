@@ -404,22 +404,9 @@ impl EventLoop {
                     timeout_ms,
                 } => match BlocksByRangeRequest::new(start_height, count) {
                     Ok(request) => {
-                        let (network, inbox) = (self.network.clone(), inbox.clone());
-                        tokio::spawn(async move {
-                            let result = tokio::time::timeout(
-                                Duration::from_millis(timeout_ms),
-                                network.request_range(peer, request),
-                            )
-                            .await
-                            .unwrap_or(Err(RequestError::Timeout));
-                            let _ = inbox
-                                .send(Inbox::Response {
-                                    id,
-                                    peer,
-                                    root: false,
-                                    result,
-                                })
-                                .await;
+                        let network = self.network.clone();
+                        spawn_request(inbox, id, peer, false, timeout_ms, async move {
+                            network.request_range(peer, request).await
                         });
                     }
                     Err(e) => self
@@ -433,22 +420,9 @@ impl EventLoop {
                     timeout_ms,
                 } => match BlocksByRootRequest::new(hashes) {
                     Ok(request) => {
-                        let (network, inbox) = (self.network.clone(), inbox.clone());
-                        tokio::spawn(async move {
-                            let result = tokio::time::timeout(
-                                Duration::from_millis(timeout_ms),
-                                network.request_roots(peer, request),
-                            )
-                            .await
-                            .unwrap_or(Err(RequestError::Timeout));
-                            let _ = inbox
-                                .send(Inbox::Response {
-                                    id,
-                                    peer,
-                                    root: true,
-                                    result,
-                                })
-                                .await;
+                        let network = self.network.clone();
+                        spawn_request(inbox, id, peer, true, timeout_ms, async move {
+                            network.request_roots(peer, request).await
                         });
                     }
                     Err(e) => self
@@ -496,6 +470,32 @@ impl EventLoop {
         self.metrics
             .observe_engine(&self.engine.stats(), self.engine.state(), self.engine.target());
     }
+}
+
+/// Runs one outgoing request off the event loop, bounded by the engine's deadline, and posts its
+/// outcome to the loop's inbox.
+fn spawn_request(
+    inbox: &mpsc::Sender<Inbox>,
+    id: RequestId,
+    peer: PeerId,
+    root: bool,
+    timeout_ms: u64,
+    request: impl std::future::Future<Output = Result<BlocksResponse, RequestError>> + Send + 'static,
+) {
+    let inbox = inbox.clone();
+    tokio::spawn(async move {
+        let result = tokio::time::timeout(Duration::from_millis(timeout_ms), request)
+            .await
+            .unwrap_or(Err(RequestError::Timeout));
+        let _ = inbox
+            .send(Inbox::Response {
+                id,
+                peer,
+                root,
+                result,
+            })
+            .await;
+    });
 }
 
 #[cfg(test)]
