@@ -123,6 +123,9 @@ pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
             });
         }
     }
+    // Grown in chunks, the buffer may have up to twice the capacity it needs; blocks decoded
+    // from it share it, so it keeps only the frame's bytes.
+    buf.shrink_to_fit();
     Ok(Some(Bytes::from(buf)))
 }
 

@@ -282,7 +282,7 @@ impl BlockStore {
             return Ok(None);
         };
         let block = decode_block(hash, bytes)?;
-        lock(&self.cache).insert(block.clone());
+        lock(&self.cache).insert(&block);
         Ok(Some(block))
     }
 

@@ -156,7 +156,7 @@ impl BlockStore {
         changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
         self.db.commit(changes)?;
         self.set_pointers(next);
-        lock(&self.cache).insert(last.clone());
+        lock(&self.cache).insert(last);
         Ok(ImportOutcome::Canonical {
             head: tip,
             imported: new.len(),

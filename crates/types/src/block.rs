@@ -88,4 +88,15 @@ impl Block {
     pub fn size_bytes(&self) -> usize {
         self.payload.len() + HEADER_BYTES_LEN + Signature::LEN
     }
+
+    /// This block with a payload that owns exactly its bytes. A decoded block's payload is a view
+    /// into the buffer it was decoded from (a whole response frame, up to megabytes); whatever
+    /// keeps a block for long keeps a compact one, or it keeps that whole buffer alive.
+    pub fn compact(&self) -> Block {
+        Block {
+            header: self.header,
+            payload: Bytes::copy_from_slice(&self.payload),
+            signature: self.signature,
+        }
+    }
 }
