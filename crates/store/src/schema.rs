@@ -19,12 +19,26 @@ pub const COL_META: u8 = 2;
 /// Number of columns.
 pub const NUM_COLUMNS: u8 = 3;
 
+/// Size a parity-db log reaches before it is applied to the tables; what the log holds stays in
+/// memory until then, at about three times its size (index chunks of every written key).
+pub const LOG_SIZE_BYTES: u64 = 8 * 1024 * 1024;
+/// Applied-but-waiting log bytes before parity-db stops taking commits from its queue.
+pub const LOG_QUEUE_BYTES: i64 = 16 * 1024 * 1024;
+/// Commit bytes waiting to be logged before `commit` blocks.
+pub const COMMIT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
 /// The parity-db options of a store at `path`: block keys are hashes, so that column is uniform;
-/// the canonical index is a B-tree.
+/// the canonical index is a B-tree. Write buffers are bounded by the three constants above, and
+/// table pages written through parity-db's memory maps are dropped from the process once synced,
+/// so the node's resident memory does not grow with the chain.
 pub fn db_options(path: &std::path::Path) -> parity_db::Options {
     let mut options = parity_db::Options::with_columns(path, NUM_COLUMNS);
     options.columns[COL_BLOCKS as usize].uniform = true;
     options.columns[COL_CANON as usize].btree_index = true;
+    options.min_log_size_bytes = LOG_SIZE_BYTES;
+    options.max_log_queue_bytes = LOG_QUEUE_BYTES;
+    options.max_commit_queue_bytes = COMMIT_QUEUE_BYTES;
+    options.release_synced_pages = true;
     options
 }
 

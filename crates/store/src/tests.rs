@@ -377,3 +377,31 @@ fn a_store_of_the_old_column_layout_is_refused_by_name() {
     assert!(err.to_string().contains("new --data-dir"), "{err}");
     parity_db::Db::open(&old).expect("the old store still opens with its own layout");
 }
+
+#[test]
+fn blocks_read_back_after_many_logs_are_applied_and_their_pages_released() {
+    // ~24 MiB of blocks: several of parity-db's 4 MiB logs are applied to the tables, synced, and
+    // the tables' mapped pages dropped from the process while the import goes on. Every block
+    // must read back from the files (reopened, so no cache answers), in order and intact.
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = spec();
+    let blocks = DevChain::new(&spec)
+        .expect("dev")
+        .extend(&spec.genesis().header, 6_000, 4_096);
+    let store = open(&dir);
+    for part in blocks.chunks(200) {
+        store.import_blocks(part).expect("import");
+    }
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.head(), Pointer::at(&blocks[5_999]));
+    for block in &blocks {
+        assert_eq!(
+            store.block_at(block.header.height).expect("read").as_ref(),
+            Some(block)
+        );
+    }
+    let report = store.verify_chain(|_, _| {}).expect("check");
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.blocks, 6_001);
+}
