@@ -240,7 +240,7 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut last_line = Instant::now();
-    let mut last_heads: Vec<(Instant, u64)> = members.iter().map(|_| (Instant::now(), 0)).collect();
+    let mut rates: Vec<HeadRate> = members.iter().map(|_| HeadRate::default()).collect();
     loop {
         let target = members[0]
             .status()
@@ -272,9 +272,7 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
             {
                 m.start_height = checkpoint_height;
             }
-            let (t0, h0) = last_heads[i];
-            let rate = (head.saturating_sub(h0)) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
-            last_heads[i] = (Instant::now(), head);
+            let rate = rates[i].observe(Instant::now(), head);
             let done = i == 0
                 || (state == "synced"
                     && head >= args.blocks
@@ -353,4 +351,44 @@ fn print_summary(members: &[Member], blocks: u64) {
         println!("| {} | {} | {time} | {rate} | {rss} | {bans} |", m.name, m.role);
     }
     println!();
+}
+
+/// Blocks per second of one node's head, measured over at least a second from the first head
+/// seen (a node's first status may already show thousands of blocks; that is not a rate).
+#[derive(Debug, Default)]
+struct HeadRate {
+    since: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl HeadRate {
+    fn observe(&mut self, now: Instant, head: u64) -> f64 {
+        match self.since {
+            None => self.since = Some((now, head)),
+            Some((t0, h0)) => {
+                let elapsed = now.saturating_duration_since(t0);
+                if elapsed >= Duration::from_secs(1) {
+                    self.rate = head.saturating_sub(h0) as f64 / elapsed.as_secs_f64();
+                    self.since = Some((now, head));
+                }
+            }
+        }
+        self.rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_starts_from_the_first_head_seen_and_spans_a_second() {
+        let t = Instant::now();
+        let mut rate = HeadRate::default();
+        assert_eq!(rate.observe(t, 50_000), 0.0);
+        assert_eq!(rate.observe(t + Duration::from_millis(10), 50_100), 0.0);
+        assert_eq!(rate.observe(t + Duration::from_secs(1), 51_000), 1_000.0);
+        assert_eq!(rate.observe(t + Duration::from_millis(1_500), 52_000), 1_000.0);
+        assert_eq!(rate.observe(t + Duration::from_secs(3), 55_000), 2_000.0);
+    }
 }
