@@ -90,7 +90,12 @@ impl<P: PeerKey> SyncEngine<P> {
     /// Backfill's share of the step after every event: batches, imports, requests.
     pub(crate) fn backfill_drive(&mut self, now_ms: u64) {
         let forward_behind = self.target > self.forward.head.height;
-        let size = self.config.backfill_batch_size;
+        let size = crate::forward::batch_blocks(
+            self.config.backfill_batch_size,
+            self.config.backfill_window_bytes,
+            self.config.backfill_window_batches,
+            self.block_size_estimate(),
+        );
         let window = self.config.backfill_window_batches;
         let Some(bf) = self.backfill.as_mut() else {
             return;
@@ -283,6 +288,9 @@ impl<P: PeerKey> SyncEngine<P> {
                 got_bytes,
                 full,
             } => {
+                // One estimate of the chain's block size serves both directions.
+                self.forward.seen_blocks += got as u64;
+                self.forward.seen_bytes += got_bytes as u64;
                 if kept == got && !full {
                     self.charge_short(now_ms, &peer, request.start + kept as u64, got_bytes);
                 }

@@ -49,6 +49,29 @@ impl<P: PeerKey> SyncEngine<P> {
                 }
             }
         }
+        let size = batch_blocks(
+            self.config.batch_size,
+            self.config.window_bytes,
+            self.config.window_batches,
+            self.block_size_estimate(),
+        );
+        // Batches cut before the blocks' size was known can be far above their share of the
+        // window: the untouched ones at the top are cut again.
+        let mut recut_from = None;
+        for (start, batch) in self.forward.batches.iter().rev() {
+            let untouched = batch.blocks.is_empty()
+                && batch.failures == 0
+                && matches!(batch.state, BatchState::Waiting { .. });
+            if !untouched {
+                break;
+            }
+            if batch.end - batch.start + 1 > size {
+                recut_from = Some(*start);
+            }
+        }
+        if let Some(start) = recut_from {
+            self.forward.batches.split_off(&start);
+        }
         while self.forward.batches.len() < self.config.window_batches {
             let next = self
                 .forward
@@ -58,9 +81,19 @@ impl<P: PeerKey> SyncEngine<P> {
             if next > target {
                 break;
             }
-            let end = next.saturating_add(self.config.batch_size - 1).min(target);
+            let end = next.saturating_add(size - 1).min(target);
             self.forward.batches.insert(next, Batch::new(next, end, now_ms));
         }
+    }
+
+    /// The average size of the blocks received so far. Until blocks arrive it is unknown and the
+    /// largest possible is assumed, so that no batch can outgrow its window (one that did could
+    /// never complete).
+    pub(crate) fn block_size_estimate(&self) -> u64 {
+        self.forward
+            .seen_bytes
+            .checked_div(self.forward.seen_blocks)
+            .unwrap_or(crate::config::MIN_WINDOW_BYTES as u64)
     }
 
     /// Sends requests for waiting batches, lowest first, while the byte window has room.
@@ -514,5 +547,41 @@ impl<P: PeerKey> SyncEngine<P> {
         };
         self.forward.head = end;
         self.forward.tip = end;
+    }
+}
+
+/// Blocks per new batch: `max_blocks`, or fewer when blocks are large, so that one batch holds
+/// about its share of the window (`window_bytes / window_batches`). A 512-block batch of 64 KiB
+/// blocks is 32 MiB: half the window in one request, so one or two requests are in flight, and
+/// one import holding all of it; and a batch larger than the whole window could never complete.
+pub(crate) fn batch_blocks(
+    max_blocks: u64,
+    window_bytes: usize,
+    window_batches: usize,
+    avg_block_bytes: u64,
+) -> u64 {
+    let share = (window_bytes / window_batches.max(1)) as u64;
+    match share.checked_div(avg_block_bytes) {
+        Some(fit) => fit.min(max_blocks).max(1),
+        None => max_blocks.max(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_blocks;
+
+    #[test]
+    fn batches_of_large_blocks_are_cut_to_their_share_of_the_window() {
+        const MIB: usize = 1024 * 1024;
+        // Small blocks: the configured size.
+        assert_eq!(batch_blocks(512, 64 * MIB, 16, 1024), 512);
+        // 64 KiB blocks: 4 MiB per batch.
+        assert_eq!(batch_blocks(512, 64 * MIB, 16, 65_536), 64);
+        // The largest blocks (1 MiB): 4 per batch; never fewer than one.
+        assert_eq!(batch_blocks(512, 64 * MIB, 16, MIB as u64 + 200), 3);
+        assert_eq!(batch_blocks(512, MIB, 16, MIB as u64), 1);
+        assert_eq!(batch_blocks(0, 64 * MIB, 0, 10), 1);
+        assert_eq!(batch_blocks(512, 64 * MIB, 16, 0), 512);
     }
 }

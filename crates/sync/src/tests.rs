@@ -772,3 +772,75 @@ fn resting_peers_still_get_work_when_no_peer_is_brisk() {
         "the only peer was never asked again"
     );
 }
+
+#[test]
+fn batches_fit_their_share_of_the_window_whatever_the_block_size() {
+    // 64 KiB blocks, a 4 MiB window of 4 batches: 1 MiB, 15 blocks, per batch. Before the first
+    // answer the size is unknown and batches are sized for the largest blocks; once it is known
+    // they grow to their share. A batch larger than the window (64 blocks here, the configured
+    // size) could never complete: the window cannot hold it.
+    let blocks = chain(300, 64 * 1024, 0);
+    let cfg = SyncConfig {
+        batch_size: 64,
+        window_bytes: 4 * 1024 * 1024,
+        ..config()
+    };
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 3);
+    engine.peer_status(0, 1, status(&blocks, 300));
+    let mut now = 0;
+    let mut imported = Vec::new();
+    let mut counts = Vec::new();
+    while engine.head_height() < 300 && now < 10_000 {
+        now += 10;
+        let actions = drain(&mut engine);
+        imported.extend(import_all(&mut engine, now, &actions));
+        for (_, id, start, count) in range_requests(&actions) {
+            counts.push(count);
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        engine.tick(now);
+    }
+    assert_eq!(imported, (1..=300).collect::<Vec<_>>());
+    assert!(counts.iter().all(|&count| count <= 15), "{counts:?}");
+    assert!(counts.contains(&15), "{counts:?}");
+}
+
+#[test]
+fn backfill_of_large_blocks_completes_with_batches_that_fit_its_window() {
+    // 64 KiB blocks, a 4 MiB backfill window of 2 batches: 2 MiB, 31 blocks, per batch. The
+    // configured 64 blocks would not fit the window and such a batch could never complete.
+    let blocks = chain(200, 64 * 1024, 0);
+    let mut start = local(&blocks, 200);
+    start.backfill = Some(BackfillStart {
+        lowest_height: 200,
+        lowest_parent_hash: blocks[199].hash(),
+        floor_height: 0,
+    });
+    let cfg = SyncConfig {
+        backfill_batch_size: 64,
+        backfill_window_bytes: 4 * 1024 * 1024,
+        ..config()
+    };
+    let mut engine = SyncEngine::new(cfg, start, 5);
+    engine.peer_status(0, 1, status(&blocks, 200));
+    let (mut now, mut counts, mut complete) = (0, Vec::new(), false);
+    while now < 20_000 && !complete {
+        now += 10;
+        let actions = drain(&mut engine);
+        for action in &actions {
+            match action {
+                Action::Import { id, .. } => engine.import_result(now, *id, Ok(())),
+                Action::BackfillComplete { .. } => complete = true,
+                _ => {}
+            }
+        }
+        for (_, id, start, count) in range_requests(&actions) {
+            counts.push(count);
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        engine.tick(now);
+    }
+    assert!(complete, "backfill did not complete; requests {counts:?}");
+    assert!(counts.iter().all(|&count| count <= 31), "{counts:?}");
+    assert!(counts.contains(&31), "{counts:?}");
+}
