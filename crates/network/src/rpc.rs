@@ -2,7 +2,7 @@
 //! and block requests we serve (the policy before a request reaches [`crate::serve::serve`]).
 
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::request_response::{
@@ -10,7 +10,7 @@ use libp2p::request_response::{
 };
 use syncnode_proto::convert::ResponseCode;
 use syncnode_proto::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ConvertError, Status, pb};
-use syncnode_sync::peer_score::PeerAction;
+use syncnode_sync::peer_score::{PeerAction, Verdict};
 use tokio::sync::oneshot;
 
 use crate::behaviour::Behaviour;
@@ -21,6 +21,12 @@ use crate::metrics::Direction;
 use crate::rate_limit::Protocol;
 use crate::serve::{BlockQuery, serve};
 use crate::service::{Pending, ServeDone, Service};
+
+/// How long a peer answered before a disconnect keeps its connection, so that it can read the
+/// answer (which says why). Carried out by the once-a-second maintenance: 1–2 s in all.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+/// Most peers waiting out their grace at once; beyond it they are disconnected at once.
+const MAX_CLOSING: usize = 1024;
 
 /// Metric label of a response code.
 pub fn code_label(code: ResponseCode) -> &'static str {
@@ -468,7 +474,12 @@ impl Service {
             self.writing_bytes = self.writing_bytes.saturating_sub(size);
         }
         if let Some((peer, verdict)) = self.after_response.remove(&(proto, request_id)) {
-            self.enforce(peer, verdict);
+            if verdict == Verdict::Disconnect && self.closing.len() < MAX_CLOSING {
+                // The answer says why; give the peer time to read it before the connection goes.
+                self.closing.push_back((Instant::now() + DISCONNECT_GRACE, peer));
+            } else {
+                self.enforce(peer, verdict);
+            }
         }
     }
 }

@@ -79,6 +79,9 @@ pub(crate) struct Service {
     pub status_in_flight: HashSet<PeerId>,
     /// Disconnects and bans to carry out once the answer to an inbound request has gone out.
     pub after_response: HashMap<(Protocol, InboundRequestId), (PeerId, Verdict)>,
+    /// Peers to disconnect once a grace period after their answer is over, oldest first (at most
+    /// `MAX_CLOSING`): closing at once can make the peer's stack drop the answer unread.
+    pub closing: VecDeque<(Instant, PeerId)>,
     pub metrics: NetworkMetrics,
     pub libp2p_metrics: Libp2pMetrics,
     /// Bootnodes, redialled with backoff while the node has no peer at all.
@@ -165,6 +168,7 @@ pub async fn start(
         pending_status: HashMap::new(),
         status_in_flight: HashSet::new(),
         after_response: HashMap::new(),
+        closing: VecDeque::new(),
         metrics,
         libp2p_metrics,
         bootnodes: config.bootnodes.clone(),
@@ -546,6 +550,14 @@ impl Service {
     }
 
     fn maintain(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, peer)) = self.closing.front() {
+            if at > now {
+                break;
+            }
+            self.closing.pop_front();
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         for peer in self.manager.expired_bans() {
             tracing::info!(%peer, "ban expired");
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
