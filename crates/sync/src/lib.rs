@@ -20,9 +20,12 @@
 //! below a height it answered empty for, and not at all once its data was proven wrong. The target
 //! drops only when the peers that claimed it leave or are discredited.
 //!
-//! Heights `tip + 1 ..= target` are cut into batches of `batch_size`. At most `window_batches`
-//! batches exist at once and their downloaded blocks never exceed `window_bytes`: download runs
-//! ahead of import by a bounded amount, whatever the chain's length. Each waiting batch is
+//! Heights `tip + 1 ..= target` are cut into batches of `batch_size` blocks, or fewer when blocks
+//! are large: a batch holds about `window_bytes / window_batches` at the average block size seen
+//! (the largest possible until blocks arrive), so no batch outgrows the window it must fit in.
+//! At most `window_batches` batches exist at once and their downloaded blocks never exceed
+//! `window_bytes`: download runs ahead of import by a bounded amount, whatever the chain's length.
+//! Each waiting batch is
 //! requested from the best idle peer whose Status covers it (`earliest_height <= start`,
 //! `head_height >= end`): the one that failed it least, then the best score, ties broken at random.
 //! A peer serves at most one request of ours at a time (the busy set). A peer whose request timed
