@@ -202,3 +202,26 @@ fn a_node_whose_peers_stop_answering_is_stalled_then_recovers() {
         synced_at_least(CHAIN),
     );
 }
+
+#[test]
+fn a_fresh_node_syncs_over_quic_from_a_seeder_that_listens_on_quic_only() {
+    // The seeder has no TCP listener: every byte of the sync crosses QUIC-v1.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (spec, seeder_dir) = chain_with_history(dir.path(), "seeder", 3_000, 256);
+    let seeder = Node::start_quic("seeder", &spec, &seeder_dir, &[]);
+    assert!(seeder.multiaddr().contains("/quic-v1"));
+    let boot = vec!["--bootnode".to_string(), seeder.multiaddr()];
+    let mut fresh = Node::start("fresh", &spec, &dir.path().join("fresh"), &boot);
+    fresh.wait_status(
+        Duration::from_secs(60),
+        "synced over QUIC",
+        synced_at_least(3_000),
+    );
+    let head = |n: &Node| {
+        n.status()
+            .and_then(|s| s["head_hash"].as_str().map(str::to_owned))
+    };
+    assert_eq!(head(&fresh), head(&seeder));
+    assert!(fresh.stop(), "fresh node did not stop cleanly");
+    assert_eq!(db_check_ok(&dir.path().join("fresh")), 3_000);
+}

@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 
 use crate::{ChildGuard, path_str, syncnode};
 
+/// A free UDP port on 127.0.0.1 (bound then released; the test binds it again at once).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the test binds it again at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -59,6 +67,8 @@ pub struct Node {
     pub child: ChildGuard,
     pub http: SocketAddr,
     pub p2p_port: u16,
+    /// The one address it listens on for peers (TCP unless started with [`Node::start_quic`]).
+    pub listen: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -81,6 +91,26 @@ impl Node {
         p2p_port: u16,
     ) -> Node {
         let listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+        Node::start_listening(name, spec, data_dir, extra, http, p2p_port, listen)
+    }
+
+    /// Starts `syncnode run` listening for peers on QUIC-v1 only (a UDP port on 127.0.0.1).
+    pub fn start_quic(name: &str, spec: &Path, data_dir: &Path, extra: &[String]) -> Node {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let port = free_udp_port();
+        let listen = format!("/ip4/127.0.0.1/udp/{port}/quic-v1");
+        Node::start_listening(name, spec, data_dir, extra, http, port, listen)
+    }
+
+    fn start_listening(
+        name: &str,
+        spec: &Path,
+        data_dir: &Path,
+        extra: &[String],
+        http: SocketAddr,
+        p2p_port: u16,
+        listen: String,
+    ) -> Node {
         let http_s = http.to_string();
         let mut args = vec!["run", "--chain", path_str(spec), "--data-dir", path_str(data_dir)];
         args.extend([
@@ -106,6 +136,7 @@ impl Node {
             child,
             http,
             p2p_port,
+            listen,
             data_dir: data_dir.into(),
             log,
         };
@@ -119,7 +150,7 @@ impl Node {
 
     /// The multiaddr other nodes use to dial this one.
     pub fn multiaddr(&self) -> String {
-        format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
+        self.listen.clone()
     }
 
     /// `GET /status`, or `None` while it does not answer.
