@@ -18,8 +18,10 @@ lint:
 
 ## make devnet: a local testnet on 127.0.0.1 (producer, two nodes from genesis, one from a
 ## checkpoint that backfills); ends when all are synced with full history. DEVNET_ARGS adds flags.
+## Built without incremental artifacts: a cold build is faster, and a warm one is rebuilt only
+## for the workspace's own crates.
 devnet:
-	$(CARGO) build -p syncnode
+	CARGO_INCREMENTAL=0 $(CARGO) build -p syncnode
 	./target/debug/syncnode devnet $(DEVNET_ARGS)
 
 ## make adversarial: the hostile-peer scenarios of tests/hostile.rs at full size, one at a time,
