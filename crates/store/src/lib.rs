@@ -281,8 +281,9 @@ impl BlockStore {
         let Some(bytes) = self.db.get(COL_BLOCKS, &hash.0)? else {
             return Ok(None);
         };
+        // Decoded from its own stored value: its payload holds nothing beyond the block.
         let block = decode_block(hash, bytes)?;
-        lock(&self.cache).insert(&block);
+        lock(&self.cache).insert(block.clone());
         Ok(Some(block))
     }
 

@@ -156,7 +156,8 @@ impl BlockStore {
         changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
         self.db.commit(changes)?;
         self.set_pointers(next);
-        lock(&self.cache).insert(last);
+        // The imported block came from a response frame: cache a copy that does not keep it.
+        lock(&self.cache).insert(last.compact());
         Ok(ImportOutcome::Canonical {
             head: tip,
             imported: new.len(),
