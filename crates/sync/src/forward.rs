@@ -55,23 +55,6 @@ impl<P: PeerKey> SyncEngine<P> {
             self.config.window_batches,
             self.block_size_estimate(),
         );
-        // Batches cut before the blocks' size was known can be far above their share of the
-        // window: the untouched ones at the top are cut again.
-        let mut recut_from = None;
-        for (start, batch) in self.forward.batches.iter().rev() {
-            let untouched = batch.blocks.is_empty()
-                && batch.failures == 0
-                && matches!(batch.state, BatchState::Waiting { .. });
-            if !untouched {
-                break;
-            }
-            if batch.end - batch.start + 1 > size {
-                recut_from = Some(*start);
-            }
-        }
-        if let Some(start) = recut_from {
-            self.forward.batches.split_off(&start);
-        }
         while self.forward.batches.len() < self.config.window_batches {
             let next = self
                 .forward
