@@ -112,6 +112,17 @@ fn import_all(engine: &mut SyncEngine<u32>, now: u64, actions: &[Action<u32>]) -
     heights
 }
 
+/// One step among honest peers: every import offered succeeds and every range request is answered
+/// in full at once. Returns the step's actions and the heights it imported.
+fn honest_step(engine: &mut SyncEngine<u32>, now: u64, blocks: &[Block]) -> (Vec<Action<u32>>, Vec<Height>) {
+    let actions = drain(engine);
+    let imported = import_all(engine, now, &actions);
+    for (_, id, start, count) in range_requests(&actions) {
+        engine.range_response(now, id, serve(blocks, start, count));
+    }
+    (actions, imported)
+}
+
 /// Drains the actions and performs their imports.
 fn import_drained(engine: &mut SyncEngine<u32>, now: u64) -> Vec<Height> {
     let actions = drain(engine);
@@ -129,11 +140,7 @@ fn syncs_from_one_honest_peer_in_order() {
     let mut now = 0;
     while engine.head_height() < 35 && now < 100 {
         now += 1;
-        let actions = drain(&mut engine);
-        imported.extend(import_all(&mut engine, now, &actions));
-        for (_, id, start, count) in range_requests(&actions) {
-            engine.range_response(now, id, serve(&blocks, start, count));
-        }
+        imported.extend(honest_step(&mut engine, now, &blocks).1);
     }
     assert_eq!(imported, (1..=35).collect::<Vec<_>>());
     assert_eq!(engine.state(), SyncState::Synced);
@@ -705,18 +712,7 @@ fn a_peer_that_timed_out_rests_while_a_brisk_peer_serves() {
     // For the rest (3 s): only peer 1 is asked, batch after batch.
     while now < 3_000 {
         now += 50;
-        for (_, id, start, count) in pending.drain(..) {
-            engine.range_response(now, id, serve(&blocks, start, count));
-        }
-        let actions = drain(&mut engine);
-        import_all(&mut engine, now, &actions);
-        for r in range_requests(&actions) {
-            if r.0 == 2 {
-                asked_of_2 += 1;
-            } else {
-                pending.push(r);
-            }
-        }
+        asked_of_2 += serve_peer_1(&mut engine, now, &blocks, &mut pending);
     }
     assert_eq!(
         asked_of_2, 0,
@@ -731,23 +727,30 @@ fn a_peer_that_timed_out_rests_while_a_brisk_peer_serves() {
     let mut asked_after = false;
     while now < 6_000 && engine.head_height() < 200 && !asked_after {
         now += 50;
-        for (_, id, start, count) in pending.drain(..) {
-            engine.range_response(now, id, serve(&blocks, start, count));
-        }
-        let actions = drain(&mut engine);
-        import_all(&mut engine, now, &actions);
-        for r in range_requests(&actions) {
-            if r.0 == 2 {
-                asked_after = true;
-            } else {
-                pending.push(r);
-            }
-        }
+        asked_after = serve_peer_1(&mut engine, now, &blocks, &mut pending) > 0;
     }
     assert!(
         asked_after || engine.head_height() == 200,
         "peer 2 never got work again"
     );
+}
+
+/// Peer 1 answers its `pending` requests; the imports are performed; peer 1's new requests become
+/// pending. Returns how many new requests went to peer 2, which never answers.
+fn serve_peer_1(
+    engine: &mut SyncEngine<u32>,
+    now: u64,
+    blocks: &[Block],
+    pending: &mut Vec<(u32, RequestId, Height, u64)>,
+) -> usize {
+    for (_, id, start, count) in pending.drain(..) {
+        engine.range_response(now, id, serve(blocks, start, count));
+    }
+    let actions = drain(engine);
+    import_all(engine, now, &actions);
+    let (to_2, to_1): (Vec<_>, Vec<_>) = range_requests(&actions).into_iter().partition(|r| r.0 == 2);
+    pending.extend(to_1);
+    to_2.len()
 }
 
 /// With only resting peers, work still goes to them: a node whose every peer was slow recovers.
@@ -792,12 +795,9 @@ fn batches_fit_their_share_of_the_window_whatever_the_block_size() {
     let mut counts = Vec::new();
     while engine.head_height() < 300 && now < 10_000 {
         now += 10;
-        let actions = drain(&mut engine);
-        imported.extend(import_all(&mut engine, now, &actions));
-        for (_, id, start, count) in range_requests(&actions) {
-            counts.push(count);
-            engine.range_response(now, id, serve(&blocks, start, count));
-        }
+        let (actions, step) = honest_step(&mut engine, now, &blocks);
+        imported.extend(step);
+        counts.extend(range_requests(&actions).iter().map(|r| r.3));
         engine.tick(now);
     }
     assert_eq!(imported, (1..=300).collect::<Vec<_>>());
@@ -826,18 +826,11 @@ fn backfill_of_large_blocks_completes_with_batches_that_fit_its_window() {
     let (mut now, mut counts, mut complete) = (0, Vec::new(), false);
     while now < 20_000 && !complete {
         now += 10;
-        let actions = drain(&mut engine);
-        for action in &actions {
-            match action {
-                Action::Import { id, .. } => engine.import_result(now, *id, Ok(())),
-                Action::BackfillComplete { .. } => complete = true,
-                _ => {}
-            }
-        }
-        for (_, id, start, count) in range_requests(&actions) {
-            counts.push(count);
-            engine.range_response(now, id, serve(&blocks, start, count));
-        }
+        let (actions, _) = honest_step(&mut engine, now, &blocks);
+        complete = actions
+            .iter()
+            .any(|a| matches!(a, Action::BackfillComplete { .. }));
+        counts.extend(range_requests(&actions).iter().map(|r| r.3));
         engine.tick(now);
     }
     assert!(complete, "backfill did not complete; requests {counts:?}");
