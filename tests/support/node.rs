@@ -1,7 +1,6 @@
 //! Running `syncnode run` processes and watching them through the HTTP API.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,21 +22,9 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// `GET path` on `addr` with a plain HTTP/1.1 request; the body, or `None` on any failure.
+/// `GET path` on `addr`: the status code and body, or `None` on any failure.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
+    syncnode_node::http_client::get(addr, path, Duration::from_secs(10)).ok()
 }
 
 /// `GET path` as JSON, or `None`.

@@ -32,6 +32,7 @@
 pub mod api;
 pub mod checkpoint;
 pub mod http;
+pub mod http_client;
 pub mod import;
 pub mod metrics;
 pub mod node;
