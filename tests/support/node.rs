@@ -14,6 +14,11 @@ pub fn free_udp_port() -> u16 {
         .expect("free udp port")
 }
 
+/// A free address on 127.0.0.1 for a node's HTTP API.
+fn free_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the test binds it again at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -63,7 +68,7 @@ pub struct Node {
 impl Node {
     /// Starts `syncnode run` on fresh ports; its stderr goes to `DATA_DIR.log`.
     pub fn start(name: &str, spec: &Path, data_dir: &Path, extra: &[String]) -> Node {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http = free_http_addr();
         Node::start_at(name, spec, data_dir, extra, http, free_port())
     }
 
@@ -83,7 +88,7 @@ impl Node {
 
     /// Starts `syncnode run` listening for peers on QUIC-v1 only (a UDP port on 127.0.0.1).
     pub fn start_quic(name: &str, spec: &Path, data_dir: &Path, extra: &[String]) -> Node {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http = free_http_addr();
         let port = free_udp_port();
         let listen = format!("/ip4/127.0.0.1/udp/{port}/quic-v1");
         Node::start_listening(name, spec, data_dir, extra, http, port, listen)
