@@ -222,21 +222,24 @@ fn backfill_resumes_after_sigterm_and_sigkill() {
 /// blocks validly signed by the chain's authority, with other payloads, so they chain to genesis
 /// and to each other but not to the canonical block at `below`. Returns the fork's hashes.
 fn fork_history_below(spec_path: &Path, data_dir: &Path, below: u64) -> Vec<syncnode_types::Hash> {
-    use syncnode_store::schema::{COL_BLOCKS, COL_CANON, db_options, encode_block, height_key};
+    use syncnode_store::canon::CanonEdits;
+    use syncnode_store::schema::{COL_BLOCKS, db_options, encode_block};
     let spec = syncnode_types::ChainSpec::from_json(&std::fs::read_to_string(spec_path).expect("spec"))
         .expect("spec");
     let dev = syncnode_types::DevChain::new(&spec).expect("dev keys");
     let mut parent = spec.genesis().header;
     let db = parity_db::Db::open(&db_options(data_dir)).expect("open db");
     let mut changes = Vec::new();
+    let mut canon = CanonEdits::default();
     let mut hashes = Vec::new();
     for h in 1..below {
         let block = dev.child(&parent, syncnode_types::DevChain::payload(h + 1_000_000, 256));
         parent = block.header;
         hashes.push(block.hash());
         changes.push((COL_BLOCKS, block.hash().0.to_vec(), Some(encode_block(&block))));
-        changes.push((COL_CANON, height_key(h).to_vec(), Some(block.hash().0.to_vec())));
+        canon.set(h, block.hash());
     }
+    canon.write_to(&db, &mut changes).expect("canonical index");
     db.commit(changes).expect("commit");
     hashes
 }

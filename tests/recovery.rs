@@ -25,13 +25,21 @@ fn a_store_that_lost_its_tail_repairs_and_fetches_the_rest() {
 
     // Lose the data of the last 500 blocks; the head pointer still names the lost head.
     {
-        use syncnode_store::schema::{COL_BLOCKS, COL_CANON, db_options, height_key};
+        use syncnode_store::schema::{COL_BLOCKS, db_options};
+        use syncnode_store::{BlockStore, StoreConfig};
+        let config = StoreConfig {
+            repair_on_open: false,
+            ..StoreConfig::default()
+        };
+        let (store, _) = BlockStore::open_existing(&data, config).expect("open store");
+        let lost: Vec<_> = (CHAIN - 499..=CHAIN)
+            .map(|h| {
+                let hash = store.hash_at(h).expect("read").expect("indexed");
+                (COL_BLOCKS, hash.0.to_vec(), None)
+            })
+            .collect();
+        drop(store);
         let db = parity_db::Db::open(&db_options(&data)).expect("open db");
-        let mut lost = Vec::new();
-        for h in CHAIN - 499..=CHAIN {
-            let hash = db.get(COL_CANON, &height_key(h)).expect("read").expect("indexed");
-            lost.push((COL_BLOCKS, hash, None));
-        }
         db.commit(lost).expect("delete");
     }
     let check = syncnode(&["db", "check", "--data-dir", path_str(&data)])

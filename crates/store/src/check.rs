@@ -5,6 +5,7 @@ use rayon::prelude::*;
 use syncnode_types::validity::{check_link, verify_standalone_batch};
 use syncnode_types::{Block, Height};
 
+use crate::canon::CanonReader;
 use crate::{BlockStore, StoreError};
 
 /// Blocks read per step; their signatures are verified in parallel sub-batches.
@@ -90,8 +91,9 @@ impl BlockStore {
         while start <= p.head.height {
             let end = (start + CHUNK - 1).min(p.head.height);
             let mut blocks = Vec::with_capacity((end - start + 1) as usize);
+            let mut canon = CanonReader::new(&self.db);
             for height in start..=end {
-                match self.block_at(height) {
+                match self.block_in(&mut canon, height) {
                     Ok(Some(b)) if b.height() == height => blocks.push(b),
                     Ok(Some(b)) => report.fault(
                         height,

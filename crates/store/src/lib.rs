@@ -2,11 +2,12 @@
 //!
 //! ## Layout
 //! Three columns ([`schema`]): blocks by hash (canonical and side-chain blocks, as protobuf
-//! `Block` bytes), the canonical index height → hash, and metadata: the pointers `genesis`,
-//! `head`, `finalized`, `anchor` (the trusted checkpoint a node started from), `backfill_low` (the
-//! lowest block from which the canonical chain is unbroken up to the head; its height is the
-//! node's `earliest_height`), `history_floor` (the height below which history is not kept:
-//! backfill stops there and pruning moves it up), and subscriber cursors.
+//! `Block` bytes), the canonical index height → hash (in segments of 64 heights, one value each,
+//! read and rewritten within the commit that changes them: `canon.rs`), and metadata: the
+//! pointers `genesis`, `head`, `finalized`, `anchor` (the trusted checkpoint a node started
+//! from), `backfill_low` (the lowest block from which the canonical chain is unbroken up to the
+//! head; its height is the node's `earliest_height`), `history_floor` (the height below which
+//! history is not kept: backfill stops there and pruning moves it up), and subscriber cursors.
 //!
 //! ## History retention
 //! [`BlockStore::prune_below`] deletes canonical blocks from the bottom of the unbroken range, never
@@ -41,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+pub mod canon;
 mod check;
 mod prune;
 mod repair;
@@ -60,6 +62,7 @@ pub use schema::Pointer;
 pub use write::{BackfillOutcome, ImportOutcome};
 
 use cache::BlockCache;
+use canon::{CanonEdits, CanonReader};
 use schema::*;
 
 /// What went wrong in the store.
@@ -183,17 +186,15 @@ impl BlockStore {
         let genesis = spec.genesis();
         let genesis_ptr = Pointer::at(&genesis);
         if db.get(COL_META, META_GENESIS)?.is_none() {
-            db.commit(vec![
-                (
-                    COL_BLOCKS,
-                    genesis_ptr.hash.0.to_vec(),
-                    Some(encode_block(&genesis)),
-                ),
-                (
-                    COL_CANON,
-                    height_key(0).to_vec(),
-                    Some(genesis_ptr.hash.0.to_vec()),
-                ),
+            let mut changes = vec![(
+                COL_BLOCKS,
+                genesis_ptr.hash.0.to_vec(),
+                Some(encode_block(&genesis)),
+            )];
+            let mut canon = CanonEdits::default();
+            canon.set(0, genesis_ptr.hash);
+            canon.write_to(&db, &mut changes)?;
+            changes.extend([
                 (
                     COL_META,
                     META_SCHEMA.to_vec(),
@@ -205,7 +206,8 @@ impl BlockStore {
                 (COL_META, META_SPEC.to_vec(), Some(spec.to_json().into_bytes())),
                 // Genesis last: its presence marks a store whose creation committed.
                 (COL_META, META_GENESIS.to_vec(), Some(genesis_ptr.hash.0.to_vec())),
-            ])?;
+            ]);
+            db.commit(changes)?;
         }
         let pointers = load_pointers(&db, path, &genesis_ptr.hash)?;
         let store = BlockStore {
@@ -265,12 +267,7 @@ impl BlockStore {
 
     /// The hash of the canonical block at `height`, if stored.
     pub fn hash_at(&self, height: Height) -> Result<Option<Hash>, StoreError> {
-        match self.db.get(COL_CANON, &height_key(height))? {
-            None => Ok(None),
-            Some(bytes) => Hash::from_slice(&bytes)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt(format!("canonical index at {height} is not a hash"))),
-        }
+        CanonReader::new(&self.db).hash_at(height)
     }
 
     /// The block with this hash, canonical or not.
@@ -294,7 +291,16 @@ impl BlockStore {
 
     /// The canonical block at `height`.
     pub fn block_at(&self, height: Height) -> Result<Option<Block>, StoreError> {
-        match self.hash_at(height)? {
+        self.block_in(&mut CanonReader::new(&self.db), height)
+    }
+
+    /// The canonical block at `height`, its hash read through `canon`.
+    pub(crate) fn block_in(
+        &self,
+        canon: &mut CanonReader<'_>,
+        height: Height,
+    ) -> Result<Option<Block>, StoreError> {
+        match canon.hash_at(height)? {
             Some(hash) => self.block(&hash),
             None => Ok(None),
         }
@@ -312,8 +318,9 @@ impl BlockStore {
         let end = start.saturating_add(count).min(head.saturating_add(1));
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let mut canon = CanonReader::new(&self.db);
         for height in start..end {
-            let Some(block) = self.block_at(height)? else {
+            let Some(block) = self.block_in(&mut canon, height)? else {
                 break;
             };
             bytes += syncnode_proto::convert::encoded_block_field_len(&block);

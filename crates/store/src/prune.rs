@@ -9,6 +9,7 @@
 
 use syncnode_types::Height;
 
+use crate::canon::{CanonEdits, CanonReader};
 use crate::schema::*;
 use crate::{BlockStore, StoreError, lock};
 
@@ -64,14 +65,17 @@ impl BlockStore {
             })?;
             let mut changes = Vec::new();
             let mut deleted = Vec::new();
+            let mut canon = CanonEdits::default();
             // Genesis stays, whatever the low pointer.
+            let mut reader = CanonReader::new(&self.db);
             for h in p.low.height.max(1)..to {
-                if let Some(hash) = self.hash_at(h)? {
+                if let Some(hash) = reader.hash_at(h)? {
                     changes.push((COL_BLOCKS, hash.0.to_vec(), None));
                     deleted.push(hash);
                 }
-                changes.push((COL_CANON, height_key(h).to_vec(), None));
+                canon.remove(h);
             }
+            canon.write_to(&self.db, &mut changes)?;
             let low = Pointer {
                 height: to,
                 hash: kept,

@@ -3,6 +3,7 @@
 
 use syncnode_types::{Block, Height};
 
+use crate::canon::CanonEdits;
 use crate::schema::*;
 use crate::{BlockStore, StoreError, lock};
 
@@ -44,7 +45,7 @@ impl BlockStore {
         let p = self.pointers();
         let mut report = RepairReport::default();
         let mut next = p;
-        let mut changes: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
 
         // The low pointer first: the walk below never goes under it.
         if self.intact_at(p.low.height).map(|b| b.hash()) != Some(p.low.hash) {
@@ -88,9 +89,11 @@ impl BlockStore {
                     StoreError::Corrupt(format!("no intact block between {} and {fault}", next.low.height))
                 })?;
             next.head = Pointer::at(&new_head);
+            let mut canon = CanonEdits::default();
             for h in next.head.height + 1..=p.head.height {
-                changes.push((COL_CANON, height_key(h).to_vec(), None));
+                canon.remove(h);
             }
+            canon.write_to(&self.db, &mut changes)?;
             report.actions.push(format!(
                 "blocks from height {fault} were missing or did not link: head rolled back from {} to {}",
                 p.head.height, next.head.height

@@ -9,10 +9,9 @@ use crate::StoreError;
 
 /// Column of blocks: block hash (32 bytes) → protobuf `Block`. Holds canonical and side blocks.
 pub const COL_BLOCKS: u8 = 0;
-/// Column of the canonical chain: height (8 bytes BE) → block hash. A B-tree column: its keys
-/// come in order, and parity-db keeps a written B-tree node in memory until its log is applied
-/// instead of a 512-byte hash-index chunk per key (peak memory of a 100,000-block import
-/// 286 → 208 MiB; layout version 2).
+/// Column of the canonical chain: segment of 64 heights (8 bytes BE) → the canonical hashes of
+/// those heights (see `canon.rs`; layout version 3). One value per 64 heights: per-height keys
+/// made the database's per-key work (index chunks, B-tree nodes) the largest cost of an import.
 pub const COL_CANON: u8 = 1;
 /// Column of metadata: pointer name → value.
 pub const COL_META: u8 = 2;
@@ -28,13 +27,12 @@ pub const LOG_QUEUE_BYTES: i64 = 16 * 1024 * 1024;
 pub const COMMIT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The parity-db options of a store at `path`: block keys are hashes, so that column is uniform;
-/// the canonical index is a B-tree. Write buffers are bounded by the three constants above, and
-/// table pages written through parity-db's memory maps are dropped from the process once synced,
-/// so the node's resident memory does not grow with the chain.
+/// the canonical index's segment numbers are hashed by parity-db. Write buffers are bounded by
+/// the constants above, and table pages written through parity-db's memory maps are dropped from
+/// the process once synced, so the node's resident memory does not grow with the chain.
 pub fn db_options(path: &std::path::Path) -> parity_db::Options {
     let mut options = parity_db::Options::with_columns(path, NUM_COLUMNS);
     options.columns[COL_BLOCKS as usize].uniform = true;
-    options.columns[COL_CANON as usize].btree_index = true;
     options.min_log_size_bytes = LOG_SIZE_BYTES;
     options.max_log_queue_bytes = LOG_QUEUE_BYTES;
     options.max_commit_queue_bytes = COMMIT_QUEUE_BYTES;
@@ -42,8 +40,11 @@ pub fn db_options(path: &std::path::Path) -> parity_db::Options {
     options
 }
 
+/// One write of a commit: column, key, value (`None` deletes).
+pub type Change = (u8, Vec<u8>, Option<Vec<u8>>);
+
 /// Version of this layout, stored under [`META_SCHEMA`].
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub const META_SCHEMA: &[u8] = b"schema";
 pub const META_GENESIS: &[u8] = b"genesis";
@@ -90,11 +91,6 @@ impl Pointer {
             hash: block.hash(),
         }
     }
-}
-
-/// The canonical-index key of a height.
-pub fn height_key(height: Height) -> [u8; 8] {
-    height.to_be_bytes()
 }
 
 /// Encodes a block as stored (its protobuf bytes).

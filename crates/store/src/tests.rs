@@ -364,18 +364,74 @@ fn prune_after_checkpoint_backfill_to_a_floor() {
     assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
 }
 
-/// A store written with the first layout (canonical index in a hash-indexed column) is refused
-/// with an error that says so, and left as it was.
+/// A store written with the second layout (canonical index in a B-tree column, one key per
+/// height) is refused with an error that says so, and left as it was.
 #[test]
 fn a_store_of_the_old_column_layout_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut old = db_options(dir.path());
-    old.columns[COL_CANON as usize].btree_index = false;
+    old.columns[COL_CANON as usize].btree_index = true;
     drop(parity_db::Db::open_or_create(&old).expect("old layout"));
     let err = BlockStore::open(dir.path(), &spec()).err().expect("refused");
     assert!(matches!(err, StoreError::Layout { .. }), "{err}");
     assert!(err.to_string().contains("new --data-dir"), "{err}");
     parity_db::Db::open(&old).expect("the old store still opens with its own layout");
+}
+
+/// The canonical index keeps 64 heights per value. Imports in batches that straddle segments, a
+/// reorganisation across a segment boundary and a prune that ends inside a segment leave every
+/// height indexed as the chain says, before and after reopening, with one value per segment.
+#[test]
+fn the_segmented_canonical_index_follows_imports_reorgs_and_prunes_across_boundaries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = spec();
+    let dev = DevChain::new(&spec).expect("dev");
+    let main = dev.extend(&spec.genesis().header, 325, 16);
+    let store = open(&dir);
+    for part in main.chunks(37) {
+        store.import_blocks(part).expect("import");
+    }
+    // A fork from height 318 (finalized: 317) replacing 319..=325, across the boundary at 320.
+    let fork = dev.extend(&main[317].header, 12, 17);
+    assert!(matches!(
+        store.import_blocks(&fork[..5]).expect("side"),
+        ImportOutcome::SideChain { .. }
+    ));
+    assert!(matches!(
+        store.import_blocks(&fork[5..]).expect("reorg"),
+        ImportOutcome::Canonical {
+            reorg_from: Some(319),
+            ..
+        }
+    ));
+    let pruned = store.prune_below(100).expect("prune");
+    assert_eq!(pruned.low.height, 100);
+    let expected = |h: u64| match h {
+        0 => Some(spec.genesis().hash()),
+        1..=99 => None,
+        100..=318 => Some(main[h as usize - 1].hash()),
+        319..=330 => Some(fork[h as usize - 319].hash()),
+        _ => None,
+    };
+    let check = |store: &BlockStore| {
+        for h in 0..=400 {
+            assert_eq!(store.hash_at(h).expect("read"), expected(h), "height {h}");
+        }
+        let segments: Vec<u64> = (0..10)
+            .filter(|&s| {
+                let key = crate::canon::segment_key(s);
+                store.db.get(COL_CANON, &key).expect("read").is_some()
+            })
+            .collect();
+        assert_eq!(segments, vec![0, 1, 2, 3, 4, 5]);
+        let range = store.blocks_by_range(310, 30, usize::MAX).expect("range");
+        let hashes: Vec<_> = range.iter().map(|b| Some(b.hash())).collect();
+        assert_eq!(hashes, (310..=330).map(expected).collect::<Vec<_>>());
+        assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
+    };
+    check(&store);
+    drop(store);
+    check(&open(&dir));
 }
 
 #[test]

@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use syncnode_types::validity::check_link;
 use syncnode_types::{Block, Hash, Height};
 
+use crate::canon::CanonEdits;
 use crate::schema::*;
 use crate::{BlockStore, Pointers, StoreError, lock};
-
-type Change = (u8, Vec<u8>, Option<Vec<u8>>);
 
 /// What a forward import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,15 +47,12 @@ fn check_consecutive(blocks: &[Block], offset: usize) -> Result<(), StoreError> 
     Ok(())
 }
 
-fn put_block(changes: &mut Vec<Change>, block: &Block, canonical: bool) {
+/// Stores `block`, and indexes it as canonical at its height when `canon` is given.
+fn put_block(changes: &mut Vec<Change>, block: &Block, canon: Option<&mut CanonEdits>) {
     let hash = block.hash();
     changes.push((COL_BLOCKS, hash.0.to_vec(), Some(encode_block(block))));
-    if canonical {
-        changes.push((
-            COL_CANON,
-            height_key(block.height()).to_vec(),
-            Some(hash.0.to_vec()),
-        ));
+    if let Some(canon) = canon {
+        canon.set(block.height(), hash);
     }
 }
 
@@ -115,28 +111,26 @@ impl BlockStore {
         }
         let last = &new[new.len() - 1];
         let tip = Pointer::at(last);
-        let mut changes = Vec::with_capacity(new.len() * 2 + side.len() + 2);
+        let mut changes = Vec::with_capacity(new.len() + new.len() / 32 + 4);
         if tip.height <= p.head.height && fork.hash() != p.head.hash {
             for block in new {
-                put_block(&mut changes, block, false);
+                put_block(&mut changes, block, None);
             }
             self.db.commit(changes)?;
             return Ok(ImportOutcome::SideChain { tip });
         }
         let reorg_from = (fork.hash() != p.head.hash).then(|| fork.height() + 1);
         let mut canon_now: HashMap<Height, Hash> = HashMap::new();
+        let mut canon = CanonEdits::default();
         for block in side.iter().rev() {
-            changes.push((
-                COL_CANON,
-                height_key(block.height()).to_vec(),
-                Some(block.hash().0.to_vec()),
-            ));
+            canon.set(block.height(), block.hash());
             canon_now.insert(block.height(), block.hash());
         }
         for block in new {
-            put_block(&mut changes, block, true);
+            put_block(&mut changes, block, Some(&mut canon));
             canon_now.insert(block.height(), block.hash());
         }
+        canon.write_to(&self.db, &mut changes)?;
         let mut next = p;
         next.head = tip;
         let finalized_height = tip.height.saturating_sub(self.spec.finality_depth);
@@ -220,10 +214,12 @@ impl BlockStore {
                 hash: p.genesis,
             };
         }
-        let mut changes = Vec::with_capacity(new.len() * 2 + 1);
+        let mut changes = Vec::with_capacity(new.len() + 16);
+        let mut canon = CanonEdits::default();
         for block in &new {
-            put_block(&mut changes, block, true);
+            put_block(&mut changes, block, Some(&mut canon));
         }
+        canon.write_to(&self.db, &mut changes)?;
         changes.push((COL_META, META_LOW.to_vec(), Some(low.encode())));
         self.db.commit(changes)?;
         let mut next = p;
@@ -258,7 +254,9 @@ impl BlockStore {
             )));
         }
         let mut changes = Vec::new();
-        put_block(&mut changes, block, true);
+        let mut canon = CanonEdits::default();
+        put_block(&mut changes, block, Some(&mut canon));
+        canon.write_to(&self.db, &mut changes)?;
         for name in [META_HEAD, META_FINALIZED, META_LOW, META_ANCHOR] {
             changes.push((COL_META, name.to_vec(), Some(anchor.encode())));
         }
