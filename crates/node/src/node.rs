@@ -258,6 +258,8 @@ impl EventLoop {
                     let bytes: u64 = resp.blocks.iter().map(|b| b.payload.len() as u64).sum();
                     self.metrics.blocks_downloaded.inc_by(n);
                     self.metrics.bytes_downloaded.inc_by(bytes);
+                    // The peer may take its next request while these blocks are verified.
+                    self.engine.response_received(now, id);
                     let (verifier, inbox) = (self.verifier.clone(), inbox.clone());
                     tokio::spawn(async move {
                         let verified = verifier.verify(resp.blocks).await;

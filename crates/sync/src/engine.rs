@@ -59,6 +59,9 @@ pub(crate) struct InFlight<P> {
     pub start: Height,
     pub count: u64,
     pub deadline_ms: u64,
+    /// The peer answered; the caller is verifying the blocks. The peer is no longer busy with
+    /// it and the deadline no longer runs.
+    pub answered: bool,
 }
 
 /// What an import the node is performing is for.
@@ -197,7 +200,28 @@ impl<P: PeerKey> SyncEngine<P> {
         self.drive(now_ms);
     }
 
+    /// Request `id` was answered with blocks the caller is now verifying. The peer leaves the busy
+    /// set and may be given its next request while they are checked: it never serves two of our
+    /// requests at once, but our verification overlaps its next answer instead of delaying it.
+    /// The deadline stops (verification is our work, never the peer's fault). The request is
+    /// settled later by [`SyncEngine::range_response`] or [`SyncEngine::response_invalid`].
+    pub fn response_received(&mut self, now_ms: u64, id: RequestId) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let Some(request) = self.requests.get_mut(&id).filter(|r| !r.answered) else {
+            return;
+        };
+        request.answered = true;
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer)
+            && entry.in_flight == Some(id)
+        {
+            entry.in_flight = None;
+            entry.slow_until_ms = 0; // it answers again
+        }
+        self.drive(now_ms);
+    }
+
     /// Blocks answering range request `id`. The caller has already verified rules 3–5 of each.
+    /// Without a [`SyncEngine::response_received`] first, the peer stays busy until this call.
     pub fn range_response(&mut self, now_ms: u64, id: RequestId, blocks: Vec<Block>) {
         self.now_ms = self.now_ms.max(now_ms);
         let Some(request) = self.take_request(id) else {
@@ -295,7 +319,7 @@ impl<P: PeerKey> SyncEngine<P> {
         let mut expired: Vec<RequestId> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.deadline_ms <= now_ms)
+            .filter(|(_, r)| !r.answered && r.deadline_ms <= now_ms)
             .map(|(id, _)| *id)
             .collect();
         expired.sort();
@@ -341,7 +365,11 @@ impl<P: PeerKey> SyncEngine<P> {
 
     /// The earliest time at which [`SyncEngine::tick`] has something to do, if any.
     pub fn next_wakeup(&self) -> Option<u64> {
-        let deadlines = self.requests.values().map(|r| r.deadline_ms);
+        let deadlines = self
+            .requests
+            .values()
+            .filter(|r| !r.answered)
+            .map(|r| r.deadline_ms);
         let retries = self
             .forward
             .batches
@@ -459,6 +487,7 @@ impl<P: PeerKey> SyncEngine<P> {
                 start,
                 count,
                 deadline_ms: now_ms.saturating_add(timeout_ms),
+                answered: false,
             },
         );
         self.actions.push_back(Action::SendRangeRequest {
@@ -623,7 +652,7 @@ impl<P: PeerKey> SyncEngine<P> {
             .count();
         debug_assert!(busy <= self.requests.len());
         let mut seen = std::collections::HashSet::new();
-        for request in self.requests.values() {
+        for request in self.requests.values().filter(|r| !r.answered) {
             debug_assert!(seen.insert(&request.peer), "two requests to one peer");
         }
         debug_assert!(self.lookups.len() <= self.config.max_lookups);

@@ -224,6 +224,7 @@ impl<P: PeerKey> SyncEngine<P> {
                 start: wanted_height,
                 count: 1,
                 deadline_ms: now_ms.saturating_add(timeout_ms),
+                answered: false,
             },
         );
         if let Some(lookup) = self.lookups.list.get_mut(index) {

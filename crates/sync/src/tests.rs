@@ -147,6 +147,46 @@ fn syncs_from_one_honest_peer_in_order() {
 }
 
 #[test]
+fn a_peer_gets_its_next_request_while_its_answer_is_verified_and_is_not_timed_out_by_it() {
+    let blocks = chain(40, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    engine.peer_status(0, 1, status(&blocks, 40));
+    let first = range_requests(&drain(&mut engine));
+    assert_eq!(first.len(), 1, "one request to a peer at a time");
+    let (_, id, start, count) = first[0];
+    engine.response_received(10, id);
+    let second = range_requests(&drain(&mut engine));
+    assert_eq!(
+        second.len(),
+        1,
+        "the next batch goes out while the first is verified"
+    );
+    assert_eq!((second[0].0, second[0].2), (1, start + count));
+    // The first request's deadline (1,000) passes during its verification, the second's (1,010)
+    // has not: nobody is charged.
+    engine.tick(1_005);
+    assert!(
+        penalties(&drain(&mut engine)).is_empty(),
+        "our verification is not the peer's delay"
+    );
+    engine.range_response(1_006, id, serve(&blocks, start, count));
+    let actions = drain(&mut engine);
+    assert_eq!(
+        import_all(&mut engine, 1_006, &actions),
+        (start..start + count).collect::<Vec<_>>()
+    );
+    assert!(
+        range_requests(&actions).is_empty(),
+        "the peer is busy with the second request"
+    );
+    // Settled without the early notice, a request keeps its peer busy until then.
+    let (_, id2, start2, count2) = second[0];
+    engine.range_response(1_007, id2, serve(&blocks, start2, count2));
+    let third = range_requests(&drain(&mut engine));
+    assert_eq!((third.len(), third[0].2), (1, start2 + count2));
+}
+
+#[test]
 fn a_silent_peers_batch_is_reassigned_after_its_deadline_with_a_longer_timeout() {
     let blocks = chain(10, 8, 0);
     let mut engine = SyncEngine::new(config(), local(&blocks, 0), 2);
@@ -589,7 +629,7 @@ fn arbitrary_event_sequences_never_panic() {
                 .take(rng.random_range(0..15))
                 .cloned()
                 .collect();
-            match rng.random_range(0..11) {
+            match rng.random_range(0..12) {
                 0 => {
                     let head = match rng.random_range(0..4) {
                         0 => u64::MAX,
@@ -629,6 +669,7 @@ fn arbitrary_event_sequences_never_panic() {
                     }
                 }
                 9 => engine.local_head_changed(now, rng.random_range(0..120), Hash::ZERO),
+                10 => engine.response_received(now, id),
                 _ => engine.tick(now),
             }
             let stats = engine.stats();

@@ -183,6 +183,12 @@ enum Event {
         id: syncnode_sync::ImportId,
         result: Result<(), ImportError>,
     },
+    /// The node's verification of a range answer finished (the peer was told to be free when the
+    /// answer arrived, as the node does; the peer may be gone by now).
+    Verified {
+        id: RequestId,
+        blocks: Vec<Block>,
+    },
 }
 
 struct Sim {
@@ -746,11 +752,17 @@ impl Sim {
                     Outcome::Root(blocks) if !self.verified(&blocks) => {
                         self.engine.response_invalid(self.now, id, "rule 5")
                     }
-                    Outcome::Range(blocks) => self.engine.range_response(self.now, id, blocks),
+                    Outcome::Range(blocks) => {
+                        // Verification takes time off the engine's thread: up to 1 ms per 4 blocks.
+                        self.engine.response_received(self.now, id);
+                        let delay = self.rng.random_range(0..=blocks.len() as u64 / 4 + 1);
+                        self.schedule(delay, Event::Verified { id, blocks });
+                    }
                     Outcome::Root(blocks) => self.engine.root_response(self.now, id, blocks),
                 }
             }
             Event::ImportDone { id, result } => self.engine.import_result(self.now, id, result),
+            Event::Verified { id, blocks } => self.engine.range_response(self.now, id, blocks),
         }
         self.pump()
     }
