@@ -28,7 +28,9 @@
 //! Each waiting batch is
 //! requested from the best idle peer whose Status covers it (`earliest_height <= start`,
 //! `head_height >= end`): the one that failed it least, then the best score, ties broken at random.
-//! A peer serves at most one request of ours at a time (the busy set). A peer whose request timed
+//! A peer serves at most one request of ours at a time (the busy set); it leaves the set when its
+//! answer arrives ([`SyncEngine::response_received`]), so it serves the next batch while the caller
+//! verifies the last one, and no deadline runs during that verification. A peer whose request timed
 //! out rests for three request timeouts (until it answers again): it gets no batch while another
 //! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
 //! holds up in-order import; with only resting peers, work still goes to them.
