@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use syncnode_types::{Block, Hash, Height};
 
-use crate::batch::{Absorbed, Batch, BatchState, absorb, check_range_shape};
+use crate::batch::{Absorbed, Batch, BatchState, Window, absorb, check_range_shape};
 use crate::engine::{InFlight, PeerKey, RequestPurpose, SyncEngine};
 use crate::events::{Action, BackfillStart, Direction, ImportError, RequestId};
 use crate::peer_score::PeerAction;
@@ -242,7 +242,10 @@ impl<P: PeerKey> SyncEngine<P> {
             self.backfill_request_failed(now_ms, id, key, &peer);
             return;
         }
-        let window = self.config.backfill_window_bytes;
+        let window = Window {
+            bytes: self.config.backfill_window_bytes,
+            batches: self.config.backfill_window_batches,
+        };
         let Some(bf) = self.backfill.as_mut() else {
             return;
         };

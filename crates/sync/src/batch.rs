@@ -185,11 +185,22 @@ pub(crate) enum Absorbed<P> {
     },
 }
 
-/// Offers a response for request `id` to the batch keyed `key`, keeping within `window_bytes`.
+/// The bounds of one direction's window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// Most bytes of blocks held.
+    pub bytes: usize,
+    /// Most batches.
+    pub batches: usize,
+}
+
+/// Offers a response for request `id` to the batch keyed `key`, keeping within `window.bytes`.
 ///
 /// To make room, blocks of batches that import *later* are dropped first (forward: higher keys;
 /// backfill: lower keys), so the batch the import waits for always progresses. Whatever still does
-/// not fit is left for the next request, like a short answer.
+/// not fit is left for the next request, like a short answer, and the batch is split at what it
+/// holds ([`split_at_held`]): a batch cut for smaller blocks than the chain now has could otherwise
+/// outgrow the window and never complete.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn absorb<P: Clone + Ord>(
     batches: &mut BTreeMap<Height, Batch<P>>,
@@ -198,10 +209,11 @@ pub(crate) fn absorb<P: Clone + Ord>(
     start: Height,
     peer: &P,
     blocks: Vec<Block>,
-    window_bytes: usize,
+    window: Window,
     later_is_higher: bool,
     now_ms: u64,
 ) -> Absorbed<P> {
+    let window_bytes = window.bytes;
     let Some(batch) = batches.get_mut(&key) else {
         return Absorbed::Stale;
     };
@@ -265,13 +277,70 @@ pub(crate) fn absorb<P: Clone + Ord>(
     let Some(batch) = batches.get_mut(&key) else {
         return Absorbed::Stale;
     };
+    let offered = blocks.len();
     blocks.truncate(kept);
     batch.append(peer, blocks);
-    let full = batch.is_full();
+    if kept < offered {
+        split_at_held(batches, key, window.batches, later_is_higher, now_ms);
+    }
+    let full = batches.get(&key).is_some_and(Batch::is_full);
     Absorbed::Stored {
         kept,
         got,
         got_bytes,
         full,
     }
+}
+
+/// Splits the batch keyed `key` after the blocks it holds: they become a batch of their own, full,
+/// and the rest of its range a new waiting batch. Used when the window could not take the rest,
+/// which for the batch the import waits for means it never could: its blocks alone fill the
+/// window. The held part imports (forward) or makes way for the part above it (backfill, where the
+/// held part is evicted if the window needs its room, and fetched again). Either way the batch the
+/// import waits for shrinks to what fits, down to one block, which a window always holds.
+///
+/// At `max_batches`, the batch furthest from import, later than `key`, is dropped to make room (it
+/// is cut again later); when there is none the split is not made, and the batches before `key`,
+/// which then hold the window, import first.
+pub(crate) fn split_at_held<P: Clone + Ord>(
+    batches: &mut BTreeMap<Height, Batch<P>>,
+    key: Height,
+    max_batches: usize,
+    later_is_higher: bool,
+    now_ms: u64,
+) {
+    let Some(batch) = batches.get(&key) else {
+        return;
+    };
+    if batch.blocks.is_empty() || batch.is_full() || matches!(batch.state, BatchState::Importing { .. }) {
+        return;
+    }
+    let (held_end, end) = (batch.next_height() - 1, batch.end);
+    let rest = held_end + 1;
+    let later = |k: Height| if later_is_higher { k > key } else { k < key };
+    if batches.len() >= max_batches {
+        // The furthest batch in import order, counting the new one (forward: it is the highest
+        // when `key` was the last batch, and then "dropping" it is just shrinking `key`).
+        let furthest = batches
+            .iter()
+            .filter(|(k, b)| later(**k) && !matches!(b.state, BatchState::Importing { .. }))
+            .map(|(k, _)| *k)
+            .chain(later(rest).then_some(rest))
+            .reduce(|a, b| if later_is_higher { a.max(b) } else { a.min(b) });
+        let Some(victim) = furthest else {
+            return;
+        };
+        if let Some(batch) = batches.get_mut(&key) {
+            batch.end = held_end;
+        }
+        if victim != rest {
+            batches.remove(&victim);
+            batches.insert(rest, Batch::new(rest, end, now_ms));
+        }
+        return;
+    }
+    if let Some(batch) = batches.get_mut(&key) {
+        batch.end = held_end;
+    }
+    batches.insert(rest, Batch::new(rest, end, now_ms));
 }

@@ -4,7 +4,7 @@
 use syncnode_types::validity::check_link;
 use syncnode_types::{Block, Hash, Height};
 
-use crate::batch::{Absorbed, Batch, BatchState, absorb, check_range_shape};
+use crate::batch::{Absorbed, Batch, BatchState, Window, absorb, check_range_shape};
 use crate::engine::{ChainEnd, ImportPurpose, InFlight, PeerKey, RequestPurpose, SyncEngine};
 use crate::events::{Action, Direction, ImportError, ImportId, RequestId};
 use crate::peer_score::PeerAction;
@@ -168,7 +168,10 @@ impl<P: PeerKey> SyncEngine<P> {
             request.start,
             &peer,
             blocks,
-            self.config.window_bytes,
+            Window {
+                bytes: self.config.window_bytes,
+                batches: self.config.window_batches,
+            },
             true,
             now_ms,
         );

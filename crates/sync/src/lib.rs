@@ -22,7 +22,10 @@
 //!
 //! Heights `tip + 1 ..= target` are cut into batches of `batch_size` blocks, or fewer when blocks
 //! are large: a batch holds about `window_bytes / window_batches` at the average block size seen
-//! (the largest possible until blocks arrive), so no batch outgrows the window it must fit in.
+//! (the largest possible until blocks arrive). Where the chain's blocks grow well past that average,
+//! a batch can still outgrow the window: when the window cannot take the rest of an answer, the
+//! batch is split after the blocks it holds, so the batch the import waits for shrinks to what fits
+//! (down to one block) instead of waiting forever.
 //! At most `window_batches` batches exist at once and their downloaded blocks never exceed
 //! `window_bytes`: download runs ahead of import by a bounded amount, whatever the chain's length.
 //! Each waiting batch is

@@ -878,3 +878,83 @@ fn backfill_of_large_blocks_completes_with_batches_that_fit_its_window() {
     assert!(counts.iter().all(|&count| count <= 31), "{counts:?}");
     assert!(counts.contains(&31), "{counts:?}");
 }
+
+/// A chain of unsigned blocks `0..=len` whose payload at height `h` has `size_of(h)` bytes.
+fn chain_sized(len: Height, size_of: impl Fn(Height) -> usize) -> Vec<Block> {
+    let mut blocks: Vec<Block> = Vec::new();
+    for height in 0..=len {
+        let parent_hash = blocks.last().map_or(Hash::ZERO, Block::hash);
+        let body = Bytes::from(vec![7; size_of(height)]);
+        blocks.push(Block {
+            header: BlockHeader {
+                height,
+                parent_hash,
+                timestamp_ms: 1_000 + height * 1_000,
+                payload_hash: Hash::of(&body),
+                proposer: PublicKey::ZERO,
+            },
+            payload: body,
+            signature: Signature::ZERO,
+        });
+    }
+    blocks
+}
+
+#[test]
+fn a_batch_cut_for_small_blocks_that_meets_large_ones_is_split_and_sync_completes() {
+    // 100 blocks of 8 bytes, then 100 of 256 KiB, in a 2 MiB window of 4 batches. Batches are cut
+    // for the small blocks (64, the configured size); the one that reaches the large blocks would
+    // hold 7 MiB and could never complete in the window.
+    let blocks = chain_sized(200, |h| if h <= 100 { 8 } else { 256 * 1024 });
+    let cfg = SyncConfig {
+        batch_size: 64,
+        window_bytes: 2 * 1024 * 1024,
+        ..config()
+    };
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9);
+    engine.peer_status(0, 1, status(&blocks, 200));
+    let (mut now, mut imported, mut counts) = (0, Vec::new(), Vec::new());
+    while engine.head_height() < 200 && now < 20_000 {
+        now += 10;
+        let (actions, step) = honest_step(&mut engine, now, &blocks);
+        imported.extend(step);
+        counts.extend(range_requests(&actions).iter().map(|r| r.3));
+        engine.tick(now);
+    }
+    assert_eq!(imported, (1..=200).collect::<Vec<_>>(), "requests {counts:?}");
+    assert!(
+        counts.contains(&64),
+        "batches grew to the configured size: {counts:?}"
+    );
+}
+
+#[test]
+fn a_backfill_batch_that_meets_large_blocks_is_split_and_backfill_completes() {
+    // Backfill from 200 down: 100 blocks of 8 bytes, then (below 101) 256 KiB blocks, in a 2 MiB
+    // window of 2 batches.
+    let blocks = chain_sized(200, |h| if h > 100 { 8 } else { 256 * 1024 });
+    let mut start = local(&blocks, 200);
+    start.backfill = Some(BackfillStart {
+        lowest_height: 200,
+        lowest_parent_hash: blocks[199].hash(),
+        floor_height: 0,
+    });
+    let cfg = SyncConfig {
+        backfill_batch_size: 64,
+        backfill_window_bytes: 2 * 1024 * 1024,
+        ..config()
+    };
+    let mut engine = SyncEngine::new(cfg, start, 11);
+    engine.peer_status(0, 1, status(&blocks, 200));
+    let (mut now, mut counts, mut complete) = (0, Vec::new(), false);
+    while now < 40_000 && !complete {
+        now += 10;
+        let (actions, _) = honest_step(&mut engine, now, &blocks);
+        complete = actions
+            .iter()
+            .any(|a| matches!(a, Action::BackfillComplete { .. }));
+        counts.extend(range_requests(&actions).iter().map(|r| r.3));
+        engine.tick(now);
+    }
+    assert!(complete, "backfill did not complete; requests {counts:?}");
+}
