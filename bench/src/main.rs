@@ -318,7 +318,7 @@ fn main() -> anyhow::Result<()> {
         loadavg(),
         started.elapsed().as_secs_f64()
     );
-    let table = report::markdown(&heading, &rows);
+    let table = report::markdown(&heading, &rows, args.quick);
     println!("{table}");
     std::fs::write(args.out.join("results.md"), &table)?;
     report::plot(&args.out.join("sync.png"), &plots).context("drawing the plot")?;
