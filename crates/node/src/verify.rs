@@ -65,7 +65,7 @@ impl Verifier {
     }
 }
 
-/// Rules 3–5 of `blocks`, split into one sub-batch per thread (at least [`MIN_SUB_BATCH`] each);
+/// Rules 3–5 of `blocks`, split into one sub-batch per thread (at least `MIN_SUB_BATCH` each);
 /// the error names the first bad block by its index in `blocks`.
 pub fn verify_parallel(blocks: &[Block], spec: &ChainSpec, threads: usize) -> Result<(), BatchError> {
     let chunk = blocks.len().div_ceil(threads.max(1)).max(MIN_SUB_BATCH);

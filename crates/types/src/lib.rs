@@ -1,6 +1,6 @@
 //! The chain of syncnode, as pure data and pure functions: no I/O, no async, no clock.
 //!
-//! - [`Hash`], [`PublicKey`], [`Signature`]: fixed-size byte strings shown as lowercase hex.
+//! - [`Hash`](struct@Hash), [`PublicKey`], [`Signature`]: fixed-size byte strings shown as lowercase hex.
 //! - [`BlockHeader`] and [`Block`]: a header's 112 bytes (height BE, parent hash, timestamp BE,
 //!   payload hash, proposer) are hashed with BLAKE3 to give the block hash; the protobuf encoding is
 //!   never hashed. The proposer signs the 32-byte block hash with ed25519.
