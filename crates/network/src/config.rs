@@ -83,6 +83,10 @@ pub struct NetworkConfig {
     /// Most block requests waiting for a serving slot; beyond it requests are answered
     /// `RESOURCE_UNAVAILABLE`.
     pub max_queued_serving: usize,
+    /// Most of those (running or queued) one peer may hold at once; beyond it its requests are
+    /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
+    /// from the others. Our own sync asks a peer one request at a time.
+    pub max_serving_per_peer: usize,
     /// Most bytes of block responses handed to libp2p and not yet fully written to their
     /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;
     /// a finished response that would take the total over this is answered
@@ -124,6 +128,7 @@ impl NetworkConfig {
             rate_limits: RateLimits::default(),
             max_concurrent_serving: 8,
             max_queued_serving: 64,
+            max_serving_per_peer: 8,
             max_serving_bytes: 64 * 1024 * 1024,
             serve_blocks_per_sec: None,
             event_buffer: 1024,

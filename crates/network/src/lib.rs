@@ -21,8 +21,9 @@
 //!   allocation; a bad frame resets the stream and charges the peer), validate (`count` 1..=1024,
 //!   1..=128 hashes, else `INVALID_REQUEST` and a charge), rate-limit per peer and protocol with
 //!   token buckets (`RATE_LIMITED`), bound the work queued (`RESOURCE_UNAVAILABLE` beyond
-//!   `max_concurrent_serving + max_queued_serving`, or while the responses still being written to
-//!   their requesters hold `max_serving_bytes`), then a task waits for a serving permit, an
+//!   `max_concurrent_serving + max_queued_serving`, beyond `max_serving_per_peer` of them for one
+//!   requester, or while the responses still being written to their requesters hold
+//!   `max_serving_bytes`), then a task waits for a serving permit, an
 //!   optional global blocks-per-second pacer, and reads the source on a blocking thread. What
 //!   the source returns is cut to consecutive heights from the start (or requested hashes in
 //!   order) and to a response frame of at most 16,777,216 bytes. Serving is bounded by 3/4 of

@@ -361,12 +361,18 @@ impl Service {
         }
         // Also refused before any read while the responses being written fill their byte bound:
         // what it would read now could only be thrown away when it is done.
-        if self.serving >= self.serve_limit || self.writing_bytes >= self.max_serving_bytes {
+        // And while this peer holds its share of the serving slots.
+        let held = self.serving_by_peer.get(&peer).copied().unwrap_or(0);
+        if self.serving >= self.serve_limit
+            || held >= self.max_serving_per_peer
+            || self.writing_bytes >= self.max_serving_bytes
+        {
             let resp = BlocksResponse::error(ResponseCode::ResourceUnavailable, "busy");
             self.respond(proto, channel, &resp);
             return;
         }
         self.serving += 1;
+        *self.serving_by_peer.entry(peer).or_insert(0) += 1;
         let ctx = self.serve_ctx.clone();
         let done = self.serve_tx.clone();
         let received = Instant::now();
@@ -431,6 +437,13 @@ impl Service {
     /// must not make us hold an unbounded amount of them).
     pub(crate) fn on_served(&mut self, done: ServeDone) {
         self.serving = self.serving.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut held) = self.serving_by_peer.entry(done.peer) {
+            let n = held.get_mut();
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove();
+            }
+        }
         let size = prost::Message::encoded_len(&done.response);
         let key = (done.protocol, done.request_id);
         let over = self.writing_bytes.saturating_add(size) > self.max_serving_bytes;

@@ -68,6 +68,9 @@ pub(crate) struct Service {
     /// Serving tasks running or waiting for a permit.
     pub serving: usize,
     pub serve_limit: usize,
+    /// Serving tasks by requester (entries at zero removed), each at most `max_serving_per_peer`.
+    pub serving_by_peer: HashMap<PeerId, usize>,
+    pub max_serving_per_peer: usize,
     /// Encoded sizes of the block responses libp2p is still writing, by request.
     pub writing: HashMap<(Protocol, InboundRequestId), usize>,
     /// Their sum, kept at most `max_serving_bytes` (but for a single response).
@@ -106,6 +109,7 @@ pub async fn start(
     if config.max_peers == 0
         || config.max_connections_per_peer == 0
         || config.max_concurrent_serving == 0
+        || config.max_serving_per_peer == 0
         || config.event_buffer == 0
         || config.command_buffer == 0
         || config.request_timeout.is_zero()
@@ -160,6 +164,8 @@ pub async fn start(
         serve_rx,
         serving: 0,
         serve_limit,
+        serving_by_peer: HashMap::new(),
+        max_serving_per_peer: config.max_serving_per_peer,
         writing: HashMap::new(),
         writing_bytes: 0,
         max_serving_bytes: config.max_serving_bytes,

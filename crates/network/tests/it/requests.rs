@@ -285,3 +285,44 @@ async fn shutdown_stops_the_network() {
     );
     assert!(a.handle.peers().await.is_empty());
 }
+
+#[tokio::test]
+async fn one_peer_cannot_take_every_serving_slot() {
+    // Eight slots (one running, seven queued), at most two per requester. Peer b asks eight at
+    // once: two are taken, six refused busy. Peer c, asking after it, is still served.
+    let blocks = chain("share", 10, 16);
+    let genesis = blocks[0].hash();
+    let mut cfg = test_config(genesis);
+    cfg.max_concurrent_serving = 1;
+    cfg.max_queued_serving = 7;
+    cfg.max_serving_per_peer = 2;
+    cfg.request_timeout = Duration::from_secs(5);
+    let src = Arc::new(MemSource::with_delay(blocks.clone(), Duration::from_millis(300)));
+    let mut a = spawn_node(cfg, src).await;
+    let idle = || Arc::new(MemSource::new(blocks[..1].to_vec()));
+    let mut b = spawn_node(test_config(genesis), idle()).await;
+    let mut c = spawn_node(test_config(genesis), idle()).await;
+    connect(&mut a, &mut b).await;
+    connect(&mut a, &mut c).await;
+
+    let req = BlocksByRangeRequest::new(1, 2).expect("valid");
+    let flood = futures::future::join_all((0..8).map(|_| b.handle.request_range(a.peer_id, req)));
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.handle.request_range(a.peer_id, req).await
+    };
+    let (flooded, late) = bounded("answers", futures::future::join(flood, late)).await;
+    let ok = flooded.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 2, "{flooded:?}");
+    assert!(
+        flooded.iter().filter(|r| r.is_err()).all(|r| matches!(
+            r,
+            Err(RequestError::Refused {
+                code: ResponseCode::ResourceUnavailable,
+                ..
+            })
+        )),
+        "{flooded:?}"
+    );
+    assert_eq!(late.expect("the other peer is served").blocks.len(), 2);
+}
