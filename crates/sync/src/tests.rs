@@ -8,10 +8,15 @@ use crate::*;
 
 /// A chain of unsigned blocks `0..=len`, payloads of `payload` bytes; `salt` makes forks differ.
 fn chain(len: Height, payload: usize, salt: u8) -> Vec<Block> {
+    chain_sized(len, salt, |_| payload)
+}
+
+/// A chain of unsigned blocks `0..=len` whose payload at height `h` has `size_of(h)` bytes.
+fn chain_sized(len: Height, salt: u8, size_of: impl Fn(Height) -> usize) -> Vec<Block> {
     let mut blocks: Vec<Block> = Vec::new();
     for height in 0..=len {
         let parent_hash = blocks.last().map_or(Hash::ZERO, Block::hash);
-        let body = Bytes::from(vec![salt; payload]);
+        let body = Bytes::from(vec![salt; size_of(height)]);
         blocks.push(Block {
             header: BlockHeader {
                 height,
@@ -817,6 +822,53 @@ fn resting_peers_still_get_work_when_no_peer_is_brisk() {
     );
 }
 
+/// Steps among honest peers every 10 ms until the head reaches `target` or `until_ms` passes.
+/// Returns the imported heights and the `count` of every range request sent.
+fn honest_forward(
+    engine: &mut SyncEngine<u32>,
+    blocks: &[Block],
+    target: Height,
+    until_ms: u64,
+) -> (Vec<Height>, Vec<u64>) {
+    let (mut now, mut imported, mut counts) = (0, Vec::new(), Vec::new());
+    while engine.head_height() < target && now < until_ms {
+        now += 10;
+        let (actions, step) = honest_step(engine, now, blocks);
+        imported.extend(step);
+        counts.extend(range_requests(&actions).iter().map(|r| r.3));
+        engine.tick(now);
+    }
+    (imported, counts)
+}
+
+/// Steps among honest peers every 10 ms until backfill completes or `until_ms` passes. Returns
+/// whether it completed and the `count` of every range request sent.
+fn honest_backfill(engine: &mut SyncEngine<u32>, blocks: &[Block], until_ms: u64) -> (bool, Vec<u64>) {
+    let (mut now, mut counts, mut complete) = (0, Vec::new(), false);
+    while now < until_ms && !complete {
+        now += 10;
+        let (actions, _) = honest_step(engine, now, blocks);
+        complete = actions
+            .iter()
+            .any(|a| matches!(a, Action::BackfillComplete { .. }));
+        counts.extend(range_requests(&actions).iter().map(|r| r.3));
+        engine.tick(now);
+    }
+    (complete, counts)
+}
+
+/// The chain's head as local chain, with backfill to run from it down to genesis.
+fn backfill_from_head(blocks: &[Block]) -> LocalChain {
+    let head = blocks.len() as Height - 1;
+    let mut start = local(blocks, head);
+    start.backfill = Some(BackfillStart {
+        lowest_height: head,
+        lowest_parent_hash: blocks[head as usize - 1].hash(),
+        floor_height: 0,
+    });
+    start
+}
+
 #[test]
 fn batches_fit_their_share_of_the_window_whatever_the_block_size() {
     // 64 KiB blocks, a 4 MiB window of 4 batches: 1 MiB, 15 blocks, per batch. Before the first
@@ -831,16 +883,7 @@ fn batches_fit_their_share_of_the_window_whatever_the_block_size() {
     };
     let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 3);
     engine.peer_status(0, 1, status(&blocks, 300));
-    let mut now = 0;
-    let mut imported = Vec::new();
-    let mut counts = Vec::new();
-    while engine.head_height() < 300 && now < 10_000 {
-        now += 10;
-        let (actions, step) = honest_step(&mut engine, now, &blocks);
-        imported.extend(step);
-        counts.extend(range_requests(&actions).iter().map(|r| r.3));
-        engine.tick(now);
-    }
+    let (imported, counts) = honest_forward(&mut engine, &blocks, 300, 10_000);
     assert_eq!(imported, (1..=300).collect::<Vec<_>>());
     assert!(counts.iter().all(|&count| count <= 15), "{counts:?}");
     assert!(counts.contains(&15), "{counts:?}");
@@ -851,53 +894,17 @@ fn backfill_of_large_blocks_completes_with_batches_that_fit_its_window() {
     // 64 KiB blocks, a 4 MiB backfill window of 2 batches: 2 MiB, 31 blocks, per batch. The
     // configured 64 blocks would not fit the window and such a batch could never complete.
     let blocks = chain(200, 64 * 1024, 0);
-    let mut start = local(&blocks, 200);
-    start.backfill = Some(BackfillStart {
-        lowest_height: 200,
-        lowest_parent_hash: blocks[199].hash(),
-        floor_height: 0,
-    });
     let cfg = SyncConfig {
         backfill_batch_size: 64,
         backfill_window_bytes: 4 * 1024 * 1024,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, start, 5);
+    let mut engine = SyncEngine::new(cfg, backfill_from_head(&blocks), 5);
     engine.peer_status(0, 1, status(&blocks, 200));
-    let (mut now, mut counts, mut complete) = (0, Vec::new(), false);
-    while now < 20_000 && !complete {
-        now += 10;
-        let (actions, _) = honest_step(&mut engine, now, &blocks);
-        complete = actions
-            .iter()
-            .any(|a| matches!(a, Action::BackfillComplete { .. }));
-        counts.extend(range_requests(&actions).iter().map(|r| r.3));
-        engine.tick(now);
-    }
+    let (complete, counts) = honest_backfill(&mut engine, &blocks, 20_000);
     assert!(complete, "backfill did not complete; requests {counts:?}");
     assert!(counts.iter().all(|&count| count <= 31), "{counts:?}");
     assert!(counts.contains(&31), "{counts:?}");
-}
-
-/// A chain of unsigned blocks `0..=len` whose payload at height `h` has `size_of(h)` bytes.
-fn chain_sized(len: Height, size_of: impl Fn(Height) -> usize) -> Vec<Block> {
-    let mut blocks: Vec<Block> = Vec::new();
-    for height in 0..=len {
-        let parent_hash = blocks.last().map_or(Hash::ZERO, Block::hash);
-        let body = Bytes::from(vec![7; size_of(height)]);
-        blocks.push(Block {
-            header: BlockHeader {
-                height,
-                parent_hash,
-                timestamp_ms: 1_000 + height * 1_000,
-                payload_hash: Hash::of(&body),
-                proposer: PublicKey::ZERO,
-            },
-            payload: body,
-            signature: Signature::ZERO,
-        });
-    }
-    blocks
 }
 
 #[test]
@@ -905,7 +912,7 @@ fn a_batch_cut_for_small_blocks_that_meets_large_ones_is_split_and_sync_complete
     // 100 blocks of 8 bytes, then 100 of 256 KiB, in a 2 MiB window of 4 batches. Batches are cut
     // for the small blocks (64, the configured size); the one that reaches the large blocks would
     // hold 7 MiB and could never complete in the window.
-    let blocks = chain_sized(200, |h| if h <= 100 { 8 } else { 256 * 1024 });
+    let blocks = chain_sized(200, 0, |h| if h <= 100 { 8 } else { 256 * 1024 });
     let cfg = SyncConfig {
         batch_size: 64,
         window_bytes: 2 * 1024 * 1024,
@@ -913,14 +920,7 @@ fn a_batch_cut_for_small_blocks_that_meets_large_ones_is_split_and_sync_complete
     };
     let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9);
     engine.peer_status(0, 1, status(&blocks, 200));
-    let (mut now, mut imported, mut counts) = (0, Vec::new(), Vec::new());
-    while engine.head_height() < 200 && now < 20_000 {
-        now += 10;
-        let (actions, step) = honest_step(&mut engine, now, &blocks);
-        imported.extend(step);
-        counts.extend(range_requests(&actions).iter().map(|r| r.3));
-        engine.tick(now);
-    }
+    let (imported, counts) = honest_forward(&mut engine, &blocks, 200, 20_000);
     assert_eq!(imported, (1..=200).collect::<Vec<_>>(), "requests {counts:?}");
     assert!(
         counts.contains(&64),
@@ -932,29 +932,14 @@ fn a_batch_cut_for_small_blocks_that_meets_large_ones_is_split_and_sync_complete
 fn a_backfill_batch_that_meets_large_blocks_is_split_and_backfill_completes() {
     // Backfill from 200 down: 100 blocks of 8 bytes, then (below 101) 256 KiB blocks, in a 2 MiB
     // window of 2 batches.
-    let blocks = chain_sized(200, |h| if h > 100 { 8 } else { 256 * 1024 });
-    let mut start = local(&blocks, 200);
-    start.backfill = Some(BackfillStart {
-        lowest_height: 200,
-        lowest_parent_hash: blocks[199].hash(),
-        floor_height: 0,
-    });
+    let blocks = chain_sized(200, 0, |h| if h > 100 { 8 } else { 256 * 1024 });
     let cfg = SyncConfig {
         backfill_batch_size: 64,
         backfill_window_bytes: 2 * 1024 * 1024,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, start, 11);
+    let mut engine = SyncEngine::new(cfg, backfill_from_head(&blocks), 11);
     engine.peer_status(0, 1, status(&blocks, 200));
-    let (mut now, mut counts, mut complete) = (0, Vec::new(), false);
-    while now < 40_000 && !complete {
-        now += 10;
-        let (actions, _) = honest_step(&mut engine, now, &blocks);
-        complete = actions
-            .iter()
-            .any(|a| matches!(a, Action::BackfillComplete { .. }));
-        counts.extend(range_requests(&actions).iter().map(|r| r.3));
-        engine.tick(now);
-    }
+    let (complete, counts) = honest_backfill(&mut engine, &blocks, 40_000);
     assert!(complete, "backfill did not complete; requests {counts:?}");
 }
