@@ -191,6 +191,17 @@ async fn rate_limited_requests_are_refused() {
     assert_eq!(resp.blocks.len(), 1);
 }
 
+/// Whether a request was refused `RESOURCE_UNAVAILABLE` (the serving queue or a share is full).
+fn refused_busy<T>(result: &Result<T, RequestError>) -> bool {
+    matches!(
+        result,
+        Err(RequestError::Refused {
+            code: ResponseCode::ResourceUnavailable,
+            ..
+        })
+    )
+}
+
 #[tokio::test]
 async fn serving_queue_is_bounded() {
     let blocks = chain("queue", 10, 16);
@@ -212,18 +223,7 @@ async fn serving_queue_is_bounded() {
     let asks = (0..5).map(|_| b.handle.request_range(a.peer_id, req));
     let results = bounded("flood answers", futures::future::join_all(asks)).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    let busy = results
-        .iter()
-        .filter(|r| {
-            matches!(
-                r,
-                Err(RequestError::Refused {
-                    code: ResponseCode::ResourceUnavailable,
-                    ..
-                })
-            )
-        })
-        .count();
+    let busy = results.iter().filter(|r| refused_busy(r)).count();
     assert_eq!(ok + busy, 5, "{results:?}");
     assert!(ok >= 1 && busy >= 1, "{results:?}");
     // The flood cost the requester nothing: an honest peer is not charged for our limits.
@@ -315,13 +315,7 @@ async fn one_peer_cannot_take_every_serving_slot() {
     let ok = flooded.iter().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 2, "{flooded:?}");
     assert!(
-        flooded.iter().filter(|r| r.is_err()).all(|r| matches!(
-            r,
-            Err(RequestError::Refused {
-                code: ResponseCode::ResourceUnavailable,
-                ..
-            })
-        )),
+        flooded.iter().filter(|r| r.is_err()).all(refused_busy),
         "{flooded:?}"
     );
     assert_eq!(late.expect("the other peer is served").blocks.len(), 2);
