@@ -178,6 +178,11 @@ impl CanonEdits {
         self.edits.insert(height, None);
     }
 
+    /// The hash these edits index at `height`, if they set one.
+    pub fn indexed(&self, height: Height) -> Option<Hash> {
+        self.edits.get(&height).copied().flatten()
+    }
+
     /// The segment writes that carry out the edits, appended to `changes`. Segments whose every
     /// slot is edited are written without reading them; the others are read from `db` first.
     pub fn write_to(self, db: &parity_db::Db, changes: &mut Vec<Change>) -> Result<(), StoreError> {

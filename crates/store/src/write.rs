@@ -1,10 +1,8 @@
 //! Writes: forward import with fork choice, backfill below the lowest block, checkpoint anchors.
 //! Each is one atomic commit of blocks, index entries and the pointers that move with them.
 
-use std::collections::HashMap;
-
 use syncnode_types::validity::check_link;
-use syncnode_types::{Block, Hash, Height};
+use syncnode_types::{Block, Height};
 
 use crate::canon::CanonEdits;
 use crate::schema::*;
@@ -120,23 +118,19 @@ impl BlockStore {
             return Ok(ImportOutcome::SideChain { tip });
         }
         let reorg_from = (fork.hash() != p.head.hash).then(|| fork.height() + 1);
-        let mut canon_now: HashMap<Height, Hash> = HashMap::new();
         let mut canon = CanonEdits::default();
         for block in side.iter().rev() {
             canon.set(block.height(), block.hash());
-            canon_now.insert(block.height(), block.hash());
         }
         for block in new {
             put_block(&mut changes, block, Some(&mut canon));
-            canon_now.insert(block.height(), block.hash());
         }
-        canon.write_to(&self.db, &mut changes)?;
         let mut next = p;
         next.head = tip;
         let finalized_height = tip.height.saturating_sub(self.spec.finality_depth);
         if finalized_height > p.finalized.height {
-            let hash = match canon_now.get(&finalized_height) {
-                Some(h) => *h,
+            let hash = match canon.indexed(finalized_height) {
+                Some(h) => h,
                 None => self.hash_at(finalized_height)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("no canonical block at {finalized_height}"))
                 })?,
@@ -147,6 +141,7 @@ impl BlockStore {
             };
             changes.push((COL_META, META_FINALIZED.to_vec(), Some(next.finalized.encode())));
         }
+        canon.write_to(&self.db, &mut changes)?;
         changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
         self.db.commit(changes)?;
         self.set_pointers(next);
