@@ -318,29 +318,29 @@ pub(crate) fn split_at_held<P: Clone + Ord>(
     let (held_end, end) = (batch.next_height() - 1, batch.end);
     let rest = held_end + 1;
     let later = |k: Height| if later_is_higher { k > key } else { k < key };
-    if batches.len() >= max_batches {
-        // The furthest batch in import order, counting the new one (forward: it is the highest
-        // when `key` was the last batch, and then "dropping" it is just shrinking `key`).
+    // At the limit, the furthest batch in import order gives way, counting the new one (forward:
+    // it is the furthest when `key` was the last batch, and giving way is just shrinking `key`).
+    let victim = if batches.len() >= max_batches {
         let furthest = batches
             .iter()
             .filter(|(k, b)| later(**k) && !matches!(b.state, BatchState::Importing { .. }))
             .map(|(k, _)| *k)
             .chain(later(rest).then_some(rest))
             .reduce(|a, b| if later_is_higher { a.max(b) } else { a.min(b) });
-        let Some(victim) = furthest else {
-            return;
-        };
-        if let Some(batch) = batches.get_mut(&key) {
-            batch.end = held_end;
+        match furthest {
+            Some(victim) => Some(victim),
+            None => return,
         }
-        if victim != rest {
-            batches.remove(&victim);
-            batches.insert(rest, Batch::new(rest, end, now_ms));
-        }
-        return;
-    }
+    } else {
+        None
+    };
     if let Some(batch) = batches.get_mut(&key) {
         batch.end = held_end;
     }
-    batches.insert(rest, Batch::new(rest, end, now_ms));
+    if victim != Some(rest) {
+        if let Some(victim) = victim {
+            batches.remove(&victim);
+        }
+        batches.insert(rest, Batch::new(rest, end, now_ms));
+    }
 }
