@@ -1,7 +1,9 @@
 //! A store survives SIGKILL at random moments of a write-heavy run.
 //!
 //! A child `syncnode chain generate` commits 4096-block batches in a loop and is killed at random
-//! moments, 20 times. After each kill the store must open, `db check` must pass (every block,
+//! moments, 20 times; once with small payloads (kept in parity-db), once with payloads large
+//! enough for the store's payload files (written and synced before each commit, cut back at open
+//! when the commit never happened). After each kill the store must open, `db check` must pass (every block,
 //! link and pointer), and the head must not fall below what the previous check saw: a block once
 //! found durable is never lost. At the end generation runs to completion and the store's export
 //! is byte-identical to a store that was never interrupted.
@@ -11,18 +13,22 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use syncnode_e2e::*;
 
-const TOTAL: u64 = 150_000;
-const KILLS: usize = 20;
-
 #[test]
 fn store_survives_sigkill_at_random_moments() {
+    generate_under_kills("crash", 150_000, 64, 20);
+}
+
+#[test]
+fn store_with_payload_files_survives_sigkill_at_random_moments() {
+    generate_under_kills("crash-large", 12_000, 12 * 1024, 12);
+}
+
+/// Generates `total` blocks of `payload_bytes` into a store while killing the generator `kills_wanted`
+/// times, checking the store after each kill, then compares it with an uninterrupted one.
+fn generate_under_kills(name: &str, total: u64, payload_bytes: usize, kills_wanted: usize) {
+    let payload = payload_bytes.to_string();
     let dir = tempfile::tempdir().expect("tmp");
-    let spec = write_spec(
-        dir.path(),
-        "crash",
-        2,
-        &["--genesis-timestamp-ms", "1700000000000"],
-    );
+    let spec = write_spec(dir.path(), name, 2, &["--genesis-timestamp-ms", "1700000000000"]);
     let spec = path_str(&spec).to_owned();
     let data = dir.path().join("killed");
     let seed = std::env::var("CRASH_SEED")
@@ -34,8 +40,8 @@ fn store_survives_sigkill_at_random_moments() {
 
     let mut durable = 0u64;
     let mut kills = 0;
-    while kills < KILLS && durable < TOTAL {
-        let remaining = (TOTAL - durable).to_string();
+    while kills < kills_wanted && durable < total {
+        let remaining = (total - durable).to_string();
         let mut child = ChildGuard::spawn(
             syncnode(&[
                 "chain",
@@ -47,7 +53,7 @@ fn store_survives_sigkill_at_random_moments() {
                 "--blocks",
                 &remaining,
                 "--payload-bytes",
-                "64",
+                &payload,
             ]),
             false,
         );
@@ -65,12 +71,12 @@ fn store_survives_sigkill_at_random_moments() {
         durable = head;
     }
     assert_eq!(
-        kills, KILLS,
-        "generation finished before {KILLS} kills; raise TOTAL"
+        kills, kills_wanted,
+        "generation finished before {kills_wanted} kills; raise total"
     );
 
-    if durable < TOTAL {
-        let remaining = (TOTAL - durable).to_string();
+    if durable < total {
+        let remaining = (total - durable).to_string();
         run_ok(&[
             "chain",
             "generate",
@@ -81,13 +87,13 @@ fn store_survives_sigkill_at_random_moments() {
             "--blocks",
             &remaining,
             "--payload-bytes",
-            "64",
+            &payload,
         ]);
     }
-    assert_eq!(db_check_ok(&data), TOTAL);
+    assert_eq!(db_check_ok(&data), total);
 
     let reference = dir.path().join("reference");
-    let total = TOTAL.to_string();
+    let all = total.to_string();
     run_ok(&[
         "chain",
         "generate",
@@ -96,12 +102,12 @@ fn store_survives_sigkill_at_random_moments() {
         "--data-dir",
         path_str(&reference),
         "--blocks",
-        &total,
+        &all,
         "--payload-bytes",
-        "64",
+        &payload,
     ]);
     assert!(
-        db_export(&data, 0, TOTAL) == db_export(&reference, 0, TOTAL),
+        db_export(&data, 0, total) == db_export(&reference, 0, total),
         "killed store differs from the reference"
     );
 }

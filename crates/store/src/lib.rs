@@ -8,6 +8,9 @@
 //! from), `backfill_low` (the lowest block from which the canonical chain is unbroken up to the
 //! head; its height is the node's `earliest_height`), `history_floor` (the height below which
 //! history is not kept: backfill stops there and pruning moves it up), and subscriber cursors.
+//! Payloads of at least 8 KiB are not written to parity-db but once to append-only payload files
+//! beside it, synced before the commit that references them (`payloads.rs`): parity-db writes
+//! every value twice, which made the import of large blocks several times slower than the disk.
 //!
 //! ## History retention
 //! [`BlockStore::prune_below`] deletes canonical blocks from the bottom of the unbroken range, never
@@ -21,11 +24,13 @@
 //! shortly after `commit` returns (its log writer runs in the background; dropping the store
 //! flushes everything). So after `kill -9` at any instant, the store reopens at some prefix of the
 //! commit sequence: a consistent state whose newest commits may be missing, which the node fetches
-//! again from peers. On open, [`BlockStore::open`] checks the recent chain (head down to the
-//! finalized block, bounded) and, where blocks under a pointer are missing or damaged (say, the
-//! tail of a data file lost with the power), rolls the pointer back to the highest intact linked
-//! block and reports what it did ([`RepairReport`]). [`BlockStore::verify_chain`] checks the whole
-//! chain, every rule and every link.
+//! again from peers. Payloads kept in payload files are synced before the commit that references
+//! them, and what lies past the last committed payload is cut off at open. On open,
+//! [`BlockStore::open`] checks the recent chain (head down to the finalized block, bounded) and,
+//! where blocks under a pointer are missing or damaged (say, the tail of a data file lost with the
+//! power), rolls the pointer back to the highest intact linked block and reports what it did
+//! ([`RepairReport`]). [`BlockStore::verify_chain`] checks the whole chain, every rule and every
+//! link.
 //!
 //! ## Invariants (after every commit)
 //! - `canon[h]` exists for every `h` in `[backfill_low, head]`, names a stored block of height `h`,
@@ -44,6 +49,7 @@
 mod cache;
 pub mod canon;
 mod check;
+pub mod payloads;
 mod prune;
 mod repair;
 pub mod schema;
@@ -63,6 +69,7 @@ pub use write::{BackfillOutcome, ImportOutcome};
 
 use cache::BlockCache;
 use canon::{CanonEdits, CanonReader};
+use payloads::{PayloadFiles, Tail};
 use schema::*;
 
 /// What went wrong in the store.
@@ -76,7 +83,10 @@ pub enum StoreError {
         found: Hash,
         expected: Hash,
     },
-    #[error("store schema version {0} is not supported (this build reads {SCHEMA_VERSION})")]
+    #[error(
+        "store schema version {0} is not supported (this build reads {SCHEMA_VERSION}): sync into \
+         a new --data-dir"
+    )]
     Schema(u32),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
@@ -122,8 +132,11 @@ pub struct StoreConfig {
     pub cache_bytes: usize,
     /// How far below the head the check at open walks.
     pub open_check_depth: u64,
-    /// Whether open repairs what its check finds (off for read-only inspection such as `db check`).
+    /// Whether open repairs what its check finds (off for read-only inspection such as `db check`),
+    /// and tidies the payload files (cuts uncommitted bytes, removes unreferenced files).
     pub repair_on_open: bool,
+    /// Size at which a payload file is closed and the next one started.
+    pub payload_file_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -133,6 +146,7 @@ impl Default for StoreConfig {
             cache_bytes: 16 * 1024 * 1024,
             open_check_depth: 1024,
             repair_on_open: true,
+            payload_file_bytes: payloads::FILE_TARGET_BYTES,
         }
     }
 }
@@ -154,7 +168,10 @@ pub struct Pointers {
 
 /// The block store. Cheap to share behind an `Arc`; reads run concurrently, writes serialise.
 pub struct BlockStore {
+    // Dropped first: dropping the database makes every commit durable, after which the payload
+    // files no commit references any more can be removed (by `payloads`' drop).
     db: parity_db::Db,
+    payloads: PayloadFiles,
     path: PathBuf,
     spec: ChainSpec,
     pointers: RwLock<Pointers>,
@@ -210,8 +227,20 @@ impl BlockStore {
             db.commit(changes)?;
         }
         let pointers = load_pointers(&db, path, &genesis_ptr.hash)?;
+        let tail = match db.get(COL_META, META_PAYLOAD_TAIL)? {
+            Some(v) => Tail::decode(&v)?,
+            None => Tail::default(),
+        };
+        let payloads = PayloadFiles::open(
+            &path.join("payloads"),
+            tail,
+            config.payload_file_bytes,
+            config.repair_on_open,
+            |file| Ok(db.get_size(COL_META, &payload_live_key(file))?.is_some()),
+        )?;
         let store = BlockStore {
             db,
+            payloads,
             path: path.to_owned(),
             spec: spec.clone(),
             pointers: RwLock::new(pointers),
@@ -279,7 +308,13 @@ impl BlockStore {
             return Ok(None);
         };
         // Decoded from its own stored value: its payload holds nothing beyond the block.
-        let block = decode_block(hash, bytes)?;
+        let block = match decode_block(hash, bytes)? {
+            StoredBlock::Inline(block) => block,
+            StoredBlock::External { mut shell, payload } => {
+                shell.payload = self.payloads.read(&payload)?.into();
+                shell
+            }
+        };
         lock(&self.cache).insert(block.clone());
         Ok(Some(block))
     }
@@ -456,5 +491,7 @@ fn load_pointers(db: &parity_db::Db, path: &Path, expected: &Hash) -> Result<Poi
     })
 }
 
+#[cfg(test)]
+mod payload_tests;
 #[cfg(test)]
 mod tests;

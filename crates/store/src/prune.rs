@@ -5,12 +5,14 @@
 //! history floor up to the lowest block it keeps. So after a crash at any instant the store is a
 //! partly pruned but consistent store: every invariant of the crate holds after every commit.
 //! Genesis (its block and `canon[0]`) is always kept; so is everything at or above the finalized
-//! block. Side-chain blocks are not indexed by height and are left alone.
+//! block. Side-chain blocks are not indexed by height and are left alone. Payload files whose
+//! blocks are all pruned are removed when the store closes (see `payloads.rs`).
 
 use syncnode_types::Height;
 
 use crate::canon::{CanonEdits, CanonReader};
 use crate::schema::*;
+use crate::write::PayloadCounts;
 use crate::{BlockStore, StoreError, lock};
 
 /// Most blocks deleted by one commit.
@@ -66,10 +68,19 @@ impl BlockStore {
             let mut changes = Vec::new();
             let mut deleted = Vec::new();
             let mut canon = CanonEdits::default();
+            let mut counts = PayloadCounts::default();
             // Genesis stays, whatever the low pointer.
             let mut reader = CanonReader::new(&self.db);
             for h in p.low.height.max(1)..to {
                 if let Some(hash) = reader.hash_at(h)? {
+                    if let Some(r) = self
+                        .db
+                        .get(COL_BLOCKS, &hash.0)?
+                        .as_deref()
+                        .and_then(external_payload)
+                    {
+                        counts.add(r.file, -1);
+                    }
                     changes.push((COL_BLOCKS, hash.0.to_vec(), None));
                     deleted.push(hash);
                 }
@@ -83,7 +94,7 @@ impl BlockStore {
             let floor = p.floor.max(to);
             changes.push((COL_META, META_LOW.to_vec(), Some(low.encode())));
             changes.push((COL_META, META_FLOOR.to_vec(), Some(floor.to_be_bytes().to_vec())));
-            self.db.commit(changes)?;
+            self.commit_counted(changes, counts)?;
             let mut next = p;
             next.low = low;
             next.floor = floor;

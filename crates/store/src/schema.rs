@@ -6,8 +6,12 @@ use syncnode_proto::pb;
 use syncnode_types::{Block, Hash, Height};
 
 use crate::StoreError;
+use crate::payloads::PayloadRef;
 
-/// Column of blocks: block hash (32 bytes) → protobuf `Block`. Holds canonical and side blocks.
+/// Column of blocks: block hash (32 bytes) → the block: a kind byte, then the protobuf `Block`
+/// ([`BLOCK_INLINE`]), or a payload reference and the `Block` without its payload
+/// ([`BLOCK_EXTERNAL`], payloads of at least [`crate::payloads::EXTERNAL_PAYLOAD_MIN`] bytes,
+/// see `payloads.rs`). Holds canonical and side blocks.
 pub const COL_BLOCKS: u8 = 0;
 /// Column of the canonical chain: segment of 64 heights (8 bytes BE) → the canonical hashes of
 /// those heights (see `canon.rs`; layout version 3). One value per 64 heights: per-height keys
@@ -46,8 +50,9 @@ pub fn db_options(path: &std::path::Path) -> parity_db::Options {
 /// One write of a commit: column, key, value (`None` deletes).
 pub type Change = (u8, Vec<u8>, Option<Vec<u8>>);
 
-/// Version of this layout, stored under [`META_SCHEMA`].
-pub const SCHEMA_VERSION: u32 = 3;
+/// Version of this layout, stored under [`META_SCHEMA`]. 3: canonical index in segments;
+/// 4: block values start with a kind byte, large payloads in payload files.
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub const META_SCHEMA: &[u8] = b"schema";
 pub const META_GENESIS: &[u8] = b"genesis";
@@ -59,6 +64,11 @@ pub const META_ANCHOR: &[u8] = b"anchor";
 pub const META_LOW: &[u8] = b"backfill_low";
 pub const META_FLOOR: &[u8] = b"history_floor";
 pub const META_CURSOR_PREFIX: &[u8] = b"cursor/";
+/// The committed end of the payload files ([`crate::payloads::Tail`]).
+pub const META_PAYLOAD_TAIL: &[u8] = b"payload_tail";
+/// Prefix of the per-file counts of stored blocks whose payload is in that file (u32 BE file
+/// number; value u64 BE; absent when zero).
+pub const META_PAYLOAD_LIVE_PREFIX: &[u8] = b"payload_live/";
 
 /// A pointer: a height and the hash of the canonical block there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,24 +106,79 @@ impl Pointer {
     }
 }
 
-/// Encodes a block as stored (its protobuf bytes).
+/// First byte of a block value whose protobuf `Block` follows in full.
+pub const BLOCK_INLINE: u8 = 0;
+/// First byte of a block value whose payload lies in a payload file: a [`PayloadRef`] follows,
+/// then the protobuf `Block` with an empty payload.
+pub const BLOCK_EXTERNAL: u8 = 1;
+
+/// Encodes a block as stored with its payload inline: [`BLOCK_INLINE`], then its protobuf bytes.
 pub fn encode_block(block: &Block) -> Vec<u8> {
-    pb::Block::from(block).encode_to_vec()
+    let msg = pb::Block::from(block);
+    let mut out = Vec::with_capacity(1 + msg.encoded_len());
+    out.push(BLOCK_INLINE);
+    msg.encode_raw(&mut out);
+    out
 }
 
-/// Decodes a stored block, checking that it is the block stored under `hash`.
-pub fn decode_block(hash: &Hash, bytes: Vec<u8>) -> Result<Block, StoreError> {
-    let msg = pb::Block::decode(Bytes::from(bytes))
-        .map_err(|e| StoreError::Corrupt(format!("block {hash} does not decode: {e}")))?;
-    let block =
-        Block::try_from(msg).map_err(|e| StoreError::Corrupt(format!("block {hash} is malformed: {e}")))?;
+/// Encodes a block whose payload was written to a payload file at `payload`.
+pub fn encode_external_block(block: &Block, payload: &PayloadRef) -> Vec<u8> {
+    let mut msg = pb::Block::from(block);
+    msg.payload = Bytes::new();
+    let mut out = Vec::with_capacity(1 + PayloadRef::LEN + msg.encoded_len());
+    out.push(BLOCK_EXTERNAL);
+    payload.encode_into(&mut out);
+    msg.encode_raw(&mut out);
+    out
+}
+
+/// A decoded block value: the block, or the block without its payload and where that lies.
+pub enum StoredBlock {
+    Inline(Block),
+    External { shell: Block, payload: PayloadRef },
+}
+
+/// Decodes a stored block value, checking that its header is that of the block stored under
+/// `hash`.
+pub fn decode_block(hash: &Hash, bytes: Vec<u8>) -> Result<StoredBlock, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("block {hash} {what}"));
+    let bytes = Bytes::from(bytes);
+    let (payload, body) = match bytes.first() {
+        Some(&BLOCK_INLINE) => (None, bytes.slice(1..)),
+        Some(&BLOCK_EXTERNAL) => {
+            let r =
+                PayloadRef::decode(&bytes[1..]).ok_or_else(|| corrupt("has a short payload reference"))?;
+            (Some(r), bytes.slice(1 + PayloadRef::LEN..))
+        }
+        _ => return Err(corrupt("has an unknown value kind")),
+    };
+    let msg = pb::Block::decode(body).map_err(|e| corrupt(&format!("does not decode: {e}")))?;
+    let block = Block::try_from(msg).map_err(|e| corrupt(&format!("is malformed: {e}")))?;
     if block.hash() != *hash {
-        return Err(StoreError::Corrupt(format!(
-            "block stored under {hash} hashes to {}",
-            block.hash()
-        )));
+        return Err(corrupt(&format!("hashes to {}", block.hash())));
     }
-    Ok(block)
+    Ok(match payload {
+        None => StoredBlock::Inline(block),
+        Some(payload) => StoredBlock::External {
+            shell: block,
+            payload,
+        },
+    })
+}
+
+/// The payload reference of a stored block value, if its payload is in a payload file.
+pub fn external_payload(bytes: &[u8]) -> Option<PayloadRef> {
+    match bytes.split_first() {
+        Some((&BLOCK_EXTERNAL, rest)) => PayloadRef::decode(rest),
+        _ => None,
+    }
+}
+
+/// The metadata key of payload file `file`'s reference count.
+pub fn payload_live_key(file: u32) -> Vec<u8> {
+    let mut key = META_PAYLOAD_LIVE_PREFIX.to_vec();
+    key.extend_from_slice(&file.to_be_bytes());
+    key
 }
 
 /// A u64 value (8 bytes BE).

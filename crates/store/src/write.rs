@@ -1,10 +1,13 @@
 //! Writes: forward import with fork choice, backfill below the lowest block, checkpoint anchors.
 //! Each is one atomic commit of blocks, index entries and the pointers that move with them.
 
+use std::collections::BTreeMap;
+
 use syncnode_types::validity::check_link;
 use syncnode_types::{Block, Height};
 
 use crate::canon::CanonEdits;
+use crate::payloads::EXTERNAL_PAYLOAD_MIN;
 use crate::schema::*;
 use crate::{BlockStore, Pointers, StoreError, lock};
 
@@ -45,16 +48,98 @@ fn check_consecutive(blocks: &[Block], offset: usize) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Stores `block`, and indexes it as canonical at its height when `canon` is given.
-fn put_block(changes: &mut Vec<Change>, block: &Block, canon: Option<&mut CanonEdits>) {
-    let hash = block.hash();
-    changes.push((COL_BLOCKS, hash.0.to_vec(), Some(encode_block(block))));
-    if let Some(canon) = canon {
-        canon.set(block.height(), hash);
+/// Changes of the per-file counts of blocks referencing payload files, gathered for one commit.
+#[derive(Default)]
+pub(crate) struct PayloadCounts(BTreeMap<u32, i64>);
+
+impl PayloadCounts {
+    /// One more (`+1`) or one fewer (`-1`) stored block references `file`.
+    pub fn add(&mut self, file: u32, delta: i64) {
+        *self.0.entry(file).or_default() += delta;
     }
 }
 
 impl BlockStore {
+    /// Adds the writes storing `blocks` to `changes`, and indexes them as canonical at their
+    /// heights when `canon` is given. Large payloads are appended to the payload files and synced
+    /// here, before the caller's commit; the commit gets their references, the counts and the
+    /// new tail. Returns the changes of the files' reference counts, which the caller commits
+    /// with `changes` through [`BlockStore::commit_counted`].
+    pub(crate) fn put_blocks<'a>(
+        &self,
+        changes: &mut Vec<Change>,
+        blocks: impl IntoIterator<Item = &'a Block>,
+        mut canon: Option<&mut CanonEdits>,
+    ) -> Result<PayloadCounts, StoreError> {
+        let mut counts = PayloadCounts::default();
+        let mut external = Vec::new();
+        for block in blocks {
+            let hash = block.hash();
+            if let Some(canon) = canon.as_deref_mut() {
+                canon.set(block.height(), hash);
+            }
+            if block.payload.len() < EXTERNAL_PAYLOAD_MIN {
+                changes.push((COL_BLOCKS, hash.0.to_vec(), Some(encode_block(block))));
+                continue;
+            }
+            // A block stored again (a side chain imported twice, a damaged block fetched anew)
+            // replaces its old reference.
+            if let Some(old) = self.db.get(COL_BLOCKS, &hash.0)?
+                && let Some(r) = external_payload(&old)
+            {
+                counts.add(r.file, -1);
+            }
+            external.push(block);
+        }
+        if external.is_empty() {
+            return Ok(counts);
+        }
+        let payloads: Vec<&[u8]> = external.iter().map(|b| &b.payload[..]).collect();
+        let (refs, tail) = self.payloads.append(&payloads)?;
+        for (block, r) in external.iter().zip(&refs) {
+            changes.push((
+                COL_BLOCKS,
+                block.hash().0.to_vec(),
+                Some(encode_external_block(block, r)),
+            ));
+            counts.add(r.file, 1);
+        }
+        changes.push((COL_META, META_PAYLOAD_TAIL.to_vec(), Some(tail.encode())));
+        Ok(counts)
+    }
+
+    /// Commits `changes` with the new reference counts of `counts`' files, then releases the
+    /// files no block references any more.
+    pub(crate) fn commit_counted(
+        &self,
+        mut changes: Vec<Change>,
+        counts: PayloadCounts,
+    ) -> Result<(), StoreError> {
+        let mut unreferenced = Vec::new();
+        for (file, delta) in counts.0 {
+            if delta == 0 {
+                continue;
+            }
+            let key = payload_live_key(file);
+            let now = match self.db.get(COL_META, &key)? {
+                Some(v) => decode_u64("payload count", &v)?,
+                None => 0,
+            };
+            let next = i64::try_from(now).unwrap_or(i64::MAX).saturating_add(delta);
+            if next > 0 {
+                changes.push((COL_META, key, Some((next as u64).to_be_bytes().to_vec())));
+            } else {
+                changes.push((COL_META, key, None));
+                unreferenced.push(file);
+            }
+        }
+        self.db.commit(changes)?;
+        for file in unreferenced {
+            self.payloads.release(file);
+        }
+        Ok(())
+    }
+
     /// Imports consecutive blocks whose rules 3–5 the caller has checked. The first block's parent
     /// must be stored. Extends the head, switches to a longer fork above the finalized block, or
     /// keeps a shorter fork as a side chain; between equal heights the chain seen first stays.
@@ -111,10 +196,8 @@ impl BlockStore {
         let tip = Pointer::at(last);
         let mut changes = Vec::with_capacity(new.len() + new.len() / 32 + 4);
         if tip.height <= p.head.height && fork.hash() != p.head.hash {
-            for block in new {
-                put_block(&mut changes, block, None);
-            }
-            self.db.commit(changes)?;
+            let counts = self.put_blocks(&mut changes, new, None)?;
+            self.commit_counted(changes, counts)?;
             return Ok(ImportOutcome::SideChain { tip });
         }
         let reorg_from = (fork.hash() != p.head.hash).then(|| fork.height() + 1);
@@ -122,9 +205,7 @@ impl BlockStore {
         for block in side.iter().rev() {
             canon.set(block.height(), block.hash());
         }
-        for block in new {
-            put_block(&mut changes, block, Some(&mut canon));
-        }
+        let counts = self.put_blocks(&mut changes, new, Some(&mut canon))?;
         let mut next = p;
         next.head = tip;
         let finalized_height = tip.height.saturating_sub(self.spec.finality_depth);
@@ -143,7 +224,7 @@ impl BlockStore {
         }
         canon.write_to(&self.db, &mut changes)?;
         changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
-        self.db.commit(changes)?;
+        self.commit_counted(changes, counts)?;
         self.set_pointers(next);
         // The imported block came from a response frame: cache a copy that does not keep it.
         lock(&self.cache).insert(last.compact());
@@ -211,12 +292,10 @@ impl BlockStore {
         }
         let mut changes = Vec::with_capacity(new.len() + 16);
         let mut canon = CanonEdits::default();
-        for block in &new {
-            put_block(&mut changes, block, Some(&mut canon));
-        }
+        let counts = self.put_blocks(&mut changes, new.iter().copied(), Some(&mut canon))?;
         canon.write_to(&self.db, &mut changes)?;
         changes.push((COL_META, META_LOW.to_vec(), Some(low.encode())));
-        self.db.commit(changes)?;
+        self.commit_counted(changes, counts)?;
         let mut next = p;
         next.low = low;
         self.set_pointers(next);
@@ -250,12 +329,12 @@ impl BlockStore {
         }
         let mut changes = Vec::new();
         let mut canon = CanonEdits::default();
-        put_block(&mut changes, block, Some(&mut canon));
+        let counts = self.put_blocks(&mut changes, [block], Some(&mut canon))?;
         canon.write_to(&self.db, &mut changes)?;
         for name in [META_HEAD, META_FINALIZED, META_LOW, META_ANCHOR] {
             changes.push((COL_META, name.to_vec(), Some(anchor.encode())));
         }
-        self.db.commit(changes)?;
+        self.commit_counted(changes, counts)?;
         self.set_pointers(Pointers {
             head: anchor,
             finalized: anchor,
