@@ -22,8 +22,11 @@ use tokio::sync::watch;
 
 /// Blocks per request and per verified/imported batch: the sync engine's default batch size.
 pub const BATCH: usize = 512;
-/// Requests in flight in the transport measurement: the engine's default window.
-const WINDOW: usize = 16;
+/// Requests in flight from one client (the transport measurement, each serving client): as many
+/// as a server serves for one peer at once; more are answered busy.
+fn window() -> usize {
+    NetworkConfig::new(Keypair::generate_ed25519(), Hash::ZERO).max_serving_per_peer
+}
 /// Largest response frame (PROTOCOL.md).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -232,7 +235,7 @@ pub fn request_count(sample: &Block) -> u64 {
     (MAX_RESPONSE_BYTES / per).clamp(1, BATCH) as u64
 }
 
-/// Moves `blocks` from one swarm to another over loopback TCP, [`WINDOW`] requests in flight.
+/// Moves `blocks` from one swarm to another over loopback TCP, [`window`] requests in flight.
 async fn transport(spec: &ChainSpec, blocks: Vec<Block>) -> anyhow::Result<Rate> {
     let Some(first) = blocks.first() else {
         bail!("no blocks to move");
@@ -275,7 +278,7 @@ pub async fn wait_status(
     .context("timed out waiting for the peer's status")?
 }
 
-/// Fetches heights 1..=`head` from `peer` in requests of `count`, [`WINDOW`] at a time; short
+/// Fetches heights 1..=`head` from `peer` in requests of `count`, [`window`] at a time; short
 /// answers are asked again from where they ended. Returns (blocks, encoded bytes).
 pub async fn fetch_all(
     client: &NetworkHandle,
@@ -286,10 +289,11 @@ pub async fn fetch_all(
     let mut todo: VecDeque<(u64, u64)> = (0..head.div_ceil(count))
         .map(|i| (1 + i * count, count.min(head - i * count)))
         .collect();
+    let window = window();
     let mut inflight = tokio::task::JoinSet::new();
     let (mut blocks, mut bytes, mut failures) = (0usize, 0usize, 0u32);
     loop {
-        while inflight.len() < WINDOW
+        while inflight.len() < window
             && let Some((start, n)) = todo.pop_front()
         {
             let client = client.clone();
