@@ -8,9 +8,10 @@
 //! from), `backfill_low` (the lowest block from which the canonical chain is unbroken up to the
 //! head; its height is the node's `earliest_height`), `history_floor` (the height below which
 //! history is not kept: backfill stops there and pruning moves it up), and subscriber cursors.
-//! Payloads of at least 8 KiB are not written to parity-db but once to append-only payload files
-//! beside it, synced before the commit that references them (`payloads.rs`): parity-db writes
-//! every value twice, which made the import of large blocks several times slower than the disk.
+//! Payloads of at least 512 bytes are not written to parity-db but once to append-only payload
+//! files beside it, synced before the commit that references them (`payloads.rs`): parity-db
+//! writes every value twice, which made the import of large blocks several times slower than the
+//! disk, and of 1 KiB blocks half as fast.
 //!
 //! ## History retention
 //! [`BlockStore::prune_below`] deletes canonical blocks from the bottom of the unbroken range, never
