@@ -1,6 +1,9 @@
 //! The importer: one thread that commits imports to the store strictly in the order they were
 //! asked for, so the engine's in-order imports stay in order, and disk writes never run on the
-//! async runtime. After each commit it prunes old history when retention asks for it (see
+//! async runtime. Imports that queue up while it commits (the store is the slower stage) and
+//! continue one another are committed together: each commit ends with a sync of the payload
+//! files (~6 ms here), so while syncing 1 KiB blocks the sync, not the writing, was 60% of the
+//! importer's time at one commit per 512-block batch. After each commit it prunes old history when retention asks for it (see
 //! [`crate::retention`]), then publishes the new Status and head on watch channels.
 
 use std::sync::Arc;
@@ -14,6 +17,10 @@ use tokio::sync::{mpsc, watch};
 
 /// Most imports queued for the importer; the engine's window keeps far fewer outstanding.
 pub const IMPORT_QUEUE: usize = 64;
+/// Most blocks committed together when several queued imports continue one another.
+pub const MERGE_MAX_BLOCKS: usize = 4096;
+/// Most bytes of blocks committed together.
+pub const MERGE_MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// One import to commit.
 #[derive(Debug)]
@@ -58,40 +65,118 @@ pub fn spawn_importer(
     let thread = std::thread::Builder::new()
         .name("importer".into())
         .spawn(move || {
-            while let Some(job) = jobs.blocking_recv() {
+            let mut held = None;
+            while let Some(group) = next_group(&mut jobs, &mut held) {
                 let started = Instant::now();
                 let head_before = store.head();
-                let result = commit(&store, &job);
-                if result.is_ok()
+                let results = commit_group(&store, &group);
+                let any_ok = results.iter().any(Result::is_ok);
+                if any_ok
                     && let Some(n) = history_blocks
                     && let Err(e) = crate::retention::prune_if_due(&store, n, crate::retention::PRUNE_STEP)
                 {
                     tracing::warn!("pruning old history failed: {e}");
                 }
                 let head_now = store.head();
-                if result.is_ok() {
+                if any_ok {
                     status_tx.send_replace(store.status());
                     if head_now != head_before {
                         head_tx.send_replace(head_now);
                     }
                 }
-                let last = job.blocks.last().cloned();
-                let became_head = last.as_ref().is_some_and(|b| b.hash() == head_now.hash);
-                let report = ImportDone {
-                    id: job.id,
-                    direction: job.direction,
-                    blocks: job.blocks.len(),
-                    last,
-                    became_head,
-                    result,
-                    seconds: started.elapsed().as_secs_f64(),
-                };
-                if done.blocking_send(report).is_err() {
-                    break;
+                // The group's time, shared by its jobs in proportion to their blocks.
+                let seconds = started.elapsed().as_secs_f64();
+                let total = group.iter().map(|j| j.blocks.len()).sum::<usize>().max(1);
+                for (job, result) in group.into_iter().zip(results) {
+                    let last = job.blocks.last().cloned();
+                    let became_head = last.as_ref().is_some_and(|b| b.hash() == head_now.hash);
+                    let report = ImportDone {
+                        id: job.id,
+                        direction: job.direction,
+                        blocks: job.blocks.len(),
+                        last,
+                        became_head,
+                        result,
+                        seconds: seconds * job.blocks.len() as f64 / total as f64,
+                    };
+                    if done.blocking_send(report).is_err() {
+                        return;
+                    }
                 }
             }
         })?;
     Ok((jobs_tx, ChainWatch { status, head }, thread))
+}
+
+/// Waits for the next job, then takes the queued jobs that continue it (same direction, linked
+/// by parent hash), up to [`MERGE_MAX_BLOCKS`] and [`MERGE_MAX_BYTES`]: one group, committed
+/// together. A queued job that does not continue the group is `held` for the next one. `None`
+/// once the queue is closed and drained.
+fn next_group(jobs: &mut mpsc::Receiver<ImportJob>, held: &mut Option<ImportJob>) -> Option<Vec<ImportJob>> {
+    let first = match held.take() {
+        Some(job) => job,
+        None => jobs.blocking_recv()?,
+    };
+    let mut blocks = first.blocks.len();
+    let mut bytes: usize = first.blocks.iter().map(Block::size_bytes).sum();
+    let mut group = vec![first];
+    while blocks < MERGE_MAX_BLOCKS && bytes < MERGE_MAX_BYTES {
+        let Ok(next) = jobs.try_recv() else {
+            break;
+        };
+        let fits = blocks + next.blocks.len() <= MERGE_MAX_BLOCKS;
+        if !fits || !group.last().is_some_and(|prev| continues(prev, &next)) {
+            *held = Some(next);
+            break;
+        }
+        blocks += next.blocks.len();
+        bytes += next.blocks.iter().map(Block::size_bytes).sum::<usize>();
+        group.push(next);
+    }
+    Some(group)
+}
+
+/// Whether `next` takes up where `prev` ends: forward, its first block's parent is `prev`'s
+/// last block; backfill, its last block is the parent of `prev`'s first.
+fn continues(prev: &ImportJob, next: &ImportJob) -> bool {
+    if prev.direction != next.direction {
+        return false;
+    }
+    let (Some(prev_first), Some(prev_last)) = (prev.blocks.first(), prev.blocks.last()) else {
+        return false;
+    };
+    let (Some(next_first), Some(next_last)) = (next.blocks.first(), next.blocks.last()) else {
+        return false;
+    };
+    match next.direction {
+        Direction::Forward => next_first.header.parent_hash == prev_last.hash(),
+        Direction::Backfill => next_last.hash() == prev_first.header.parent_hash,
+    }
+}
+
+/// Commits a group: all its blocks in one store commit (so one payload sync), when that
+/// succeeds; otherwise job by job, so each gets exactly the result it would have had alone (a
+/// store import is atomic: the failed attempt changed nothing).
+fn commit_group(store: &BlockStore, group: &[ImportJob]) -> Vec<Result<(), ImportError>> {
+    if let [first, _, ..] = group {
+        let merged: Vec<Block> = match first.direction {
+            Direction::Forward => group.iter().flat_map(|j| j.blocks.iter().cloned()).collect(),
+            Direction::Backfill => group
+                .iter()
+                .rev()
+                .flat_map(|j| j.blocks.iter().cloned())
+                .collect(),
+        };
+        let whole = ImportJob {
+            id: None,
+            blocks: merged,
+            direction: first.direction,
+        };
+        if commit(store, &whole).is_ok() {
+            return group.iter().map(|_| Ok(())).collect();
+        }
+    }
+    group.iter().map(|job| commit(store, job)).collect()
 }
 
 fn commit(store: &BlockStore, job: &ImportJob) -> Result<(), ImportError> {
@@ -131,5 +216,140 @@ fn classify(e: StoreError, anchor: Pointer, blocks: &[Block]) -> ImportError {
             reason: format!("conflicts with the finalized block at {finalized}"),
         },
         other => ImportError::Local(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncnode_types::{ChainSpec, DevChain};
+
+    fn spec() -> ChainSpec {
+        ChainSpec::dev("importer", 1, 1_000_000, 1000, 10).expect("spec")
+    }
+
+    fn chain(n: u64) -> Vec<Block> {
+        let spec = spec();
+        DevChain::new(&spec)
+            .expect("dev")
+            .extend(&spec.genesis().header, n, 600)
+    }
+
+    fn store(dir: &tempfile::TempDir) -> BlockStore {
+        BlockStore::open(dir.path(), &spec()).expect("open").0
+    }
+
+    fn job(blocks: &[Block], direction: Direction) -> ImportJob {
+        ImportJob {
+            id: None,
+            blocks: blocks.to_vec(),
+            direction,
+        }
+    }
+
+    fn queue(jobs: Vec<ImportJob>) -> mpsc::Receiver<ImportJob> {
+        let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
+        for j in jobs {
+            tx.try_send(j).expect("queue");
+        }
+        rx
+    }
+
+    #[test]
+    fn queued_imports_that_continue_one_another_commit_together() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store(&dir);
+        let blocks = chain(600);
+        let mut jobs: Vec<ImportJob> = blocks[..400]
+            .chunks(100)
+            .map(|part| job(part, Direction::Forward))
+            .collect();
+        // A gap: does not continue the group, so it waits for the next one.
+        jobs.push(job(&blocks[500..], Direction::Forward));
+        let mut rx = queue(jobs);
+        let mut held = None;
+        let group = next_group(&mut rx, &mut held).expect("group");
+        assert_eq!(group.len(), 4);
+        assert!(held.is_some(), "the job after the gap is held");
+        assert_eq!(commit_group(&store, &group), vec![Ok(()); 4]);
+        assert_eq!(store.head(), Pointer::at(&blocks[399]));
+
+        let group = next_group(&mut rx, &mut held).expect("group");
+        assert_eq!(group.len(), 1);
+        assert!(matches!(
+            commit_group(&store, &group)[..],
+            [Err(ImportError::DoesNotLink { height: 400, .. })]
+        ));
+        drop(rx);
+        assert!(next_group(&mut queue(Vec::new()), &mut None).is_none());
+    }
+
+    #[test]
+    fn groups_stop_at_the_block_limit() {
+        let blocks = chain(MERGE_MAX_BLOCKS as u64 + 512);
+        let jobs = blocks
+            .chunks(512)
+            .map(|part| job(part, Direction::Forward))
+            .collect();
+        let mut rx = queue(jobs);
+        let mut held = None;
+        let group = next_group(&mut rx, &mut held).expect("group");
+        assert_eq!(
+            group.iter().map(|j| j.blocks.len()).sum::<usize>(),
+            MERGE_MAX_BLOCKS
+        );
+        let rest = next_group(&mut rx, &mut held).expect("group");
+        assert_eq!(rest.len(), 1, "the job past the limit starts the next group");
+    }
+
+    #[test]
+    fn a_bad_job_in_a_group_gets_the_result_it_would_have_had_alone() {
+        let blocks = chain(300);
+        // The middle job skips height 151 (blocks[i] is at height i + 1), but starts where the first ends and ends where
+        // the third starts: the group forms, its merged commit fails, and the jobs go one by one.
+        let mut broken = blocks[100..150].to_vec();
+        broken.extend_from_slice(&blocks[151..200]);
+        let jobs = || {
+            vec![
+                job(&blocks[..100], Direction::Forward),
+                job(&broken, Direction::Forward),
+                job(&blocks[200..], Direction::Forward),
+            ]
+        };
+        let grouped_dir = tempfile::tempdir().expect("tmp");
+        let grouped_store = store(&grouped_dir);
+        let group = next_group(&mut queue(jobs()), &mut None).expect("group");
+        assert_eq!(group.len(), 3);
+        let grouped = commit_group(&grouped_store, &group);
+
+        let alone_dir = tempfile::tempdir().expect("tmp");
+        let alone_store = store(&alone_dir);
+        let alone: Vec<_> = jobs().iter().map(|j| commit(&alone_store, j)).collect();
+        assert_eq!(grouped, alone);
+        assert_eq!(grouped[0], Ok(()));
+        assert!(matches!(
+            grouped[1],
+            Err(ImportError::Rejected { height: 152, .. })
+        ));
+        assert!(matches!(grouped[2], Err(ImportError::DoesNotLink { .. })));
+        assert_eq!(grouped_store.head(), Pointer::at(&blocks[99]));
+    }
+
+    #[test]
+    fn backfill_jobs_merge_downwards() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store(&dir);
+        let blocks = chain(300);
+        store.start_from_checkpoint(&blocks[299]).expect("checkpoint");
+        let jobs = vec![
+            job(&blocks[200..299], Direction::Backfill),
+            job(&blocks[100..200], Direction::Backfill),
+            job(&blocks[..100], Direction::Backfill),
+        ];
+        let group = next_group(&mut queue(jobs), &mut None).expect("group");
+        assert_eq!(group.len(), 3);
+        assert_eq!(commit_group(&store, &group), vec![Ok(()); 3]);
+        assert_eq!(store.pointers().low.height, 0);
+        assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
     }
 }
