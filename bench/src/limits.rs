@@ -13,6 +13,7 @@ use syncnode_network::{
     BlockSource, BlocksByRangeRequest, Keypair, NetworkConfig, NetworkEvent, NetworkHandle, PeerId,
     SourceError, Status,
 };
+use syncnode_node::import::{MERGE_MAX_BLOCKS, MERGE_MAX_BYTES};
 use syncnode_node::verify::Verifier;
 use syncnode_proto::convert::encoded_block_field_len;
 use syncnode_store::BlockStore;
@@ -99,6 +100,22 @@ fn total_bytes(blocks: &[Block]) -> usize {
     blocks.iter().map(encoded_block_field_len).sum()
 }
 
+/// How many of `blocks` the importer commits together at most: whole batches of [`BATCH`], up to
+/// its block and byte limits for one commit (at least one batch).
+fn commit_group_len(blocks: &[Block]) -> usize {
+    let mut len = 0;
+    let mut bytes = 0;
+    for batch in blocks.chunks(BATCH) {
+        let batch_bytes: usize = batch.iter().map(Block::size_bytes).sum();
+        if len > 0 && (len + batch.len() > MERGE_MAX_BLOCKS || bytes + batch_bytes > MERGE_MAX_BYTES) {
+            break;
+        }
+        len += batch.len();
+        bytes += batch_bytes;
+    }
+    len
+}
+
 /// Measures every limit on `blocks` (heights 1..=n of `spec`'s chain).
 pub async fn measure(spec: &ChainSpec, blocks: Vec<Block>, scratch: &Path) -> anyhow::Result<Limits> {
     let bytes = total_bytes(&blocks);
@@ -129,14 +146,18 @@ pub async fn measure(spec: &ChainSpec, blocks: Vec<Block>, scratch: &Path) -> an
         bail!("a sample block failed one-by-one verification");
     }
 
-    // The store's import path: batches of verified blocks committed to a fresh store.
+    // The store's import path: verified blocks committed to a fresh store in the largest groups
+    // the importer makes of queued imports (its limit when the store is the slowest stage).
     let dir = scratch.join("import-limit");
     let _ = std::fs::remove_dir_all(&dir);
     let import = {
         let (store, _) = BlockStore::open(&dir, spec)?;
         let started = Instant::now();
-        for part in blocks.chunks(BATCH) {
-            store.import_blocks(part)?;
+        let mut rest = &blocks[..];
+        while !rest.is_empty() {
+            let (group, after) = rest.split_at(commit_group_len(rest));
+            store.import_blocks(group)?;
+            rest = after;
         }
         let rate = Rate::of(n, bytes, started.elapsed());
         drop(store);

@@ -345,7 +345,11 @@ fn limit_rows(rows: &mut Vec<Row>, label: &str, l: &Limits) {
     ));
     rows.push(Row::new(
         "1",
-        format!("{label}: store import, batches of {}", limits::BATCH),
+        format!(
+            "{label}: store import, commits of up to {} blocks / {} MiB (the importer's grouping)",
+            syncnode_node::import::MERGE_MAX_BLOCKS,
+            syncnode_node::import::MERGE_MAX_BYTES >> 20
+        ),
         line(l.import),
     ));
     rows.push(Row::new(
