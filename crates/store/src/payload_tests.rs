@@ -19,14 +19,29 @@ fn spec() -> ChainSpec {
     ChainSpec::dev("payload-test", 2, 1_000_000, 1000, 8).expect("spec")
 }
 
-fn open(dir: &tempfile::TempDir) -> BlockStore {
+/// Opens the store with small payload files, returning what the check at open did.
+fn open_checked(dir: &tempfile::TempDir) -> (BlockStore, RepairReport) {
     let config = StoreConfig {
         payload_file_bytes: FILE_BYTES,
         ..StoreConfig::default()
     };
-    let (store, report) = BlockStore::open_with(dir.path(), &spec(), config).expect("open");
+    BlockStore::open_with(dir.path(), &spec(), config).expect("open")
+}
+
+fn open(dir: &tempfile::TempDir) -> BlockStore {
+    let (store, report) = open_checked(dir);
     assert!(report.is_clean(), "{report:?}");
     store
+}
+
+/// Every block of `blocks` is canonical in `store` and reads back as it was imported.
+fn assert_reads_back(store: &BlockStore, blocks: &[Block]) {
+    for block in blocks {
+        assert_eq!(
+            store.block_at(block.height()).expect("read").as_ref(),
+            Some(block)
+        );
+    }
 }
 
 fn extend(parent: &Block, n: u64, size: usize) -> Vec<Block> {
@@ -105,12 +120,7 @@ fn large_payloads_are_stored_once_in_files_and_read_back_after_reopen() {
     drop(store);
 
     let store = open(&dir);
-    for block in &blocks {
-        assert_eq!(
-            store.block_at(block.height()).expect("read").as_ref(),
-            Some(block)
-        );
-    }
+    assert_reads_back(&store, &blocks);
     let report = store.verify_chain(|_, _| {}).expect("check");
     assert!(report.is_ok(), "{:?}", report.faults);
     let served = store.blocks_by_range(1, 50, usize::MAX).expect("range");
@@ -207,13 +217,7 @@ fn payloads_of_a_commit_that_never_happened_are_cut_at_open() {
     // The import happens again and everything reads back.
     store.import_blocks(&blocks[6..]).expect("import again");
     drop(store);
-    let store = open(&dir);
-    for block in &blocks {
-        assert_eq!(
-            store.block_at(block.height()).expect("read").as_ref(),
-            Some(block)
-        );
-    }
+    assert_reads_back(&open(&dir), &blocks);
 }
 
 #[test]
@@ -239,15 +243,7 @@ fn a_block_whose_payload_bytes_are_lost_is_rolled_back_and_fetched_again() {
     std::os::unix::fs::FileExt::write_all_at(&file, &[0xff; 16], r.offset).expect("damage");
     drop(file);
 
-    let (store, report) = BlockStore::open_with(
-        dir.path(),
-        &spec(),
-        StoreConfig {
-            payload_file_bytes: FILE_BYTES,
-            ..StoreConfig::default()
-        },
-    )
-    .expect("open repairs");
+    let (store, report) = open_checked(&dir);
     assert!(!report.is_clean());
     assert_eq!(store.head(), Pointer::at(&blocks[26]));
     store.import_blocks(&blocks[27..]).expect("import again");
