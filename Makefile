@@ -41,7 +41,8 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## make chaos: the crash soak: a node killed by SIGKILL 50 times (CHAOS_KILLS) at random moments
-## while it syncs, backfills and feeds a subscriber; CHAOS_BLOCKS sizes the chain, CHAOS_SEED replays.
+## while it syncs, backfills and feeds a subscriber; CHAOS_BLOCKS sizes the chain, CHAOS_PAYLOAD its
+## blocks (1,024 bytes: in the payload files), CHAOS_SEED replays.
 CHAOS_KILLS ?= 50
 chaos: build
 	CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test -p syncnode-e2e --test chaos -- --nocapture

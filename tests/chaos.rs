@@ -2,7 +2,8 @@
 //! while it is killed with SIGKILL at random moments and restarted each time, a subscriber reading
 //! its block stream throughout. At the end: `db check` passes, the export is byte-identical to the
 //! seeder's, and the subscriber printed every height from 0 in order (repeats only where it
-//! reconnected). `CHAOS_KILLS` (default 10) and `CHAOS_BLOCKS` (default 20,000) scale it;
+//! reconnected). `CHAOS_KILLS` (default 10) and `CHAOS_BLOCKS` (default 20,000) scale it, and
+//! `CHAOS_PAYLOAD` (default 1,024 bytes: kept in the store's payload files) sizes the blocks;
 //! `make chaos` runs 50 kills. `CHAOS_SEED` replays a run.
 
 use std::time::{Duration, Instant};
@@ -30,11 +31,12 @@ fn downloaded(node: &Node) -> Option<u64> {
 fn a_node_killed_at_random_moments_while_syncing_and_backfilling_ends_whole() {
     let kills = env_u64("CHAOS_KILLS", 10);
     let blocks = env_u64("CHAOS_BLOCKS", 20_000);
+    let payload = env_u64("CHAOS_PAYLOAD", 1024);
     let seed = env_u64("CHAOS_SEED", rand::random());
-    println!("chaos: {kills} kills, {blocks} blocks, seed {seed} (CHAOS_SEED replays)");
+    println!("chaos: {kills} kills, {blocks} blocks of {payload} B, seed {seed} (CHAOS_SEED replays)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tmp");
-    let (spec, seed_a) = chain_with_history(dir.path(), "seeder-a", blocks, 128);
+    let (spec, seed_a) = chain_with_history(dir.path(), "seeder-a", blocks, payload);
     let seed_b = dir.path().join("seeder-b");
     assert!(
         std::process::Command::new("cp")
