@@ -169,8 +169,6 @@ pub struct Pointers {
 
 /// The block store. Cheap to share behind an `Arc`; reads run concurrently, writes serialise.
 pub struct BlockStore {
-    // Dropped first: dropping the database makes every commit durable, after which the payload
-    // files no commit references any more can be removed (by `payloads`' drop).
     db: parity_db::Db,
     payloads: PayloadFiles,
     path: PathBuf,

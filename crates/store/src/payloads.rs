@@ -18,14 +18,15 @@
 //! which the check at open rolls back like any other.
 //!
 //! ## Space
-//! A new file is started once the current one holds [`PayloadFiles::file_target`] bytes. The
-//! number of stored blocks referencing each file is kept in the metadata column, changed within
-//! the same commits as the references. A file whose count reaches zero (its blocks pruned) is
-//! removed when the store is dropped, or at the next open: not at once, because parity-db makes
-//! a commit durable only after `commit` returns, and a crash in between brings the references
-//! back.
+//! A new file is started once the current one holds [`FILE_TARGET_BYTES`] (or the configured
+//! size). The number of stored blocks referencing each file is kept in the metadata column,
+//! changed within the same commits as the references. A file whose count reaches zero (its
+//! blocks pruned) is removed once the commit that zeroed it is durable: parity-db makes commits
+//! durable some time after `commit` returns, so the store first waits for it
+//! (`Db::sync_commits`, a patch of the vendored parity-db); a file deleted before that would be
+//! missed by the blocks a crash brings back. A crash between the two leaves a file no block
+//! references, removed at the next open.
 
-use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
@@ -112,8 +113,6 @@ pub(crate) struct PayloadFiles {
     /// between an append and its commit.
     appender: Mutex<(Tail, Option<File>)>,
     readers: Mutex<LruCache<u32, Arc<File>>>,
-    /// Files no stored block references any more: removed on drop.
-    unreferenced: Mutex<BTreeSet<u32>>,
 }
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> StoreError {
@@ -177,7 +176,6 @@ impl PayloadFiles {
             readers: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_READERS).unwrap_or(NonZeroUsize::MIN),
             )),
-            unreferenced: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -275,21 +273,13 @@ impl PayloadFiles {
         Ok(file)
     }
 
-    /// Notes that no stored block references file `number` any more (after the commit that
-    /// says so): it is removed on drop, unless it is the file being appended to.
-    pub fn release(&self, number: u32) {
-        if number != self.tail_file() {
-            lock(&self.unreferenced).insert(number);
-        }
-    }
-}
-
-impl Drop for PayloadFiles {
-    fn drop(&mut self) {
-        // The store drops its database (which makes every commit durable) before this.
-        let numbers = std::mem::take(&mut *lock(&self.unreferenced));
-        lock(&self.readers).clear();
-        for number in numbers {
+    /// Removes the files of `numbers`, which no stored block references any more in a durable
+    /// commit, except the file being appended to. A file that cannot be removed is left for the
+    /// next open.
+    pub fn remove(&self, numbers: &[u32]) {
+        let appending = self.tail_file();
+        for &number in numbers.iter().filter(|&&n| n != appending) {
+            lock(&self.readers).pop(&number);
             let path = self.path(number);
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::debug!(file = %path.display(), "removed unreferenced payload file"),
@@ -383,10 +373,10 @@ mod tests {
         assert_eq!((again[0].file, again[0].offset), (1, 80));
         let (again, _) = files.append(&[&a]).expect("append");
         assert_eq!((again[0].file, again[0].offset), (2, 0));
-        files.release(1);
-        files.release(2);
-        drop(files);
-        assert!(!path(1).exists(), "released file removed on drop");
+        assert_eq!(files.read(&again[0]).expect("read"), a);
+        files.remove(&[1, 2]);
+        assert!(!path(1).exists(), "unreferenced file removed");
         assert!(path(2).exists(), "the file being appended to is kept");
+        assert_eq!(files.read(&again[0]).expect("read"), a);
     }
 }

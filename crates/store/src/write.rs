@@ -108,8 +108,8 @@ impl BlockStore {
         Ok(counts)
     }
 
-    /// Commits `changes` with the new reference counts of `counts`' files, then releases the
-    /// files no block references any more.
+    /// Commits `changes` with the new reference counts of `counts`' files; then, once that
+    /// commit is durable, removes the files no block references any more.
     pub(crate) fn commit_counted(
         &self,
         mut changes: Vec<Change>,
@@ -134,8 +134,10 @@ impl BlockStore {
             }
         }
         self.db.commit(changes)?;
-        for file in unreferenced {
-            self.payloads.release(file);
+        if !unreferenced.is_empty() {
+            // Only once no crash can bring back the references may the files go.
+            self.db.sync_commits()?;
+            self.payloads.remove(&unreferenced);
         }
         Ok(())
     }
