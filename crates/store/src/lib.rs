@@ -91,6 +91,12 @@ pub enum StoreError {
     Schema(u32),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
+    #[error("payload file {path}: {what}: {source}")]
+    PayloadIo {
+        path: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
     #[error(
         "store at {path} was written with another column layout (an older syncnode): sync into a \
          new --data-dir ({detail})"

@@ -115,8 +115,12 @@ pub(crate) struct PayloadFiles {
     readers: Mutex<LruCache<u32, Arc<File>>>,
 }
 
-fn io_error(path: &Path, what: &str, e: std::io::Error) -> StoreError {
-    StoreError::Corrupt(format!("payload file {}: {what}: {e}", path.display()))
+fn io_error(path: &Path, what: &str, source: std::io::Error) -> StoreError {
+    StoreError::PayloadIo {
+        path: path.to_owned(),
+        what: what.to_owned(),
+        source,
+    }
 }
 
 fn file_number(name: &str) -> Option<u32> {
