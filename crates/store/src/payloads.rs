@@ -352,6 +352,11 @@ mod tests {
             files.read(&huge).is_err(),
             "a corrupt length is refused before allocating"
         );
+        let missing = PayloadRef { file: 9, ..refs[0] };
+        assert!(
+            matches!(files.read(&missing), Err(StoreError::PayloadIo { .. })),
+            "a missing file is an I/O error, named as such"
+        );
     }
 
     #[test]
