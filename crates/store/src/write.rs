@@ -89,19 +89,15 @@ impl BlockStore {
             {
                 counts.add(r.file, -1);
             }
-            external.push(block);
+            external.push((hash, block));
         }
         if external.is_empty() {
             return Ok(counts);
         }
-        let payloads: Vec<&[u8]> = external.iter().map(|b| &b.payload[..]).collect();
+        let payloads: Vec<&[u8]> = external.iter().map(|(_, b)| &b.payload[..]).collect();
         let (refs, tail) = self.payloads.append(&payloads)?;
-        for (block, r) in external.iter().zip(&refs) {
-            changes.push((
-                COL_BLOCKS,
-                block.hash().0.to_vec(),
-                Some(encode_external_block(block, r)),
-            ));
+        for ((hash, block), r) in external.iter().zip(&refs) {
+            changes.push((COL_BLOCKS, hash.0.to_vec(), Some(encode_external_block(block, r))));
             counts.add(r.file, 1);
         }
         changes.push((COL_META, META_PAYLOAD_TAIL.to_vec(), Some(tail.encode())));
