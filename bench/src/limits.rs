@@ -13,7 +13,7 @@ use syncnode_network::{
     BlockSource, BlocksByRangeRequest, Keypair, NetworkConfig, NetworkEvent, NetworkHandle, PeerId,
     SourceError, Status,
 };
-use syncnode_node::import::{MERGE_MAX_BLOCKS, MERGE_MAX_BYTES};
+use syncnode_node::import::GroupSize;
 use syncnode_node::verify::Verifier;
 use syncnode_proto::convert::encoded_block_field_len;
 use syncnode_store::BlockStore;
@@ -100,18 +100,17 @@ fn total_bytes(blocks: &[Block]) -> usize {
     blocks.iter().map(encoded_block_field_len).sum()
 }
 
-/// How many of `blocks` the importer commits together at most: whole batches of [`BATCH`], up to
-/// its block and byte limits for one commit (at least one batch).
+/// How many of `blocks`, in whole batches of [`BATCH`], the importer commits together at most
+/// (its [`GroupSize`] rule).
 fn commit_group_len(blocks: &[Block]) -> usize {
+    let mut size = GroupSize::default();
     let mut len = 0;
-    let mut bytes = 0;
     for batch in blocks.chunks(BATCH) {
-        let batch_bytes: usize = batch.iter().map(Block::size_bytes).sum();
-        if len > 0 && (len + batch.len() > MERGE_MAX_BLOCKS || bytes + batch_bytes > MERGE_MAX_BYTES) {
+        if !size.takes(batch) {
             break;
         }
+        size.add(batch);
         len += batch.len();
-        bytes += batch_bytes;
     }
     len
 }

@@ -120,23 +120,49 @@ fn next_group(jobs: &mut mpsc::Receiver<ImportJob>, held: &mut Option<ImportJob>
         Some(job) => job,
         None => jobs.blocking_recv()?,
     };
-    let mut blocks = first.blocks.len();
-    let mut bytes: usize = first.blocks.iter().map(Block::size_bytes).sum();
+    let mut size = GroupSize::default();
+    size.add(&first.blocks);
     let mut group = vec![first];
-    while blocks < MERGE_MAX_BLOCKS && bytes < MERGE_MAX_BYTES {
+    while !size.is_full() {
         let Ok(next) = jobs.try_recv() else {
             break;
         };
-        let fits = blocks + next.blocks.len() <= MERGE_MAX_BLOCKS;
-        if !fits || !group.last().is_some_and(|prev| continues(prev, &next)) {
+        if !size.takes(&next.blocks) || !group.last().is_some_and(|prev| continues(prev, &next)) {
             *held = Some(next);
             break;
         }
-        blocks += next.blocks.len();
-        bytes += next.blocks.iter().map(Block::size_bytes).sum::<usize>();
+        size.add(&next.blocks);
         group.push(next);
     }
     Some(group)
+}
+
+/// The size of a group of imports committed together, and what may join it: the one rule for
+/// the importer and for the benchmark's store import limit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GroupSize {
+    blocks: usize,
+    bytes: usize,
+}
+
+impl GroupSize {
+    /// Whether the group takes no more imports: it holds [`MERGE_MAX_BLOCKS`] blocks or
+    /// [`MERGE_MAX_BYTES`] bytes.
+    pub fn is_full(&self) -> bool {
+        self.blocks >= MERGE_MAX_BLOCKS || self.bytes >= MERGE_MAX_BYTES
+    }
+
+    /// Whether an import of `blocks` may join: any import starts an empty group; a group that is
+    /// not full takes one that keeps it within [`MERGE_MAX_BLOCKS`].
+    pub fn takes(&self, blocks: &[Block]) -> bool {
+        self.blocks == 0 || (!self.is_full() && self.blocks + blocks.len() <= MERGE_MAX_BLOCKS)
+    }
+
+    /// Counts an import of `blocks` into the group.
+    pub fn add(&mut self, blocks: &[Block]) {
+        self.blocks += blocks.len();
+        self.bytes += blocks.iter().map(Block::size_bytes).sum::<usize>();
+    }
 }
 
 /// Whether `next` takes up where `prev` ends: forward, its first block's parent is `prev`'s
@@ -170,33 +196,31 @@ fn commit_group(store: &BlockStore, group: &[ImportJob]) -> Vec<Result<(), Impor
                 .flat_map(|j| j.blocks.iter().cloned())
                 .collect(),
         };
-        let whole = ImportJob {
-            id: None,
-            blocks: merged,
-            direction: first.direction,
-        };
-        if commit(store, &whole).is_ok() {
+        if commit(store, first.direction, &merged).is_ok() {
             return group.iter().map(|_| Ok(())).collect();
         }
     }
-    group.iter().map(|job| commit(store, job)).collect()
+    group
+        .iter()
+        .map(|job| commit(store, job.direction, &job.blocks))
+        .collect()
 }
 
-fn commit(store: &BlockStore, job: &ImportJob) -> Result<(), ImportError> {
+fn commit(store: &BlockStore, direction: Direction, blocks: &[Block]) -> Result<(), ImportError> {
     let head = store.head();
-    match job.direction {
-        Direction::Forward => match store.import_blocks(&job.blocks) {
+    match direction {
+        Direction::Forward => match store.import_blocks(blocks) {
             Ok(ImportOutcome::Canonical { .. } | ImportOutcome::Known) => Ok(()),
             // Stored, but the head did not move: to the engine the batch did not extend its chain.
             Ok(ImportOutcome::SideChain { .. }) => Err(ImportError::DoesNotLink {
                 height: head.height,
                 hash: head.hash,
             }),
-            Err(e) => Err(classify(e, head, &job.blocks)),
+            Err(e) => Err(classify(e, head, blocks)),
         },
-        Direction::Backfill => match store.import_backfill(&job.blocks) {
+        Direction::Backfill => match store.import_backfill(blocks) {
             Ok(_) => Ok(()),
-            Err(e) => Err(classify(e, store.pointers().low, &job.blocks)),
+            Err(e) => Err(classify(e, store.pointers().low, blocks)),
         },
     }
 }
@@ -327,7 +351,10 @@ mod tests {
 
         let alone_dir = tempfile::tempdir().expect("tmp");
         let alone_store = store(&alone_dir);
-        let alone: Vec<_> = jobs().iter().map(|j| commit(&alone_store, j)).collect();
+        let alone: Vec<_> = jobs()
+            .iter()
+            .map(|j| commit(&alone_store, j.direction, &j.blocks))
+            .collect();
         assert_eq!(grouped, alone);
         assert_eq!(grouped[0], Ok(()));
         assert!(matches!(
