@@ -1,9 +1,10 @@
 //! Block gossip (PROTOCOL.md §4): the gossipsub configuration and the message id.
 //!
-//! The message id of a block is its hash: BLAKE3 of the 112 header bytes. To compute it the
-//! message is decoded as a `Block` with only its header field (prost skips the payload without
-//! copying it). Data that does not decode gets the id `"x" ‖ BLAKE3(data)` (33 bytes, so it can
-//! never equal a block hash) and is rejected when it reaches validation.
+//! The message id is BLAKE3 of the published bytes. It covers the signature and the payload on
+//! purpose: the block hash covers neither, so with the block hash as id a copy with a forged
+//! signature, seen first, would make gossipsub drop the real block as a duplicate (gossipsub
+//! remembers every id it has seen, valid or not). Two encodings of one block are two messages;
+//! the node deduplicates blocks by hash itself.
 //!
 //! Messages are validated by the node: gossipsub runs with `validate_messages()`, a received
 //! block is handed to the node, and it is forwarded only when the node reports `Accept`.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use libp2p::gossipsub::{self, MessageId};
 use prost::Message as _;
 use syncnode_proto::pb;
-use syncnode_types::{Block, BlockHeader, Hash, MAX_PAYLOAD_BYTES};
+use syncnode_types::{Block, Hash, MAX_PAYLOAD_BYTES};
 
 use crate::error::NetworkError;
 
@@ -42,36 +43,14 @@ impl From<GossipAcceptance> for gossipsub::MessageAcceptance {
     }
 }
 
-/// A `Block` message with only the header decoded.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HeaderOnly {
-    #[prost(message, optional, tag = "1")]
-    header: Option<pb::BlockHeader>,
-}
-
-/// The block hash of an encoded block, if its header decodes.
-pub fn block_hash_of(data: &[u8]) -> Option<Hash> {
-    let msg = HeaderOnly::decode(data).ok()?;
-    let header = BlockHeader::try_from(msg.header.as_ref()?).ok()?;
-    Some(header.hash())
-}
-
-/// The gossip message id of `data`.
+/// The gossip message id of `data`, the bytes as published: BLAKE3 of them (32 bytes).
 pub fn message_id(data: &[u8]) -> MessageId {
-    match block_hash_of(data) {
-        Some(hash) => MessageId::new(&hash.0),
-        None => {
-            let mut id = Vec::with_capacity(33);
-            id.push(b'x');
-            id.extend_from_slice(&Hash::of(data).0);
-            MessageId::new(&id)
-        }
-    }
+    MessageId::new(&Hash::of(data).0)
 }
 
-/// The message id a block gets: its hash.
+/// The message id a block gets when this node publishes it.
 pub fn block_message_id(block: &Block) -> MessageId {
-    MessageId::new(&block.hash().0)
+    message_id(&encode_block(block))
 }
 
 /// Decodes a gossiped block completely.
@@ -102,8 +81,29 @@ mod tests {
     use super::*;
     use syncnode_types::SigningKey;
 
+    /// The vector `gossip_block` of `testdata/vectors/messages.json` (PROTOCOL.md §4).
     #[test]
-    fn message_id_is_the_block_hash() {
+    fn message_id_matches_the_vector() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../../testdata/vectors/messages.json"))
+                .expect("messages.json");
+        let v = &vectors["gossip_block"];
+        let bytes = hex::decode(v["protobuf"].as_str().expect("protobuf")).expect("hex");
+        let id = hex::decode(v["message_id"].as_str().expect("message_id")).expect("hex");
+        assert_eq!(message_id(&bytes).0, id);
+        let block = decode_block(&bytes).expect("block 1 decodes");
+        assert_eq!(block.header.height, 1);
+        assert_eq!(
+            block_message_id(&block).0,
+            id,
+            "re-encoding gives the published bytes"
+        );
+    }
+
+    /// A copy of a block with another signature (same header, same block hash) has another
+    /// id, so it cannot make gossipsub drop the real block as a duplicate.
+    #[test]
+    fn a_forged_copy_has_another_id() {
         let block = Block::new_signed(
             1,
             Hash::ZERO,
@@ -111,11 +111,18 @@ mod tests {
             bytes::Bytes::from_static(b"hi"),
             &SigningKey::dev(0),
         );
-        let data = encode_block(&block);
-        assert_eq!(message_id(&data), block_message_id(&block));
-        assert_eq!(decode_block(&data), Some(block));
-        let junk = message_id(&[0xff, 0xff, 0x01]);
-        assert_eq!(junk.0.len(), 33);
+        let mut forged = block.clone();
+        forged.signature = Block::new_signed(
+            1,
+            Hash::ZERO,
+            5,
+            bytes::Bytes::from_static(b"hi"),
+            &SigningKey::dev(1),
+        )
+        .signature;
+        assert_eq!(forged.hash(), block.hash());
+        assert_ne!(block_message_id(&forged), block_message_id(&block));
+        assert_eq!(decode_block(&encode_block(&block)), Some(block));
         assert_eq!(decode_block(&[0xff, 0xff, 0x01]), None);
     }
 }
