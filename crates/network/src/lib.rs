@@ -46,9 +46,10 @@
 //!   verdict also blocks it (`allow_block_list`) until the ban expires, checked every
 //!   `maintenance_interval`. Connections are capped at `max_peers` distinct peers and
 //!   `max_connections_per_peer` each.
-//! - **Gossip**: the message id is the block hash (the header is decoded alone; undecodable data
-//!   gets a 33-byte id that cannot collide with a hash, and is rejected). Messages are validated
-//!   by the node: a block is forwarded only after [`NetworkHandle::report_gossip`] says `Accept`.
+//! - **Gossip**: the message id is BLAKE3 of the published bytes, so a copy of a block with a
+//!   forged signature or payload has another id than the real block and cannot make gossipsub
+//!   drop it as a duplicate. Messages are validated by the node: a block is forwarded only after
+//!   [`NetworkHandle::report_gossip`] says `Accept`.
 //!
 //! # Invariants
 //! - Nothing on the network task blocks: serving runs elsewhere, events to the node are sent with

@@ -169,8 +169,10 @@ async fn gossip_is_forwarded_only_after_validation() {
     assert_eq!(got, block);
     assert_eq!(
         message_id.0,
-        block.hash().0.to_vec(),
-        "message id is the block hash"
+        syncnode_types::Hash::of(&syncnode_network::gossip::encode_block(&block))
+            .0
+            .to_vec(),
+        "message id is BLAKE3 of the published bytes"
     );
 
     // Not forwarded while b has not validated it.
