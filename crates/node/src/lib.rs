@@ -31,6 +31,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod gossip;
 pub mod http;
 pub mod http_client;
 pub mod import;
@@ -205,7 +206,7 @@ pub async fn run_with(
         sync_view,
         metrics,
         producer: config.producer.clone(),
-        gossiped: node::RecentHashes::default(),
+        gossip: gossip::GossipGate::new(config.sync.max_lookup_depth),
     };
     event_loop.run(replay, shutdown).await;
 

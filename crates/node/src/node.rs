@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use syncnode_network::{
-    BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, GossipAcceptance, MessageId, NetworkEvent,
-    NetworkHandle, PeerId, RequestError,
+    BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, MessageId, NetworkEvent, NetworkHandle,
+    PeerId, RequestError,
 };
 use syncnode_proto::convert::ResponseCode;
 use syncnode_store::BlockStore;
@@ -20,10 +20,10 @@ use syncnode_sync::{
     Action, BackfillStart, Direction, LocalChain, PeerStatus, RequestFailure, RequestId, SyncEngine,
     SyncState,
 };
-use syncnode_types::validity::{check_not_future, check_standalone};
-use syncnode_types::{Block, DevChain, SigningKey};
+use syncnode_types::{Block, BlockHeader, DevChain, SigningKey};
 use tokio::sync::{mpsc, watch};
 
+use crate::gossip::{GossipGate, Judgement, LocalView, check_with_store};
 use crate::http::SyncView;
 use crate::import::{ImportDone, ImportJob};
 use crate::metrics::NodeMetrics;
@@ -58,7 +58,8 @@ enum Inbox {
         peer: PeerId,
         message_id: MessageId,
         block: Block,
-        valid: Result<(), String>,
+        /// The stored parent's header, or the judgement if the checks off the loop made one.
+        checked: Result<Option<Box<BlockHeader>>, Judgement>,
     },
 }
 
@@ -74,38 +75,9 @@ pub struct EventLoop {
     pub sync_view: watch::Sender<SyncView>,
     pub metrics: NodeMetrics,
     pub producer: Option<ProducerConfig>,
-    /// Blocks that arrived by gossip: gossipsub forwards them on Accept, so they are not
-    /// published again.
-    pub gossiped: RecentHashes,
-}
-
-/// A bounded set of recently seen block hashes.
-#[derive(Default)]
-pub struct RecentHashes {
-    order: std::collections::VecDeque<syncnode_types::Hash>,
-    set: std::collections::HashSet<syncnode_types::Hash>,
-}
-
-impl RecentHashes {
-    /// How many hashes are remembered.
-    pub const CAPACITY: usize = 4096;
-
-    /// Remembers `hash`, forgetting the oldest beyond the capacity.
-    pub fn insert(&mut self, hash: syncnode_types::Hash) {
-        if self.set.insert(hash) {
-            self.order.push_back(hash);
-            if self.order.len() > Self::CAPACITY
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
-            }
-        }
-    }
-
-    /// Whether `hash` was seen recently.
-    pub fn contains(&self, hash: &syncnode_types::Hash) -> bool {
-        self.set.contains(hash)
-    }
+    /// Gossip checking: blocks accepted by gossip (gossipsub forwards them on Accept, so they
+    /// are not published again) and the bound on checks in flight.
+    pub gossip: GossipGate,
 }
 
 /// The engine's starting view of the local chain.
@@ -224,24 +196,78 @@ impl EventLoop {
                 peer,
                 message_id,
                 block,
-            } => {
-                let (spec, inbox) = (self.store.spec().clone(), inbox.clone());
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let valid = match store.contains(&block.hash()) {
-                        Ok(true) => Err("already known".to_owned()),
-                        _ => check_standalone(&block, &spec)
-                            .and_then(|()| check_not_future(&block.header, wall_ms()))
-                            .map_err(|e| format!("invalid: {e}")),
-                    };
-                    let _ = inbox.blocking_send(Inbox::Gossip {
-                        peer,
-                        message_id,
-                        block,
-                        valid,
-                    });
+            } => self.check_gossip(now, peer, message_id, block, inbox),
+        }
+    }
+
+    /// Runs the cheap checks of a gossiped block here and the rest on a blocking thread; the
+    /// result comes back as [`Inbox::Gossip`].
+    fn check_gossip(
+        &mut self,
+        now: u64,
+        peer: PeerId,
+        message_id: MessageId,
+        block: Block,
+        inbox: &mpsc::Sender<Inbox>,
+    ) {
+        let pointers = self.store.pointers();
+        let view = LocalView {
+            now_ms: wall_ms(),
+            head_height: pointers.head.height,
+            finalized_height: pointers.finalized.height,
+        };
+        let permit = match self.gossip.precheck(&block, view) {
+            Ok(permit) => permit,
+            Err(judgement) => return self.judged_gossip(now, peer, message_id, block, judgement),
+        };
+        let (spec, inbox) = (self.store.spec().clone(), inbox.clone());
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let checked = check_with_store(&block, &spec, &store).map(|parent| parent.map(Box::new));
+            let _ = inbox.blocking_send(Inbox::Gossip {
+                peer,
+                message_id,
+                block,
+                checked,
+            });
+            drop(permit);
+        });
+    }
+
+    /// Carries out the judgement of a gossiped block: tells gossipsub, charges the sender of an
+    /// invalid block, hands the block to the engine.
+    fn judged_gossip(
+        &mut self,
+        now: u64,
+        peer: PeerId,
+        message_id: MessageId,
+        block: Block,
+        judgement: Judgement,
+    ) {
+        let network = self.network.clone();
+        let acceptance = judgement.acceptance();
+        tokio::spawn(async move { network.report_gossip(message_id, peer, acceptance).await });
+        match &judgement {
+            Judgement::Accept => self.gossip.recent.insert(block.header),
+            Judgement::Ignore { why, .. } => {
+                tracing::debug!(%peer, "gossiped block {} ignored: {why}", block.hash());
+            }
+            Judgement::Reject { why } => {
+                tracing::info!(%peer, "gossiped block {}: {why}", block.hash());
+                let network = self.network.clone();
+                tokio::spawn(async move {
+                    network
+                        .report(
+                            peer,
+                            syncnode_sync::PeerAction::InvalidData,
+                            "invalid gossiped block",
+                        )
+                        .await
                 });
             }
+        }
+        if judgement.to_engine() {
+            self.engine.gossip_block(now, peer, block);
         }
     }
 
@@ -291,35 +317,13 @@ impl EventLoop {
                 peer,
                 message_id,
                 block,
-                valid,
+                checked,
             } => {
-                let acceptance = match &valid {
-                    Ok(()) => GossipAcceptance::Accept,
-                    Err(why) if why == "already known" => GossipAcceptance::Ignore,
-                    Err(_) => GossipAcceptance::Reject,
+                let judgement = match checked {
+                    Ok(parent) => self.gossip.finish(&block, parent.map(|p| *p)),
+                    Err(judgement) => judgement,
                 };
-                let network = self.network.clone();
-                tokio::spawn(async move { network.report_gossip(message_id, peer, acceptance).await });
-                match valid {
-                    Ok(()) => {
-                        self.gossiped.insert(block.hash());
-                        self.engine.gossip_block(now, peer, block);
-                    }
-                    Err(why) if why != "already known" => {
-                        tracing::info!(%peer, "gossiped block {}: {why}", block.hash());
-                        let network = self.network.clone();
-                        tokio::spawn(async move {
-                            network
-                                .report(
-                                    peer,
-                                    syncnode_sync::PeerAction::InvalidData,
-                                    "invalid gossiped block",
-                                )
-                                .await
-                        });
-                    }
-                    Err(_) => {}
-                }
+                self.judged_gossip(now, peer, message_id, block, judgement);
             }
         }
     }
@@ -341,7 +345,7 @@ impl EventLoop {
         let published_by_gossip = done
             .last
             .as_ref()
-            .is_some_and(|b| self.gossiped.contains(&b.hash()));
+            .is_some_and(|b| self.gossip.recent.contains(&b.hash()));
         if follow
             && !published_by_gossip
             && let Some(block) = done.last.clone()
