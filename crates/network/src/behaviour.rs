@@ -167,6 +167,12 @@ fn behaviour(
     );
     let topic = gossipsub::IdentTopic::new(syncnode_proto::gossip_topic(&config.genesis_hash));
     gossipsub
+        .with_peer_score(
+            gossip::score_params(topic.hash(), config.gossip_slot),
+            gossip::score_thresholds(),
+        )
+        .map_err(|e| NetworkError::Behaviour(format!("gossipsub peer score: {e}")))?;
+    gossipsub
         .subscribe(&topic)
         .map_err(|e| NetworkError::Behaviour(format!("gossipsub subscribe: {e}")))?;
 

@@ -100,6 +100,8 @@ pub struct NetworkConfig {
     pub command_buffer: usize,
     /// Gossipsub heartbeat (default 1 s; tests shorten it so meshes form quickly).
     pub gossip_heartbeat: Duration,
+    /// The chain's slot time, which scales gossipsub's peer score decay (default 1 s).
+    pub gossip_slot: Duration,
     /// How long an idle connection is kept open.
     pub idle_connection_timeout: Duration,
     /// Identify agent string (default `syncnode/<crate version>`).
@@ -134,6 +136,7 @@ impl NetworkConfig {
             event_buffer: 1024,
             command_buffer: 1024,
             gossip_heartbeat: Duration::from_secs(1),
+            gossip_slot: Duration::from_secs(1),
             idle_connection_timeout: Duration::from_secs(60),
             agent_version: format!("syncnode/{}", env!("CARGO_PKG_VERSION")),
             maintenance_interval: Duration::from_secs(1),

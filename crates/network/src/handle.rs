@@ -60,6 +60,10 @@ pub(crate) enum Command {
     Peers {
         reply: Reply<Vec<PeerSummary>>,
     },
+    GossipScore {
+        peer: PeerId,
+        reply: Reply<Option<f64>>,
+    },
     ListenAddrs {
         reply: Reply<Vec<Multiaddr>>,
     },
@@ -90,6 +94,7 @@ impl std::fmt::Debug for Command {
             Command::Report { .. } => "Report",
             Command::ReportGossip { .. } => "ReportGossip",
             Command::Peers { .. } => "Peers",
+            Command::GossipScore { .. } => "GossipScore",
             Command::ListenAddrs { .. } => "ListenAddrs",
             Command::Dial { .. } => "Dial",
             Command::Shutdown => "Shutdown",
@@ -177,6 +182,13 @@ impl NetworkHandle {
         self.ask(|reply| Command::Peers { reply })
             .await
             .unwrap_or_default()
+    }
+
+    /// Gossipsub's own score of `peer` (`None` for a peer it does not know).
+    pub async fn gossip_score(&self, peer: PeerId) -> Option<f64> {
+        self.ask(|reply| Command::GossipScore { peer, reply })
+            .await
+            .flatten()
     }
 
     /// The addresses we listen on.

@@ -458,6 +458,9 @@ impl Service {
             Command::Peers { reply } => {
                 let _ = reply.send(self.manager.summaries());
             }
+            Command::GossipScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }

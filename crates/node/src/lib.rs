@@ -142,6 +142,7 @@ pub async fn run_with(
 
     config.network.keypair = load_or_create_keypair(&config.data_dir)?;
     config.network.genesis_hash = store.status().genesis_hash;
+    config.network.gossip_slot = std::time::Duration::from_millis(config.spec.slot_ms);
     let source = Arc::new(source::StoreSource {
         store: store.clone(),
         below_earliest: metrics.range_requests_below_earliest.clone(),

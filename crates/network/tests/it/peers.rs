@@ -327,3 +327,76 @@ async fn undecodable_gossip_is_rejected_and_charged() {
     );
     driver.abort();
 }
+
+/// Gossipsub's own score is on: a peer whose message the node rejects (here without the node's
+/// score book being told, so only gossipsub acts) falls below zero and is pruned from the mesh.
+#[tokio::test]
+async fn a_rejected_sender_loses_its_mesh_place_by_gossipsub_score() {
+    use futures::StreamExt;
+    use libp2p::{gossipsub, noise, tcp, yamux};
+
+    let blocks = chain("meshscore", 3, 16);
+    let genesis = blocks[0].hash();
+    let mut a = spawn_node(test_config(genesis), Arc::new(MemSource::new(blocks.clone()))).await;
+    let mut x = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(100))
+                .message_id_fn(|m: &gossipsub::Message| syncnode_network::gossip::message_id(&m.data))
+                .build()
+                .expect("config");
+            let behaviour: gossipsub::Behaviour =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+                    .expect("gossipsub");
+            behaviour
+        })
+        .expect("behaviour")
+        .build();
+    let x_id = *x.local_peer_id();
+    let topic = gossipsub::IdentTopic::new(syncnode_proto::gossip_topic(&genesis));
+    x.behaviour_mut().subscribe(&topic).expect("subscribe");
+    x.dial(a.addr.clone()).expect("dial");
+    let a_id = a.peer_id;
+    let in_mesh =
+        |x: &libp2p::Swarm<gossipsub::Behaviour>| x.behaviour().mesh_peers(&topic.hash()).any(|p| *p == a_id);
+    bounded("x and a in one mesh", async {
+        while !in_mesh(&x) {
+            x.select_next_some().await;
+        }
+    })
+    .await;
+    let block = child_block(&blocks[3], b"judged invalid");
+    x.behaviour_mut()
+        .publish(topic.clone(), syncnode_network::gossip::encode_block(&block))
+        .expect("publish");
+    let driver = async {
+        loop {
+            x.select_next_some().await;
+        }
+    };
+    let message_id = tokio::select! {
+        id = a.wait_event("a receives x's block", |e| match e {
+            NetworkEvent::GossipBlock { peer, message_id, .. } if *peer == x_id => Some(message_id.clone()),
+            _ => None,
+        }) => id,
+        _ = driver => unreachable!("the driver loops"),
+    };
+    assert!(a.handle.gossip_score(x_id).await.is_some_and(|s| s >= 0.0));
+    a.handle
+        .report_gossip(message_id, x_id, GossipAcceptance::Reject)
+        .await;
+    // A PRUNE changes x's mesh without a swarm event: look again at least every 50 ms.
+    bounded("x pruned from a's mesh", async {
+        while in_mesh(&x) {
+            let _ = tokio::time::timeout(Duration::from_millis(50), x.select_next_some()).await;
+        }
+    })
+    .await;
+    let score = a.handle.gossip_score(x_id).await.expect("x is scored");
+    assert!(score <= -70.0, "one invalid message costs about 100, got {score}");
+    let s = a.summary(x_id).await.expect("x known");
+    assert!(s.connected && !s.banned, "only gossipsub acted: {s:?}");
+}
