@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod gossip;
 pub mod hostile;
 pub mod node;
 
