@@ -14,7 +14,7 @@ use syncnode_e2e::gossip::{
     GossipPeer, bad_signature, far_ahead, forged_copy, other_chain, status_at, undecodable, wrong_proposer,
 };
 use syncnode_e2e::hostile::Chain;
-use syncnode_e2e::node::{Node, http_json, now_s, wait_for};
+use syncnode_e2e::node::{Node, http_get, http_json, now_s, wait_for};
 use syncnode_e2e::{client, db_export, generate, write_spec};
 use syncnode_network::gossip::encode_block;
 use syncnode_types::{Block, DevChain};
@@ -110,6 +110,15 @@ impl Net {
             .cloned()
     }
 
+    /// Counters of `syncnode_network_gossip_blocks` by kind (received, undecodable, dropped).
+    fn gossip_counts(&self) -> String {
+        let (_, body) = http_get(self.node.http, "/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with("syncnode_network_gossip_blocks"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Asserts the node never charged `peer` and still holds it connected.
     fn assert_uncharged(&self, peer: &GossipPeer, who: &str) {
         let entry = self.peer_entry(peer).unwrap_or_else(|| panic!("{who} is a peer"));
@@ -194,6 +203,8 @@ fn a_flood_of_invalid_announcements_is_cut_off_while_honest_ones_flow() {
     let net = Net::start();
     let rt = client::runtime();
     let announcer = net.peer(&rt, net.blocks.clone());
+    // In the node's mesh before the flood, still there after it: gossipsub did not charge it.
+    announcer.wait_in_mesh(Duration::from_secs(10));
     let flooder = net.peer(&rt, Vec::new());
     let messages = flood_messages(&net, 500);
     let pid = net.node.child.0.id();
@@ -216,10 +227,12 @@ fn a_flood_of_invalid_announcements_is_cut_off_while_honest_ones_flow() {
     let cpu = cpu_seconds(pid) - cpu_before;
     let wall = started.elapsed();
     eprintln!(
-        "gossip flood: {sent} announcements sent, flooder cut off after {cut_off:?}, node CPU {cpu:.2} s over {wall:.1?}"
+        "gossip flood: {sent} announcements sent, flooder cut off after {cut_off:?}, node CPU {cpu:.2} s over {wall:.1?}; node counters: {}",
+        net.gossip_counts()
     );
     net.assert_banned(&flooder, "the flooder");
     net.assert_uncharged(&announcer, "the honest announcer");
+    assert!(announcer.node_in_mesh(), "the node pruned the honest announcer");
     assert!(sent >= 1, "the flood started");
     assert!(cut_off < Duration::from_secs(2), "cut off after {cut_off:?}");
     assert!(cpu < 3.0, "node CPU {cpu:.2} s during the flood");

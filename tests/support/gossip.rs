@@ -41,6 +41,9 @@ pub struct GossipStats {
     pub connected: AtomicBool,
     /// Whether the node is known to be subscribed to the topic.
     pub node_subscribed: AtomicBool,
+    /// Whether the node is in this peer's mesh (looked at every 100 ms): a node that pruned
+    /// this peer, as gossipsub does with a peer whose score is negative, leaves it.
+    pub node_in_mesh: AtomicBool,
     /// When the last connection to the node closed, if it did.
     pub cut_off_at: Mutex<Option<Instant>>,
 }
@@ -186,6 +189,18 @@ impl GossipPeer {
         rx.blocking_recv().unwrap_or(0)
     }
 
+    /// Waits (up to `timeout`) until the node is in this peer's mesh.
+    pub fn wait_in_mesh(&self, timeout: Duration) {
+        crate::node::wait_for(timeout, "the node in a gossip peer's mesh", || {
+            self.stats.node_in_mesh.load(Ordering::Relaxed).then_some(())
+        });
+    }
+
+    /// Whether the node is in this peer's mesh.
+    pub fn node_in_mesh(&self) -> bool {
+        self.stats.node_in_mesh.load(Ordering::Relaxed)
+    }
+
     /// When the node closed its last connection to this peer, if it did.
     pub fn cut_off_at(&self) -> Option<Instant> {
         *self.stats.cut_off_at.lock().expect("cut off")
@@ -202,10 +217,15 @@ async fn drive(
 ) {
     let mut flood: VecDeque<Vec<u8>> = VecDeque::new();
     let mut flood_reply: Option<(oneshot::Sender<u64>, u64)> = None;
+    let mut look = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             biased;
             event = swarm.select_next_some() => on_event(event, &stats),
+            _ = look.tick() => {
+                let in_mesh = swarm.behaviour().gossipsub.mesh_peers(&topic.hash()).next().is_some();
+                stats.node_in_mesh.store(in_mesh, Ordering::Relaxed);
+            }
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::Publish { data, reply }) => {
