@@ -49,7 +49,8 @@
 //! - **Gossip**: the message id is BLAKE3 of the published bytes, so a copy of a block with a
 //!   forged signature or payload has another id than the real block and cannot make gossipsub
 //!   drop it as a duplicate. Messages are validated by the node: a block is forwarded only after
-//!   [`NetworkHandle::report_gossip`] says `Accept`.
+//!   [`NetworkHandle::report_gossip`] says `Accept`. Gossipsub's own peer score is on (terms and
+//!   thresholds in [`gossip`]): each `Reject` weighs on the sender's mesh place there as well.
 //!
 //! # Invariants
 //! - Nothing on the network task blocks: serving runs elsewhere, events to the node are sent with
