@@ -120,7 +120,8 @@ pub struct SpecArgs {
     /// Blocks below the head before a block is final.
     #[arg(long, default_value_t = 32)]
     pub finality_depth: u64,
-    /// Genesis time in ms since the Unix epoch [default: now, rounded down to the second].
+    /// Genesis time in ms since the Unix epoch [default: 10,000,000 slots before now, rounded
+    /// down to the second, so that generated history lies in the past].
     #[arg(long)]
     pub genesis_timestamp_ms: Option<u64>,
 }
