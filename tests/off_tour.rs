@@ -1,9 +1,12 @@
 //! One step off README's tour: what an operator meets with the defaults. Generated history with
-//! the default genesis time is never refused by the chain's own nodes.
+//! the default genesis time is never refused by the chain's own nodes; `syncnode subscribe` on a
+//! pruned node says what the node holds instead of waiting in silence.
 
-use std::time::Duration;
+use std::io::Read;
+use std::process::Output;
+use std::time::{Duration, Instant};
 
-use syncnode_e2e::node::{Node, http_json, now_s, wait_for};
+use syncnode_e2e::node::{Node, chain_with_history, http_json, now_s, printed_heights, wait_for};
 use syncnode_e2e::*;
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -100,4 +103,86 @@ fn generating_history_into_the_future_is_refused_with_the_fix() {
     assert!(stderr.contains("in the future"), "{stderr}");
     assert!(stderr.contains("--genesis-timestamp-ms"), "{stderr}");
     assert_eq!(db_check_ok(&data), 0, "blocks were written before the refusal");
+}
+
+/// Runs `syncnode subscribe` against `node` with `extra` flags; panics if it runs past `timeout`.
+fn subscribe(node: &Node, cursor: &std::path::Path, extra: &[&str], timeout: Duration) -> Output {
+    let http = node.http.to_string();
+    let mut list = vec!["subscribe", "--http", &http, "--cursor-file", path_str(cursor)];
+    list.extend_from_slice(extra);
+    let mut cmd = syncnode(&list);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn subscribe"));
+    let deadline = Instant::now() + timeout;
+    // Its output is small: it fits in the pipes while it runs.
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "syncnode subscribe {extra:?} still runs after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut stdout)
+        .expect("read");
+    child
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_end(&mut stderr)
+        .expect("read");
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A node run with `--history-blocks`: `syncnode subscribe` from 0 (its default) exits non-zero at
+/// once, printing nothing and saying which heights the node holds and how to start there;
+/// `--from earliest` prints the held heights in order from the earliest.
+#[test]
+fn subscribing_below_a_pruned_nodes_history_is_an_error_that_says_what_it_holds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (spec, data) = chain_with_history(dir.path(), "pruned", 3_000, 64);
+    let node = Node::start("pruned", &spec, &data, &args(&["--history-blocks", "500"]));
+    let earliest = node.status_u64("earliest_height").expect("earliest");
+    assert!(earliest > 2_000, "the node did not prune: earliest {earliest}");
+
+    let out = subscribe(&node, &dir.path().join("c1"), &[], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "subscribe from 0 succeeded:\n{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!("no blocks below height {earliest}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--from earliest"), "{stderr}");
+
+    let until = (earliest + 20).to_string();
+    let cursor = dir.path().join("c2");
+    let out = subscribe(
+        &node,
+        &cursor,
+        &["--from", "earliest", "--until", &until],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let heights = printed_heights(&String::from_utf8_lossy(&out.stdout));
+    let expected: Vec<_> = (earliest..=earliest + 20).map(Some).collect();
+    assert_eq!(heights, expected);
 }
