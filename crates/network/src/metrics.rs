@@ -53,6 +53,15 @@ pub struct KindLabels {
 /// The protocols with request series.
 const PROTOCOLS: [Protocol; 3] = [Protocol::Status, Protocol::BlocksByRange, Protocol::BlocksByRoot];
 
+/// The kinds of protocol violation that peers are charged for (`protocol_violations`).
+const VIOLATION_KINDS: [&str; 5] = [
+    "bad_request_frame",
+    "bad_response",
+    "bad_status",
+    "invalid_request",
+    "undecodable_gossip",
+];
+
 /// The outcomes of a gossiped block that `gossip_blocks` counts.
 const GOSSIP_OUTCOMES: [&str; 3] = ["received", "dropped", "undecodable"];
 
@@ -162,6 +171,9 @@ impl NetworkMetrics {
         for kind in GOSSIP_OUTCOMES {
             self.gossip.get_or_create(&KindLabels { kind }).inc_by(0);
         }
+        for kind in VIOLATION_KINDS {
+            self.violations.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
     }
 
     pub fn request(&self, direction: Direction, protocol: Protocol) {
@@ -250,6 +262,7 @@ mod tests {
             r#"syncnode_network_peers{state="banned"} 0"#,
             r#"syncnode_network_gossip_blocks_total{kind="received"} 0"#,
             r#"syncnode_network_gossip_blocks_total{kind="dropped"} 0"#,
+            r#"syncnode_network_protocol_violations_total{kind="bad_response"} 0"#,
             "syncnode_network_bans_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
