@@ -186,3 +186,16 @@ fn subscribing_below_a_pruned_nodes_history_is_an_error_that_says_what_it_holds(
     let expected: Vec<_> = (earliest..=earliest + 20).map(Some).collect();
     assert_eq!(heights, expected);
 }
+
+/// A node whose stderr is a file writes plain log lines, without terminal colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = write_spec(dir.path(), "plain", 1, &[]);
+    let node = Node::start("plain", &spec, &dir.path().join("node"), &[]);
+    let log = wait_for(Duration::from_secs(10), "a log line", || {
+        let text = std::fs::read_to_string(&node.log).ok()?;
+        (!text.is_empty()).then_some(text)
+    });
+    assert!(!log.contains('\x1b'), "colour codes in the log file:\n{log}");
+}

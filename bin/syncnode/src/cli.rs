@@ -8,7 +8,7 @@ pub use crate::run_config::RunArgs;
 
 /// syncnode: a libp2p peer-to-peer block sync node.
 #[derive(Debug, Parser)]
-#[command(name = "syncnode", version, about, propagate_version = true)]
+#[command(name = "syncnode", version, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogOptions,
@@ -221,6 +221,16 @@ mod tests {
         assert!(parse_http_addr("localhost").is_err(), "no port");
         let cli = Cli::try_parse_from(["syncnode", "status", "--http", "localhost:8001"]).expect("parses");
         assert!(matches!(cli.command, Command::Status(a) if a.http.port() == 8001));
+    }
+
+    #[test]
+    fn the_help_opens_with_what_syncnode_is() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        assert_eq!(
+            help.lines().next(),
+            Some("syncnode: a libp2p peer-to-peer block sync node")
+        );
     }
 
     #[test]
