@@ -69,10 +69,15 @@ fn doc_metrics(docs: &[(String, String)]) -> BTreeSet<(String, String)> {
 fn doc_flags(docs: &[(String, String)]) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for (path, text) in docs {
-        // Lines of other tools' command lines (`cargo build --release`) name their flags.
+        // Cargo's command lines (`cargo build --release`, up to the closing backtick) name its flags.
         let ours: String = text
             .lines()
-            .filter(|l| !l.trim_start().starts_with("cargo "))
+            .map(|l| match l.split_once("cargo ") {
+                Some((before, after)) => {
+                    format!("{before}{}", after.split_once('`').map_or("", |(_, rest)| rest))
+                }
+                None => l.to_owned(),
+            })
             .collect::<Vec<_>>()
             .join("\n");
         for word in words_from(&ours, "--") {
