@@ -199,3 +199,49 @@ fn logs_to_a_file_have_no_colour_codes() {
     });
     assert!(!log.contains('\x1b'), "colour codes in the log file:\n{log}");
 }
+
+/// `run --print-config` prints only settings the node would run with (an invalid one is an error,
+/// exit 2), names the unset ones, and a flag turns off what the config file turns on.
+#[test]
+fn print_config_checks_the_settings_and_flags_override_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = write_spec(dir.path(), "config", 1, &[]);
+    let file = dir.path().join("node.toml");
+    let toml = format!(
+        "chain = {:?}\ndata-dir = {:?}\nmdns = true\nproduce = true\ndev-key = 0\n",
+        path_str(&spec),
+        path_str(&dir.path().join("node"))
+    );
+    std::fs::write(&file, toml).expect("write config");
+    let config = path_str(&file);
+    let out = syncnode(&[
+        "run",
+        "--config",
+        config,
+        "--batch-size",
+        "5000",
+        "--print-config",
+    ])
+    .output()
+    .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "printed an invalid config");
+    assert!(
+        stderr.contains("batch_size must be between 1 and 1024"),
+        "{stderr}"
+    );
+
+    let out = run_ok(&[
+        "run",
+        "--config",
+        config,
+        "--mdns=false",
+        "--produce=false",
+        "--print-config",
+    ]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("mdns = false"), "{printed}");
+    assert!(printed.contains("produce = false"), "{printed}");
+    assert!(printed.contains("# http: unset"), "{printed}");
+}
