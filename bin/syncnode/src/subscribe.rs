@@ -81,8 +81,9 @@ pub fn subscribe(args: SubscribeArgs) -> anyhow::Result<ExitCode> {
             }
             // The node pruned past its earliest height between /status and the stream.
             Ok(Outcome::Refused(why)) if cursor.is_none() && args.from == Some(Start::Earliest) => {
-                tracing::info!("{why}; asking for the earliest height again");
+                tracing::info!("{why}; asking for the earliest height again in {backoff:?}");
                 std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Ok(Outcome::Refused(why)) => {
                 let hint = match cursor {
