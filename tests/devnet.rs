@@ -44,3 +44,31 @@ fn devnet_runs_to_completion_and_cleans_up() {
         String::from_utf8_lossy(&leftover.stdout)
     );
 }
+
+/// A devnet that fails keeps its temporary directory, which its error message points into.
+#[test]
+fn a_failed_devnet_keeps_the_directory_its_error_points_into() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = syncnode(&[
+        "devnet",
+        "--blocks",
+        "5000",
+        "--nodes",
+        "1",
+        "--timeout-secs",
+        "0",
+    ])
+    .env("TMPDIR", tmp.path())
+    .output()
+    .expect("spawn devnet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a devnet with no time finished:\n{stderr}");
+    let root = stderr
+        .split("logs in ")
+        .nth(1)
+        .map(|rest| rest.trim())
+        .unwrap_or_else(|| panic!("the error names no directory:\n{stderr}"));
+    let log = std::path::Path::new(root).join("node1.log");
+    assert!(log.is_file(), "{} is gone:\n{stderr}", log.display());
+    assert!(root.starts_with(path_str(tmp.path())), "{root}");
+}

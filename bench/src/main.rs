@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cgroup;
 mod limits;
 mod proc;
 mod report;
@@ -32,6 +33,9 @@ struct Args {
     /// Smaller sizes (under 3 minutes).
     #[arg(long)]
     quick: bool,
+    /// Only section 7: 5,000,000 blocks synced inside a 256 MiB memory cgroup.
+    #[arg(long, conflicts_with = "quick")]
+    cgroup_only: bool,
     /// The release `syncnode` binary.
     #[arg(long, default_value = "target/release/syncnode")]
     bin: PathBuf,
@@ -101,7 +105,7 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
 
     // One spec for every chain: four authorities, history ending an hour before now.
-    let genesis_ms = (now_s()? - sizes.mem_big.max(sizes.a) - 3600) * 1000;
+    let genesis_ms = (now_s()? - sizes.mem_big.max(sizes.a).max(cgroup::CGROUP_BLOCKS) - 3600) * 1000;
     let spec_json = env.run_ok(&[
         "chain",
         "spec",
@@ -126,6 +130,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
     let mut plots: Vec<(String, Vec<(f64, u64)>)> = Vec::new();
+    if args.cgroup_only {
+        cgroup::section(&bench, &mut rows, &mut plots)?;
+        return write_report(&args, &rows, &plots, &load_before, started);
+    }
 
     // 1. Limits, on the blocks of chains (a) and (b).
     eprintln!("generating chains (a) and (b)");
@@ -309,6 +317,22 @@ fn main() -> anyhow::Result<()> {
     );
     remove_chain(&a);
 
+    // 7: the largest chain inside a memory limit (full mode only).
+    if !args.quick {
+        cgroup::section(&bench, &mut rows, &mut plots)?;
+    }
+
+    write_report(&args, &rows, &plots, &load_before, started)
+}
+
+/// The table on stdout and in `OUT/results.md`, the plot in `OUT/sync.png`.
+fn write_report(
+    args: &Args,
+    rows: &[Row],
+    plots: &[(String, Vec<(f64, u64)>)],
+    load_before: &str,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
     let heading = format!(
         "## syncnode-bench{} — {}\n\n{}; load average {} at start, {} at end; {:.0} s",
         if args.quick { " --quick" } else { "" },
@@ -318,10 +342,10 @@ fn main() -> anyhow::Result<()> {
         loadavg(),
         started.elapsed().as_secs_f64()
     );
-    let table = report::markdown(&heading, &rows, args.quick);
+    let table = report::markdown(&heading, rows, args.quick);
     println!("{table}");
     std::fs::write(args.out.join("results.md"), &table)?;
-    report::plot(&args.out.join("sync.png"), &plots).context("drawing the plot")?;
+    report::plot(&args.out.join("sync.png"), plots).context("drawing the plot")?;
     eprintln!(
         "wrote {} and {}",
         args.out.join("results.md").display(),

@@ -63,11 +63,35 @@ impl NodeProc {
         data_dir: &Path,
         extra: &[String],
     ) -> anyhow::Result<NodeProc> {
+        NodeProc::start_in(env, name, spec, data_dir, extra, None)
+    }
+
+    /// [`NodeProc::start`], the process first moved into the cgroup whose `cgroup.procs` file is
+    /// `procs` (by a shell that writes its own pid there and then executes the node), so that
+    /// everything the node allocates is charged to it.
+    pub fn start_in(
+        env: &Env,
+        name: &str,
+        spec: &Path,
+        data_dir: &Path,
+        extra: &[String],
+        procs: Option<&Path>,
+    ) -> anyhow::Result<NodeProc> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let p2p_port = free_port()?;
         let log = std::fs::File::create(env.logs.join(format!("{name}.log")))?;
         let started = Instant::now();
-        let child = Command::new(&env.bin)
+        let mut command = match procs {
+            None => Command::new(&env.bin),
+            Some(procs) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .arg(&env.bin);
+                sh
+            }
+        };
+        let child = command
             .args(["--log-level", "warn", "run", "--chain"])
             .arg(spec)
             .arg("--data-dir")
@@ -185,6 +209,8 @@ pub struct Run {
     pub seconds: f64,
     pub blocks: u64,
     pub peak_rss: u64,
+    /// The most resident anonymous memory seen while polling, in bytes.
+    pub peak_anon_rss: u64,
     /// Resident anonymous and file-backed memory when the run ended, in bytes.
     pub anon_rss: u64,
     pub file_rss: u64,
@@ -227,8 +253,11 @@ pub fn follow(
     let start = Instant::now();
     let cpu0 = node.cpu_seconds().unwrap_or(0.0);
     let mut samples = Vec::new();
+    let mut peak_anon_rss = 0;
     loop {
         let t = start.elapsed().as_secs_f64();
+        let anon = proc_status_kib(node.child.id(), "RssAnon:").unwrap_or(0) * 1024;
+        peak_anon_rss = peak_anon_rss.max(anon);
         if let Some(s) = node.status() {
             samples.push((t, s["head_height"].as_u64().unwrap_or(0)));
             if done(&s) {
@@ -237,7 +266,8 @@ pub fn follow(
                     seconds: t,
                     blocks,
                     peak_rss: node.peak_rss().unwrap_or(0),
-                    anon_rss: proc_status_kib(node.child.id(), "RssAnon:").unwrap_or(0) * 1024,
+                    peak_anon_rss,
+                    anon_rss: anon,
                     file_rss: proc_status_kib(node.child.id(), "RssFile:").unwrap_or(0) * 1024,
                     cpu_seconds: node.cpu_seconds().unwrap_or(0.0) - cpu0,
                 });

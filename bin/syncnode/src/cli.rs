@@ -8,7 +8,7 @@ pub use crate::run_config::RunArgs;
 
 /// syncnode: a libp2p peer-to-peer block sync node.
 #[derive(Debug, Parser)]
-#[command(name = "syncnode", version, about, propagate_version = true)]
+#[command(name = "syncnode", version, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogOptions,
@@ -52,24 +52,58 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct SubscribeArgs {
-    /// The node's HTTP API address (its --http).
-    #[arg(long)]
+    /// The node's HTTP API address (its --http), HOST:PORT.
+    #[arg(long, value_parser = parse_http_addr)]
     pub http: std::net::SocketAddr,
     /// File holding the last height printed; the next run continues after it.
     #[arg(long)]
     pub cursor_file: PathBuf,
-    /// First height when the cursor file does not exist yet [default: 0].
-    #[arg(long)]
-    pub from: Option<u64>,
+    /// First height when the cursor file does not exist yet, or `earliest` for the lowest height
+    /// the node holds above genesis (a pruned node refuses a start below it) [default: 0].
+    #[arg(long, value_name = "HEIGHT|earliest", value_parser = parse_start)]
+    pub from: Option<Start>,
     /// Exit 0 after printing this height.
     #[arg(long)]
     pub until: Option<u64>,
 }
 
+/// Where a subscription without a cursor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Height(u64),
+    /// The node's `earliest_height` when the stream opens.
+    Earliest,
+}
+
+fn parse_start(text: &str) -> Result<Start, String> {
+    if text == "earliest" {
+        return Ok(Start::Earliest);
+    }
+    text.parse()
+        .map(Start::Height)
+        .map_err(|_| format!("`{text}` is neither a height nor `earliest`"))
+}
+
+/// `HOST:PORT` of a node's HTTP API, resolved once; of several addresses, the first IPv4 one
+/// (`localhost` is 127.0.0.1 where nodes listen, not ::1).
+pub fn parse_http_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not HOST:PORT that resolves: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The node's HTTP API address (its --http).
-    #[arg(long)]
+    /// The node's HTTP API address (its --http), HOST:PORT.
+    #[arg(long, value_parser = parse_http_addr)]
     pub http: std::net::SocketAddr,
     /// Print JSON ({"status": ..., "peers": [...]}) instead of a table.
     #[arg(long)]
@@ -120,7 +154,8 @@ pub struct SpecArgs {
     /// Blocks below the head before a block is final.
     #[arg(long, default_value_t = 32)]
     pub finality_depth: u64,
-    /// Genesis time in ms since the Unix epoch [default: now, rounded down to the second].
+    /// Genesis time in ms since the Unix epoch [default: 10,000,000 slots before now, rounded
+    /// down to the second, so that generated history lies in the past].
     #[arg(long)]
     pub genesis_timestamp_ms: Option<u64>,
 }
@@ -169,4 +204,39 @@ pub struct ExportArgs {
     /// Last height, inclusive [default: the head].
     #[arg(long)]
     pub to: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_addresses_take_host_names() {
+        let local = parse_http_addr("localhost:8000").expect("localhost");
+        assert_eq!(local, "127.0.0.1:8000".parse().expect("addr"));
+        assert_eq!(
+            parse_http_addr("127.0.0.1:9").expect("ip"),
+            "127.0.0.1:9".parse().expect("addr")
+        );
+        assert!(parse_http_addr("localhost").is_err(), "no port");
+        let cli = Cli::try_parse_from(["syncnode", "status", "--http", "localhost:8001"]).expect("parses");
+        assert!(matches!(cli.command, Command::Status(a) if a.http.port() == 8001));
+    }
+
+    #[test]
+    fn the_help_opens_with_what_syncnode_is() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        assert_eq!(
+            help.lines().next(),
+            Some("syncnode: a libp2p peer-to-peer block sync node")
+        );
+    }
+
+    #[test]
+    fn a_subscription_starts_at_a_height_or_the_earliest() {
+        assert_eq!(parse_start("12"), Ok(Start::Height(12)));
+        assert_eq!(parse_start("earliest"), Ok(Start::Earliest));
+        assert!(parse_start("latest").is_err());
+    }
 }

@@ -136,10 +136,11 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&root)?;
     let result = run_devnet(&args, &root);
-    if !keep_dir {
-        let _ = std::fs::remove_dir_all(&root);
-    } else {
+    // A failure's message points into the directory (the nodes' logs): keep it then.
+    if keep_dir || result.is_err() {
         println!("data and logs kept in {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
     }
     result
 }
@@ -155,6 +156,42 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
     ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
     let tty = std::io::stdout().is_terminal();
+    let (spec, spec_path) = write_spec(args, root)?;
+    let started = Instant::now();
+    generate_history(args, &spec, &root.join("producer"))?;
+    println!(
+        "devnet: generated {} blocks of {} bytes in {:.1} s",
+        args.blocks,
+        args.payload_bytes,
+        started.elapsed().as_secs_f64()
+    );
+    let bars = if tty {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
+    let (mut members, checkpoint_height) = start_members(args, &spec_path, root, &bars)?;
+    let finished = watch(args, root, &mut members, checkpoint_height, tty)?;
+    if !finished {
+        println!("devnet: interrupted; stopping the nodes");
+        for m in members.iter_mut().rev() {
+            m.stop();
+        }
+        return Ok(ExitCode::from(130));
+    }
+    for m in &members {
+        m.bar.finish();
+    }
+    print_summary(&members, args.blocks);
+    for m in members.iter_mut().rev() {
+        m.stop();
+    }
+    println!("devnet: all nodes stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A one-authority spec whose generated history ends a few seconds before now, in `root/spec.json`.
+fn write_spec(args: &DevnetArgs, root: &Path) -> anyhow::Result<(ChainSpec, std::path::PathBuf)> {
     let now_ms = crate::chain::now_ms()?;
     let slot_ms = 1000;
     let genesis_ms = (now_ms / 1000).saturating_sub(args.blocks + 5) * 1000;
@@ -167,49 +204,47 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
         spec.genesis_hash(),
         root.display()
     );
+    Ok((spec, spec_path))
+}
 
-    let producer_dir = root.join("producer");
-    let started = Instant::now();
-    {
-        let (store, _) = BlockStore::open(&producer_dir, &spec)?;
-        let dev = DevChain::new(&spec)?;
-        let mut parent = spec.genesis().header;
-        let bar = crate::progress::bar(args.blocks, "history");
-        let mut done = store.head().height;
-        while done < args.blocks {
-            let n = 4096.min(args.blocks - done);
-            let blocks = crate::chain::build_blocks(&dev, &parent, n, args.payload_bytes as usize);
-            store.import_blocks(&blocks)?;
-            parent = blocks[blocks.len() - 1].header;
-            done += n;
-            bar.set_position(done);
-        }
-        bar.finish_and_clear();
+/// The producer's store with `args.blocks` blocks of history (kept from an earlier run).
+fn generate_history(args: &DevnetArgs, spec: &ChainSpec, dir: &Path) -> anyhow::Result<()> {
+    let (store, _) = BlockStore::open(dir, spec)?;
+    let dev = DevChain::new(spec)?;
+    let mut parent = spec.genesis().header;
+    let bar = crate::progress::bar(args.blocks, "history");
+    let mut done = store.head().height;
+    while done < args.blocks {
+        let n = 4096.min(args.blocks - done);
+        let blocks = crate::chain::build_blocks(&dev, &parent, n, args.payload_bytes as usize);
+        store.import_blocks(&blocks)?;
+        parent = blocks[blocks.len() - 1].header;
+        done += n;
+        bar.set_position(done);
     }
-    println!(
-        "devnet: generated {} blocks of {} bytes in {:.1} s",
-        args.blocks,
-        args.payload_bytes,
-        started.elapsed().as_secs_f64()
-    );
+    bar.finish_and_clear();
+    Ok(())
+}
 
-    let bars = if tty {
-        MultiProgress::new()
-    } else {
-        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-    };
+/// The producer, the nodes syncing from genesis and the checkpoint node (the last, if more than
+/// one); returns them and the checkpoint height.
+fn start_members(
+    args: &DevnetArgs,
+    spec_path: &Path,
+    root: &Path,
+    bars: &MultiProgress,
+) -> anyhow::Result<(Vec<Member>, u64)> {
     let payload = args.payload_bytes.to_string();
     let mut members = Vec::new();
     let producer_args = ["--produce", "--dev-key", "0", "--payload-bytes", &payload].map(String::from);
     members.push(spawn_node(
         "producer",
         "producer",
-        &spec_path,
+        spec_path,
         root,
         &producer_args,
-        &bars,
+        bars,
     )?);
-    let boot = vec!["--bootnode".to_string(), members[0].p2p.clone()];
     let checkpoint_height = args.blocks.saturating_sub(args.blocks / 50).max(1);
     let checkpoint_hash = get_json(members[0].http, &format!("/blocks/{checkpoint_height}"))?["hash"]
         .as_str()
@@ -218,8 +253,8 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
     let syncing = args.nodes.max(1);
     for i in 0..syncing {
         let last = i + 1 == syncing && syncing > 1;
-        let mut extra = boot.clone();
-        for m in members.iter().skip(1) {
+        let mut extra = Vec::new();
+        for m in &members {
             extra.extend(["--bootnode".to_string(), m.p2p.clone()]);
         }
         let (name, role) = if last {
@@ -231,13 +266,24 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
         } else {
             (format!("node{}", i + 1), "from genesis")
         };
-        members.push(spawn_node(&name, role, &spec_path, root, &extra, &bars)?);
+        members.push(spawn_node(&name, role, spec_path, root, &extra, bars)?);
     }
     println!(
         "devnet: {} nodes running; checkpoint {checkpoint_height}:{checkpoint_hash}",
         members.len()
     );
+    Ok((members, checkpoint_height))
+}
 
+/// Shows progress until every node is synced with full history (true), or Ctrl-C (false); an
+/// error when a node exits or the timeout passes.
+fn watch(
+    args: &DevnetArgs,
+    root: &Path,
+    members: &mut [Member],
+    checkpoint_height: u64,
+    tty: bool,
+) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut last_line = Instant::now();
     let mut rates: Vec<HeadRate> = members.iter().map(|_| HeadRate::default()).collect();
@@ -246,66 +292,24 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
             .status()
             .and_then(|s| s["head_height"].as_u64())
             .unwrap_or(args.blocks);
+        let print_line = !tty && last_line.elapsed() >= Duration::from_secs(2);
         let mut all_done = true;
         for (i, m) in members.iter_mut().enumerate() {
-            let Some(s) = m.status() else {
-                all_done = false;
-                if let Ok(Some(code)) = m.child.try_wait() {
-                    anyhow::bail!(
-                        "node {} exited with {code}; see {}/{}.log",
-                        m.name,
-                        root.display(),
-                        m.name
-                    );
-                }
-                continue;
+            let view = View {
+                target,
+                checkpoint_height,
+                print_line,
             };
-            let head = s["head_height"].as_u64().unwrap_or(0);
-            let earliest = s["earliest_height"].as_u64().unwrap_or(0);
-            let state = s["sync_state"].as_str().unwrap_or("?").to_owned();
-            let peers = s["peers"].as_u64().unwrap_or(0);
-            if m.start_height == 0
-                && head > 0
-                && i > 0
-                && m.done_after.is_none()
-                && m.role == "checkpoint+backfill"
-            {
-                m.start_height = checkpoint_height;
-            }
-            let rate = rates[i].observe(Instant::now(), head);
-            let done = i == 0
-                || (state == "synced"
-                    && head >= args.blocks
-                    && earliest == 0
-                    && s["backfill_complete"] == true);
-            if done && m.done_after.is_none() && i > 0 {
-                m.done_after = Some(m.started.elapsed());
-            }
-            all_done &= done;
-            m.bar.set_length(target.max(1));
-            m.bar.set_position(head);
-            m.bar.set_message(format!(
-                "earliest {earliest:>6} {state:<11} peers {peers} {rate:>8.0} blocks/s"
-            ));
-            if !tty && last_line.elapsed() >= Duration::from_secs(2) {
-                println!(
-                    "{:>10} head {head:>7}/{target} earliest {earliest:>6} {state:<11} peers {peers} {rate:>8.0} blocks/s",
-                    m.name
-                );
-            }
+            all_done &= observe(m, i == 0, &mut rates[i], args, root, &view)?;
         }
-        if !tty && last_line.elapsed() >= Duration::from_secs(2) {
+        if print_line {
             last_line = Instant::now();
         }
         if interrupted() {
-            println!("devnet: interrupted; stopping the nodes");
-            for m in members.iter_mut().rev() {
-                m.stop();
-            }
-            return Ok(ExitCode::from(130));
+            return Ok(false);
         }
         if all_done && !args.keep_running {
-            break;
+            return Ok(true);
         }
         anyhow::ensure!(
             args.keep_running || Instant::now() < deadline,
@@ -315,15 +319,60 @@ fn run_devnet(args: &DevnetArgs, root: &Path) -> anyhow::Result<ExitCode> {
         );
         std::thread::sleep(Duration::from_millis(if tty { 200 } else { 500 }));
     }
-    for m in &members {
-        m.bar.finish();
+}
+
+/// What one round of [`watch`] shows every member against.
+struct View {
+    target: u64,
+    checkpoint_height: u64,
+    print_line: bool,
+}
+
+/// Reads one member's status and shows it; whether it is done (the producer always is).
+fn observe(
+    m: &mut Member,
+    producer: bool,
+    rate: &mut HeadRate,
+    args: &DevnetArgs,
+    root: &Path,
+    view: &View,
+) -> anyhow::Result<bool> {
+    let Some(s) = m.status() else {
+        if let Ok(Some(code)) = m.child.try_wait() {
+            anyhow::bail!(
+                "node {} exited with {code}; see {}/{}.log",
+                m.name,
+                root.display(),
+                m.name
+            );
+        }
+        return Ok(false);
+    };
+    let head = s["head_height"].as_u64().unwrap_or(0);
+    let earliest = s["earliest_height"].as_u64().unwrap_or(0);
+    let state = s["sync_state"].as_str().unwrap_or("?").to_owned();
+    let peers = s["peers"].as_u64().unwrap_or(0);
+    if m.start_height == 0 && head > 0 && m.done_after.is_none() && m.role == "checkpoint+backfill" {
+        m.start_height = view.checkpoint_height;
     }
-    print_summary(&members, args.blocks);
-    for m in members.iter_mut().rev() {
-        m.stop();
+    let rate = rate.observe(Instant::now(), head);
+    let done = producer
+        || (state == "synced" && head >= args.blocks && earliest == 0 && s["backfill_complete"] == true);
+    if done && m.done_after.is_none() && !producer {
+        m.done_after = Some(m.started.elapsed());
     }
-    println!("devnet: all nodes stopped");
-    Ok(ExitCode::SUCCESS)
+    m.bar.set_length(view.target.max(1));
+    m.bar.set_position(head);
+    m.bar.set_message(format!(
+        "earliest {earliest:>6} {state:<11} peers {peers} {rate:>8.0} blocks/s"
+    ));
+    if view.print_line {
+        println!(
+            "{:>10} head {head:>7}/{} earliest {earliest:>6} {state:<11} peers {peers} {rate:>8.0} blocks/s",
+            m.name, view.target
+        );
+    }
+    Ok(done)
 }
 
 fn print_summary(members: &[Member], blocks: u64) {

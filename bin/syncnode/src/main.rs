@@ -13,6 +13,8 @@ mod run_config;
 mod status;
 mod subscribe;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
@@ -45,8 +47,10 @@ fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
 fn init_logging(opts: &cli::LogOptions) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&opts.log_level));
+    // Colour only for a terminal: a log file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match opts.log_format {
         cli::LogFormat::Text => builder.init(),

@@ -31,10 +31,10 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     let mut network = NetworkConfig::new(Keypair::generate_ed25519(), Hash::ZERO);
     network.listen = parse_addrs("listen", &args.listen)?;
     network.bootnodes = parse_addrs("bootnode", &args.bootnodes)?;
-    network.mdns = args.mdns;
+    network.mdns = args.mdns == Some(true);
     network.max_peers = args.max_peers.unwrap_or(network.max_peers);
     network.serve_blocks_per_sec = args.serve_blocks_per_sec;
-    let producer = match (args.produce, args.dev_key) {
+    let producer = match (args.produce == Some(true), args.dev_key) {
         (true, Some(index)) => {
             let key = SigningKey::dev(index);
             if !spec.authorities.contains(&key.public_key()) {
@@ -60,13 +60,19 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         window_bytes: args
             .window_mib
             .map_or(defaults.window_bytes, |m| m.saturating_mul(1 << 20)),
+        backfill_window_batches: args
+            .backfill_window_batches
+            .unwrap_or(defaults.backfill_window_batches),
+        backfill_window_bytes: args
+            .backfill_window_mib
+            .map_or(defaults.backfill_window_bytes, |m| m.saturating_mul(1 << 20)),
         stall_after_ms: args
             .stall_after_secs
             .map_or(defaults.stall_after_ms, |s| s.saturating_mul(1000)),
         ..defaults
     };
     sync.validate()
-        .context("sync settings (batch-size, window-*, stall-after-secs)")?;
+        .context("sync settings (batch-size, window-*, backfill-window-*, stall-after-secs)")?;
     let checkpoint = match &args.checkpoint {
         Some(text) => Some(
             text.parse::<Checkpoint>()
@@ -89,11 +95,12 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let args = args.resolved()?;
+    // Checked before printing too: --print-config shows only settings the node would run with.
+    let config = node_config(&args)?;
     if args.print_config {
         print!("{}", args.to_toml()?);
         return Ok(ExitCode::SUCCESS);
     }
-    let config = node_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = async {

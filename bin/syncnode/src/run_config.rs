@@ -40,20 +40,20 @@ pub struct RunArgs {
     /// Address of the HTTP API (e.g. 127.0.0.1:8080); off when absent.
     #[arg(long)]
     pub http: Option<SocketAddr>,
-    /// Produce blocks in the slots where --dev-key is the scheduled authority.
-    #[arg(long)]
-    #[serde(default)]
-    pub produce: bool,
+    /// Produce blocks in the slots where --dev-key is the scheduled authority (`--produce=false`
+    /// turns off `produce = true` of the config file).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub produce: Option<bool>,
     /// Index of the development key to produce with.
     #[arg(long)]
     pub dev_key: Option<u32>,
     /// Payload size of produced blocks in bytes [default: 1024].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     pub payload_bytes: Option<u64>,
-    /// Discover peers on the local network by mDNS.
-    #[arg(long)]
-    #[serde(default)]
-    pub mdns: bool,
+    /// Discover peers on the local network by mDNS (`--mdns=false` turns off `mdns = true` of
+    /// the config file).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub mdns: Option<bool>,
     /// Most peers connected at once [default: 50].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_peers: Option<u32>,
@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// Most bytes of blocks downloaded ahead of import, in MiB [default: 64].
     #[arg(long)]
     pub window_mib: Option<usize>,
+    /// Most backfill batches downloaded ahead of import [default: 4].
+    #[arg(long)]
+    pub backfill_window_batches: Option<usize>,
+    /// Most bytes of backfill blocks downloaded ahead of import, in MiB [default: 32].
+    #[arg(long)]
+    pub backfill_window_mib: Option<usize>,
     /// Seconds without progress, while peers are ahead, before the state is `stalled` [default: 60].
     #[arg(long)]
     pub stall_after_secs: Option<u64>,
@@ -103,10 +109,10 @@ impl RunArgs {
                 self.bootnodes
             },
             http: self.http.or(file.http),
-            produce: self.produce || file.produce,
+            produce: self.produce.or(file.produce),
             dev_key: self.dev_key.or(file.dev_key),
             payload_bytes: self.payload_bytes.or(file.payload_bytes),
-            mdns: self.mdns || file.mdns,
+            mdns: self.mdns.or(file.mdns),
             max_peers: self.max_peers.or(file.max_peers),
             serve_blocks_per_sec: self.serve_blocks_per_sec.or(file.serve_blocks_per_sec),
             checkpoint: self.checkpoint.or(file.checkpoint),
@@ -114,6 +120,8 @@ impl RunArgs {
             batch_size: self.batch_size.or(file.batch_size),
             window_batches: self.window_batches.or(file.window_batches),
             window_mib: self.window_mib.or(file.window_mib),
+            backfill_window_batches: self.backfill_window_batches.or(file.backfill_window_batches),
+            backfill_window_mib: self.backfill_window_mib.or(file.backfill_window_mib),
             stall_after_secs: self.stall_after_secs.or(file.stall_after_secs),
         }
     }
@@ -141,11 +149,15 @@ impl RunArgs {
             } else {
                 merged.listen
             },
+            produce: Some(merged.produce.unwrap_or(false)),
+            mdns: Some(merged.mdns.unwrap_or(false)),
             payload_bytes: Some(merged.payload_bytes.unwrap_or(1024)),
             max_peers: Some(merged.max_peers.unwrap_or(50)),
             batch_size: Some(merged.batch_size.unwrap_or(512)),
             window_batches: Some(merged.window_batches.unwrap_or(16)),
             window_mib: Some(merged.window_mib.unwrap_or(64)),
+            backfill_window_batches: Some(merged.backfill_window_batches.unwrap_or(4)),
+            backfill_window_mib: Some(merged.backfill_window_mib.unwrap_or(32)),
             stall_after_secs: Some(merged.stall_after_secs.unwrap_or(60)),
             ..merged
         };
@@ -157,7 +169,10 @@ impl RunArgs {
             r.data_dir.is_some(),
             "--data-dir (or `data-dir` in the config file) is required"
         );
-        anyhow::ensure!(!r.produce || r.dev_key.is_some(), "--produce needs --dev-key");
+        anyhow::ensure!(
+            r.produce != Some(true) || r.dev_key.is_some(),
+            "--produce needs --dev-key"
+        );
         anyhow::ensure!(
             r.payload_bytes.is_some_and(|b| b <= 1_048_576),
             "payload-bytes must be at most 1048576"
@@ -169,9 +184,37 @@ impl RunArgs {
         Ok(r)
     }
 
-    /// The settings as TOML.
+    /// The settings as TOML, then each setting left unset as a comment saying what that means.
     pub fn to_toml(&self) -> anyhow::Result<String> {
-        Ok(toml::to_string(self)?)
+        let mut text = toml::to_string(self)?;
+        let unset = [
+            (self.http.is_none(), "http", "the HTTP API is off"),
+            (self.dev_key.is_none(), "dev-key", "no key to produce with"),
+            (
+                self.serve_blocks_per_sec.is_none(),
+                "serve-blocks-per-sec",
+                "no cap on blocks served",
+            ),
+            (
+                self.checkpoint.is_none(),
+                "checkpoint",
+                "the node starts from genesis",
+            ),
+            (
+                self.history_blocks.is_none(),
+                "history-blocks",
+                "all history is kept",
+            ),
+            (
+                self.bootnodes.is_empty(),
+                "bootnode",
+                "no peer is dialled at start",
+            ),
+        ];
+        for (_, key, meaning) in unset.iter().filter(|(is_unset, _, _)| *is_unset) {
+            text.push_str(&format!("# {key}: unset ({meaning})\n"));
+        }
+        Ok(text)
     }
 }
 
@@ -200,7 +243,7 @@ mod tests {
             "a flag overrides the file"
         );
         assert_eq!(r.max_peers, Some(7));
-        assert!(r.mdns);
+        assert_eq!(r.mdns, Some(true));
         assert_eq!(r.bootnodes, vec!["/ip4/127.0.0.1/tcp/1".to_string()]);
         assert_eq!(r.batch_size, Some(512), "defaults fill the rest");
         // What --print-config prints reads back to the same settings.
@@ -229,5 +272,51 @@ mod tests {
         assert!(format!("{err:#}").contains("chian"), "{err:#}");
         let err = RunArgs::default().resolved().expect_err("no chain");
         assert!(err.to_string().contains("--chain"));
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn run_args(flags: &[&str]) -> super::RunArgs {
+        let cli = Cli::try_parse_from(["syncnode", "run"].iter().chain(flags)).expect("parses");
+        match cli.command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flag_turns_off_what_the_file_turns_on() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("node.toml");
+        let file = "chain = \"s.json\"\ndata-dir = \"d\"\nmdns = true\nproduce = true\ndev-key = 0\n";
+        std::fs::write(&path, file).expect("write");
+        let config = path.to_str().expect("utf-8");
+        let r = run_args(&["--config", config]).resolved().expect("resolves");
+        assert_eq!((r.mdns, r.produce), (Some(true), Some(true)));
+        let r = run_args(&["--config", config, "--mdns=false", "--produce=false"])
+            .resolved()
+            .expect("resolves");
+        assert_eq!((r.mdns, r.produce), (Some(false), Some(false)));
+        let r = run_args(&["--chain", "s.json", "--data-dir", "d", "--mdns"])
+            .resolved()
+            .expect("resolves");
+        assert_eq!((r.mdns, r.produce), (Some(true), Some(false)));
+    }
+
+    #[test]
+    fn print_config_names_what_is_unset() {
+        let r = run_args(&["--chain", "s.json", "--data-dir", "d", "--history-blocks", "9"])
+            .resolved()
+            .expect("resolves");
+        let text = r.to_toml().expect("toml");
+        assert!(text.contains("backfill-window-batches = 4"), "{text}");
+        assert!(text.contains("mdns = false"), "{text}");
+        assert!(text.contains("# http: unset (the HTTP API is off)"), "{text}");
+        assert!(!text.contains("# history-blocks"), "{text}");
     }
 }

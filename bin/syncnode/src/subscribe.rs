@@ -6,9 +6,10 @@
 //! continues from the height after the cursor: every height is printed, in order, and a height is
 //! printed twice only when the previous run stopped between printing it and recording it. A reorg
 //! prints `{"reorg":{"rewind_to":H}}` and moves the cursor back to H. When the node goes away it
-//! reconnects, backing off, until it is stopped (or `--until` is reached).
+//! reconnects, backing off, until it is stopped (or `--until` is reached). A start the node refuses
+//! for good (a pruned node's history below its floor) ends it with the node's reason, non-zero.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::SubscribeArgs;
+use crate::cli::{Start, SubscribeArgs};
+use crate::http_client::get_json;
 
 fn read_cursor(path: &Path) -> anyhow::Result<Option<u64>> {
     match std::fs::read_to_string(path) {
@@ -45,23 +47,53 @@ enum Outcome {
     Done,
     /// The stream ended or failed; reconnect.
     Reconnect(String),
+    /// The node refuses this start for good (a 4xx answer): its reason.
+    Refused(String),
+}
+
+/// The height to stream from: after the cursor, else `--from`.
+fn start_height(args: &SubscribeArgs, cursor: Option<u64>) -> anyhow::Result<u64> {
+    Ok(match (cursor, args.from) {
+        (Some(h), _) => h + 1,
+        (None, Some(Start::Height(h))) => h,
+        (None, None) => 0,
+        (None, Some(Start::Earliest)) => get_json(args.http, "/status")?["earliest_height"]
+            .as_u64()
+            .context("/status has no earliest_height")?,
+    })
 }
 
 pub fn subscribe(args: SubscribeArgs) -> anyhow::Result<ExitCode> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let start = match read_cursor(&args.cursor_file)? {
-            Some(h) => h + 1,
-            None => args.from.unwrap_or(0),
-        };
-        if args.until.is_some_and(|u| start > u) {
-            return Ok(ExitCode::SUCCESS);
-        }
-        match stream_once(&args, start) {
+        let cursor = read_cursor(&args.cursor_file)?;
+        let outcome = start_height(&args, cursor).and_then(|start| {
+            if args.until.is_some_and(|u| start > u) {
+                return Ok(Outcome::Done);
+            }
+            stream_once(&args, start).map_err(|e| e.context(format!("streaming from {start}")))
+        });
+        match outcome {
             Ok(Outcome::Done) => return Ok(ExitCode::SUCCESS),
             Ok(Outcome::Reconnect(why)) => {
                 tracing::info!("stream ended ({why}); reconnecting");
                 backoff = Duration::from_millis(200);
+            }
+            // The node pruned past its earliest height between /status and the stream.
+            Ok(Outcome::Refused(why)) if cursor.is_none() && args.from == Some(Start::Earliest) => {
+                tracing::info!("{why}; asking for the earliest height again in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Ok(Outcome::Refused(why)) => {
+                let hint = match cursor {
+                    Some(h) => format!(
+                        "the cursor file {} says {h} was printed last; the node no longer holds what follows",
+                        args.cursor_file.display()
+                    ),
+                    None => "`--from earliest` starts at the lowest height it holds".to_owned(),
+                };
+                anyhow::bail!("the node at {} refuses the stream: {why}\n({hint})", args.http);
             }
             Err(e) => {
                 tracing::info!("cannot stream from {}: {e:#}; retrying in {backoff:?}", args.http);
@@ -71,6 +103,9 @@ pub fn subscribe(args: SubscribeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// Most bytes of a refusal's body read.
+const MAX_REFUSAL_BYTES: u64 = 4096;
 
 fn stream_once(args: &SubscribeArgs, start: u64) -> anyhow::Result<Outcome> {
     let mut stream = TcpStream::connect_timeout(&args.http, Duration::from_secs(2))?;
@@ -83,17 +118,22 @@ fn stream_once(args: &SubscribeArgs, start: u64) -> anyhow::Result<Outcome> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    anyhow::ensure!(
-        line.split_whitespace().nth(1) == Some("200"),
-        "stream answered {}",
-        line.trim()
-    );
+    let code = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let status_line = line.trim().to_owned();
     loop {
         line.clear();
         anyhow::ensure!(reader.read_line(&mut line)? > 0, "stream closed in its headers");
         if line.trim().is_empty() {
             break;
         }
+    }
+    if code != "200" {
+        let mut body = String::new();
+        let _ = reader.take(MAX_REFUSAL_BYTES).read_to_string(&mut body);
+        if code.starts_with('4') {
+            return Ok(Outcome::Refused(body.trim().to_owned()));
+        }
+        anyhow::bail!("stream answered {status_line}: {}", body.trim());
     }
     let stdout = std::io::stdout();
     let mut next = start;

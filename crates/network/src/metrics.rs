@@ -50,6 +50,21 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// The protocols with request series.
+const PROTOCOLS: [Protocol; 3] = [Protocol::Status, Protocol::BlocksByRange, Protocol::BlocksByRoot];
+
+/// The kinds of protocol violation that peers are charged for (`protocol_violations`).
+const VIOLATION_KINDS: [&str; 5] = [
+    "bad_request_frame",
+    "bad_response",
+    "bad_status",
+    "invalid_request",
+    "undecodable_gossip",
+];
+
+/// The outcomes of a gossiped block that `gossip_blocks` counts.
+const GOSSIP_OUTCOMES: [&str; 3] = ["received", "dropped", "undecodable"];
+
 type HistogramFamily = Family<ProtocolLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -125,7 +140,40 @@ impl NetworkMetrics {
             "Gossiped blocks received, by outcome",
             m.gossip.clone(),
         );
+        m.create_known_series();
         m
+    }
+
+    /// Creates every series whose labels are known in advance, at zero, so that `/metrics`
+    /// shows them from the start rather than after their first event.
+    fn create_known_series(&self) {
+        for protocol in PROTOCOLS.map(Protocol::label) {
+            for direction in [Direction::Inbound, Direction::Outbound] {
+                self.requests
+                    .get_or_create(&RequestLabels { direction, protocol })
+                    .inc_by(0);
+                let code = "ok";
+                self.responses
+                    .get_or_create(&ResponseLabels {
+                        direction,
+                        protocol,
+                        code,
+                    })
+                    .inc_by(0);
+            }
+            // A histogram series appears when created; the guard is released at once.
+            let _ = self.latency.get_or_create(&ProtocolLabels { protocol });
+            self.rate_limited
+                .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(0);
+        }
+        self.set_peers(0, 0);
+        for kind in GOSSIP_OUTCOMES {
+            self.gossip.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
+        for kind in VIOLATION_KINDS {
+            self.violations.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
     }
 
     pub fn request(&self, direction: Direction, protocol: Protocol) {
@@ -192,5 +240,32 @@ impl NetworkMetrics {
 
     pub fn gossip(&self, kind: &'static str) {
         self.gossip.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_series_is_shown_at_zero_before_any_event() {
+        let mut registry = Registry::default();
+        let _metrics = NetworkMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            r#"syncnode_network_requests_total{direction="Inbound",protocol="blocks_by_range"} 0"#,
+            r#"syncnode_network_responses_total{direction="Outbound",protocol="status",code="ok"} 0"#,
+            r#"syncnode_network_request_latency_seconds_count{protocol="blocks_by_root"} 0"#,
+            r#"syncnode_network_rate_limited_total{protocol="blocks_by_range"} 0"#,
+            r#"syncnode_network_peers{state="connected"} 0"#,
+            r#"syncnode_network_peers{state="banned"} 0"#,
+            r#"syncnode_network_gossip_blocks_total{kind="received"} 0"#,
+            r#"syncnode_network_gossip_blocks_total{kind="dropped"} 0"#,
+            r#"syncnode_network_protocol_violations_total{kind="bad_response"} 0"#,
+            "syncnode_network_bans_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
     }
 }

@@ -164,13 +164,28 @@ pub struct StreamQuery {
 /// Events buffered per stream; a slow reader makes the stream wait, never grow.
 const STREAM_BUFFER: usize = 64;
 
+/// Why a stream cannot start at `from`: a pruned node (`--history-blocks`) never again holds the
+/// blocks below its history floor, so a stream from there would stop after genesis for good.
+fn refused_start(store: &BlockStore, from: Option<u64>) -> Option<String> {
+    let p = store.pointers();
+    let from = from?;
+    (p.floor > 0 && from < p.floor).then(|| {
+        format!(
+            "this node keeps no blocks below height {} (pruned history); it holds genesis and \
+             heights {}..={}: start at {} or above",
+            p.floor, p.low.height, p.head.height, p.floor
+        )
+    })
+}
+
 /// `GET /blocks/stream?from=H`: Server-Sent Events, one `block` event (JSON, `id` = height) per
 /// canonical block in consecutive height order, the backlog first, then live; a `reorg` event
-/// `{"rewind_to": H}` when blocks already sent stop being canonical.
-async fn block_stream(
-    State(s): State<ApiState>,
-    Query(q): Query<StreamQuery>,
-) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+/// `{"rewind_to": H}` when blocks already sent stop being canonical. `410 Gone` when `H` lies
+/// below what a pruned node keeps.
+async fn block_stream(State(s): State<ApiState>, Query(q): Query<StreamQuery>) -> Response {
+    if let Some(why) = refused_start(&s.store, q.from) {
+        return (StatusCode::GONE, why).into_response();
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(STREAM_BUFFER);
     let mut sub = s.subscriptions.from(q.from);
     tokio::spawn(async move {
@@ -195,8 +210,12 @@ async fn block_stream(
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
@@ -211,5 +230,32 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncnode_types::{ChainSpec, DevChain};
+
+    #[test]
+    fn a_stream_below_the_pruned_floor_is_refused_with_what_the_node_holds() {
+        let spec = ChainSpec::dev("stream", 1, 1_000_000, 1000, 4).expect("spec");
+        let blocks = DevChain::new(&spec)
+            .expect("dev")
+            .extend(&spec.genesis().header, 300, 8);
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = BlockStore::open(dir.path(), &spec).expect("open");
+        store.import_blocks(&blocks).expect("import");
+        assert_eq!(refused_start(&store, Some(0)), None, "full history");
+        store.prune_below(200).expect("prune");
+        for from in [0, 1, 199] {
+            let why = refused_start(&store, Some(from)).expect("refused");
+            assert!(why.contains("below height 200"), "{why}");
+            assert!(why.contains("heights 200..=300"), "{why}");
+        }
+        for from in [None, Some(200), Some(301), Some(10_000)] {
+            assert_eq!(refused_start(&store, from), None, "from {from:?}");
+        }
     }
 }

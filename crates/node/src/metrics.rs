@@ -52,92 +52,107 @@ impl NodeMetrics {
             range_requests_below_earliest: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("syncnode");
+        m.register_chain(r);
+        m.register_flow(r);
+        m.register_work(r);
+        m
+    }
+
+    /// The chain's pointers and the engine's target and state.
+    fn register_chain(&self, r: &mut Registry) {
         r.register(
             "head_height",
             "Height of the canonical head",
-            m.head_height.clone(),
+            self.head_height.clone(),
         );
         r.register(
             "finalized_height",
             "Height of the finalized block",
-            m.finalized_height.clone(),
-        );
-        r.register(
-            "range_requests_below_earliest",
-            "Range requests served empty because they start below the earliest height held",
-            m.range_requests_below_earliest.clone(),
+            self.finalized_height.clone(),
         );
         r.register(
             "earliest_height",
             "Lowest height served as an unbroken range",
-            m.earliest_height.clone(),
+            self.earliest_height.clone(),
         );
         r.register(
             "target_height",
             "Highest head a peer credibly claims",
-            m.target_height.clone(),
+            self.target_height.clone(),
         );
         r.register(
             "sync_state",
             "0 synced, 1 syncing, 2 backfilling, 3 stalled",
-            m.sync_state.clone(),
+            self.sync_state.clone(),
         );
+    }
+
+    /// Blocks and bytes moving through download, the window and import.
+    fn register_flow(&self, r: &mut Registry) {
         r.register(
             "blocks_imported",
             "Blocks imported forward",
-            m.blocks_imported.clone(),
+            self.blocks_imported.clone(),
         );
         r.register(
             "blocks_backfilled",
             "Blocks imported by backfill",
-            m.blocks_backfilled.clone(),
+            self.blocks_backfilled.clone(),
         );
         r.register(
             "blocks_downloaded",
             "Blocks received in range and root responses",
-            m.blocks_downloaded.clone(),
+            self.blocks_downloaded.clone(),
         );
         r.register(
             "bytes_downloaded",
             "Payload bytes received in responses",
-            m.bytes_downloaded.clone(),
+            self.bytes_downloaded.clone(),
         );
         r.register(
             "batches_in_flight",
             "Requests of the sync engine in flight",
-            m.batches_in_flight.clone(),
+            self.batches_in_flight.clone(),
         );
         r.register(
             "window_blocks",
             "Downloaded blocks waiting for import",
-            m.window_blocks.clone(),
+            self.window_blocks.clone(),
         );
         r.register(
             "window_bytes",
             "Bytes of downloaded blocks waiting for import",
-            m.window_bytes.clone(),
+            self.window_bytes.clone(),
         );
+    }
+
+    /// Time spent and the outcomes of verification, production and serving.
+    fn register_work(&self, r: &mut Registry) {
         r.register(
             "verify_seconds",
             "Time to verify rules 3-5 of one response",
-            m.verify_seconds.clone(),
+            self.verify_seconds.clone(),
         );
         r.register(
             "import_seconds",
             "Time of one import commit",
-            m.import_seconds.clone(),
+            self.import_seconds.clone(),
         );
         r.register(
             "invalid_responses",
             "Responses that failed verification",
-            m.invalid_responses.clone(),
+            self.invalid_responses.clone(),
         );
         r.register(
             "produced_blocks",
             "Blocks this node produced",
-            m.produced_blocks.clone(),
+            self.produced_blocks.clone(),
         );
-        m
+        r.register(
+            "range_requests_below_earliest",
+            "Range requests served empty because they start below the earliest height held",
+            self.range_requests_below_earliest.clone(),
+        );
     }
 
     /// Mirrors the chain's pointers.
@@ -161,5 +176,33 @@ impl NodeMetrics {
             SyncState::Backfilling => 2,
             SyncState::Stalled => 3,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_once_under_the_prefix() {
+        let mut registry = Registry::default();
+        let _m = NodeMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        assert_eq!(types.len(), 17, "{text}");
+        for name in [
+            "syncnode_head_height gauge",
+            "syncnode_blocks_imported counter",
+            "syncnode_window_bytes gauge",
+            "syncnode_verify_seconds histogram",
+            "syncnode_range_requests_below_earliest counter",
+        ] {
+            assert!(types.contains(&name), "no `{name}` in {types:?}");
+        }
+        assert!(
+            text.contains("syncnode_range_requests_below_earliest_total 0"),
+            "{text}"
+        );
     }
 }
