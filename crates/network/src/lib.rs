@@ -19,7 +19,8 @@
 //!   dialled nor accepted until the ban expires. Others' Statuses go to the node as events.
 //! - **Serving** a block request: decode (the frame limit of 65,536 bytes is checked before any
 //!   allocation; a bad frame resets the stream and charges the peer), validate (`count` 1..=1024,
-//!   1..=128 hashes, else `INVALID_REQUEST` and a charge), rate-limit per peer and protocol with
+//!   1..=128 hashes, else `INVALID_REQUEST` and a low-tolerance charge: one such mistake keeps
+//!   the connection, a second within a half-life costs it), rate-limit per peer and protocol with
 //!   token buckets (`RATE_LIMITED`), bound the work queued (`RESOURCE_UNAVAILABLE` beyond
 //!   `max_concurrent_serving + max_queued_serving`, beyond `max_serving_per_peer` of them for one
 //!   requester, or while the responses still being written to their requesters hold

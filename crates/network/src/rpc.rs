@@ -349,7 +349,7 @@ impl Service {
                 let resp = BlocksResponse::error(ResponseCode::InvalidRequest, e.to_string());
                 self.respond(proto, channel, &resp);
                 let key = Some((proto, request_id));
-                self.charge(peer, PeerAction::ProtocolViolation, "invalid_request", key);
+                self.charge(peer, PeerAction::InvalidRequest, "invalid_request", key);
                 return;
             }
         };

@@ -532,7 +532,7 @@ impl Service {
         reason: &'static str,
         after: Option<(Protocol, InboundRequestId)>,
     ) {
-        if action == PeerAction::ProtocolViolation {
+        if matches!(action, PeerAction::ProtocolViolation | PeerAction::InvalidRequest) {
             self.metrics.violation(reason);
         }
         let verdict = self.manager.charge(&peer, action);
