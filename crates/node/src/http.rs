@@ -5,9 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,6 +29,7 @@ pub struct ApiState {
     pub sync: watch::Receiver<SyncView>,
     pub registry: Arc<Registry>,
     pub subscriptions: crate::subscribe::Subscriptions,
+    pub streams: crate::stream::BlockStreams,
 }
 
 /// The engine's view, as the event loop last published it.
@@ -58,7 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/blocks/{height}", get(block_by_height))
         .route("/blocks/hash/{hash}", get(block_by_hash))
         .route("/metrics", get(metrics))
-        .route("/blocks/stream", get(block_stream))
+        .route("/blocks/stream", get(crate::stream::block_stream))
         .with_state(state)
 }
 
@@ -152,51 +152,6 @@ async fn block_by_hash(State(s): State<ApiState>, Path(hash): Path<String>) -> R
         Err(e) => return (StatusCode::BAD_REQUEST, format!("hash: {e}")).into_response(),
     };
     read_block(s.store, move |store| store.block(&hash)).await
-}
-
-/// Query of `/blocks/stream`.
-#[derive(Debug, serde::Deserialize)]
-pub struct StreamQuery {
-    /// First height to send [default: the block after the current head].
-    pub from: Option<u64>,
-}
-
-/// Events buffered per stream; a slow reader makes the stream wait, never grow.
-const STREAM_BUFFER: usize = 64;
-
-/// `GET /blocks/stream?from=H`: Server-Sent Events, one `block` event (JSON, `id` = height) per
-/// canonical block in consecutive height order, the backlog first, then live; a `reorg` event
-/// `{"rewind_to": H}` when blocks already sent stop being canonical.
-async fn block_stream(
-    State(s): State<ApiState>,
-    Query(q): Query<StreamQuery>,
-) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(STREAM_BUFFER);
-    let mut sub = s.subscriptions.from(q.from);
-    tokio::spawn(async move {
-        loop {
-            let event = match sub.next().await {
-                Ok(crate::subscribe::SubscriptionEvent::Block(b)) => Event::default()
-                    .event("block")
-                    .id(b.height().to_string())
-                    .json_data(BlockJson::from(&b)),
-                Ok(crate::subscribe::SubscriptionEvent::Reorg { rewind_to }) => Event::default()
-                    .event("reorg")
-                    .json_data(serde_json::json!({ "rewind_to": rewind_to })),
-                Err(e) => {
-                    // The node is stopping or its store failed: say so and end the stream.
-                    let _ = tx.send(Event::default().event("end").data(e.to_string())).await;
-                    break;
-                }
-            };
-            let Ok(event) = event else { break };
-            if tx.send(event).await.is_err() {
-                break; // the client went away
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod node;
 pub mod retention;
 pub mod source;
+pub mod stream;
 pub mod subscribe;
 pub mod verify;
 
@@ -179,6 +180,7 @@ pub async fn run_with(
                 network: network.clone(),
                 chain: chain.clone(),
                 sync: sync_rx,
+                streams: stream::BlockStreams::register(&mut registry, stream::MAX_BLOCK_STREAMS),
                 registry: Arc::new(registry),
                 subscriptions: subscriptions.clone(),
             };
