@@ -87,10 +87,11 @@ pub struct NetworkConfig {
     /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
     /// from the others. Our own sync asks a peer one request at a time.
     pub max_serving_per_peer: usize,
-    /// Most bytes of block responses handed to libp2p and not yet fully written to their
-    /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;
-    /// a finished response that would take the total over this is answered
-    /// `RESOURCE_UNAVAILABLE` instead (one is always let through when none is being written).
+    /// Most bytes of blocks read for responses and not yet fully written to their requesters
+    /// (default 64 MiB). A serving task waits for room before it reads (room for a response
+    /// frame, given back down to the response's size once read) and holds it until its response
+    /// is written; one that gets no room within the serving budget is answered
+    /// `RESOURCE_UNAVAILABLE`. A slow reader thus holds at most its own responses' room.
     pub max_serving_bytes: usize,
     /// Global cap on blocks served per second (all peers together); `None` for no cap.
     pub serve_blocks_per_sec: Option<u32>,
