@@ -88,7 +88,8 @@ pub struct NetworkConfig {
     /// from the others. Our own sync asks a peer one request at a time.
     pub max_serving_per_peer: usize,
     /// Most bytes of blocks read for responses and not yet fully written to their requesters
-    /// (default 64 MiB). A serving task waits for room before it reads (room for a response
+    /// (default 128 MiB: room for each of the 8 serving permits to read a full 16 MiB frame).
+    /// A serving task waits for room before it reads (room for a response
     /// frame, given back down to the response's size once read) and holds it until its response
     /// is written; one that gets no room within the serving budget is answered
     /// `RESOURCE_UNAVAILABLE`. A slow reader thus holds at most its own responses' room.
@@ -130,7 +131,7 @@ impl NetworkConfig {
             max_concurrent_serving: 8,
             max_queued_serving: 64,
             max_serving_per_peer: 8,
-            max_serving_bytes: 64 * 1024 * 1024,
+            max_serving_bytes: 128 * 1024 * 1024,
             serve_blocks_per_sec: None,
             event_buffer: 1024,
             command_buffer: 1024,
