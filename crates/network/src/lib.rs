@@ -67,6 +67,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ban_book;
 pub mod behaviour;
 pub mod codec;
 pub mod config;
