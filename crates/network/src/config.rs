@@ -67,6 +67,8 @@ pub struct NetworkConfig {
     pub max_peers: u32,
     /// Most connections to one peer (default 2).
     pub max_connections_per_peer: u32,
+    /// Per-IP limits on inbound connections and identities (loopback and trusted IPs exempt).
+    pub ip_limits: crate::ip_limit::IpLimits,
     /// The genesis hash of our chain; peers on another chain are disconnected and banned.
     pub genesis_hash: Hash,
     /// How often Status is re-exchanged with each peer (default 30 s).
@@ -123,6 +125,7 @@ impl NetworkConfig {
             kademlia: true,
             max_peers: 50,
             max_connections_per_peer: 2,
+            ip_limits: crate::ip_limit::IpLimits::default(),
             genesis_hash,
             status_interval: syncnode_proto::STATUS_INTERVAL,
             request_timeout: syncnode_proto::RESPONSE_DEADLINE,

@@ -74,6 +74,7 @@ pub mod config;
 pub mod error;
 pub mod gossip;
 pub mod handle;
+pub mod ip_limit;
 pub mod metrics;
 pub mod peer_manager;
 pub mod rate_limit;

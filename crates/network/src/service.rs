@@ -407,9 +407,10 @@ impl Service {
             BehaviourEvent::Status(event) => self.on_status_event(event),
             BehaviourEvent::Range(event) => self.on_blocks_event(Protocol::BlocksByRange, event),
             BehaviourEvent::Root(event) => self.on_blocks_event(Protocol::BlocksByRoot, event),
-            BehaviourEvent::Blocked(e) | BehaviourEvent::Limits(e) | BehaviourEvent::PeerLimit(e) => {
-                match e {}
-            }
+            BehaviourEvent::Blocked(e)
+            | BehaviourEvent::Limits(e)
+            | BehaviourEvent::PeerLimit(e)
+            | BehaviourEvent::IpLimit(e) => match e {},
         }
     }
 

@@ -345,3 +345,48 @@ async fn undecodable_gossip_is_rejected_and_charged() {
     );
     driver.abort();
 }
+
+#[tokio::test]
+async fn one_ip_cannot_bring_identities_without_end() {
+    let blocks = chain("per-ip", 5, 16);
+    let mut cfg = test_config(blocks[0].hash());
+    // Loopback is exempt by default; here it stands for a host on the internet.
+    cfg.ip_limits.exempt_loopback = false;
+    cfg.ip_limits.max_peers_per_ip = 2;
+    let a = spawn_node(cfg, Arc::new(MemSource::new(blocks))).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let client = RawClient::connect(&a.addr).await;
+        a.wait_peer("an identity within the limit", client.peer_id, |s| s.connected)
+            .await;
+        clients.push(client);
+    }
+    let refused = denied(&a);
+    let third = RawClient::connect(&a.addr).await;
+    bounded("the third identity refused", async {
+        while denied(&a) <= refused {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(a.summary(third.peer_id).await.is_none_or(|s| !s.connected));
+    // The first two stay connected.
+    for c in &clients {
+        assert!(a.summary(c.peer_id).await.is_some_and(|s| s.connected));
+    }
+}
+
+#[tokio::test]
+async fn loopback_is_exempt_from_the_per_ip_limits() {
+    let blocks = chain("per-ip-loopback", 5, 16);
+    let mut cfg = test_config(blocks[0].hash());
+    cfg.ip_limits.max_peers_per_ip = 1;
+    let a = spawn_node(cfg, Arc::new(MemSource::new(blocks))).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = RawClient::connect(&a.addr).await;
+        a.wait_peer("a loopback identity", client.peer_id, |s| s.connected)
+            .await;
+        clients.push(client);
+    }
+}
