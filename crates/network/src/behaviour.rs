@@ -134,18 +134,22 @@ impl NetworkBehaviour for PeerLimit {
     }
 }
 
+/// Connections per peer, pending inbound and established in all, from the configuration.
+fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_peers.saturating_mul(2)))
+        .with_max_established(Some(
+            config.max_peers.saturating_mul(config.max_connections_per_peer),
+        ))
+}
+
 fn behaviour(
     key: &Keypair,
     config: &NetworkConfig,
     registry: &mut Registry,
 ) -> Result<Behaviour, NetworkError> {
     let peer_id = key.public().to_peer_id();
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established_per_peer(Some(config.max_connections_per_peer))
-        .with_max_pending_incoming(Some(config.max_peers.saturating_mul(2)))
-        .with_max_established(Some(
-            config.max_peers.saturating_mul(config.max_connections_per_peer),
-        ));
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())
             .with_agent_version(config.agent_version.clone()),
@@ -190,7 +194,7 @@ fn behaviour(
         |name: &'static str| [(StreamProtocol::new(name), request_response::ProtocolSupport::Full)];
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
-        limits: connection_limits::Behaviour::new(limits),
+        limits: connection_limits::Behaviour::new(connection_limits(config)),
         peer_limit: PeerLimit::new(config.max_peers as usize),
         ip_limit: IpLimit::new(ip_limits(config)),
         identify,
