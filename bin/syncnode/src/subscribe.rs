@@ -107,6 +107,14 @@ pub fn subscribe(args: SubscribeArgs) -> anyhow::Result<ExitCode> {
 /// Most bytes of a refusal's body read.
 const MAX_REFUSAL_BYTES: u64 = 4096;
 
+/// The reason in a refusal's body: its `error` field when it is JSON, else the text itself.
+fn refusal_reason(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned())
+}
+
 fn stream_once(args: &SubscribeArgs, start: u64) -> anyhow::Result<Outcome> {
     let mut stream = TcpStream::connect_timeout(&args.http, Duration::from_secs(2))?;
     // HTTP/1.0: the body comes unchunked and ends when the server closes.
@@ -131,7 +139,7 @@ fn stream_once(args: &SubscribeArgs, start: u64) -> anyhow::Result<Outcome> {
         let mut body = String::new();
         let _ = reader.take(MAX_REFUSAL_BYTES).read_to_string(&mut body);
         if code.starts_with('4') {
-            return Ok(Outcome::Refused(body.trim().to_owned()));
+            return Ok(Outcome::Refused(refusal_reason(&body)));
         }
         anyhow::bail!("stream answered {status_line}: {}", body.trim());
     }

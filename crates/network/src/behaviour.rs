@@ -1,7 +1,8 @@
 //! The libp2p side: the composed behaviour and the swarm (TCP + Noise + Yamux, QUIC-v1).
 //!
 //! Connection policy is layered: `allow_block_list` refuses and closes banned peers,
-//! `connection_limits` caps connections per peer, and [`PeerLimit`] caps distinct peers at
+//! `connection_limits` caps connections per peer, [`IpLimit`](crate::ip_limit::IpLimit) caps
+//! inbound connections and identities per remote IP, and [`PeerLimit`] caps distinct peers at
 //! `max_peers` (a new peer's connection is denied once the node is full; more connections to a
 //! peer already connected are allowed up to the per-peer cap).
 
@@ -31,6 +32,14 @@ use crate::codec::{RangeCodec, RootCodec, StatusCodec};
 use crate::config::NetworkConfig;
 use crate::error::NetworkError;
 use crate::gossip;
+use crate::ip_limit::{IpLimit, IpLimits, ip_of};
+
+/// The configured per-IP limits, with the bootnodes' IPs trusted as well.
+fn ip_limits(config: &NetworkConfig) -> IpLimits {
+    let mut limits = config.ip_limits.clone();
+    limits.trusted.extend(config.bootnodes.iter().filter_map(ip_of));
+    limits
+}
 
 /// Everything the swarm runs.
 #[derive(NetworkBehaviour)]
@@ -38,6 +47,7 @@ pub struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub peer_limit: PeerLimit,
+    pub ip_limit: IpLimit,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
@@ -124,18 +134,22 @@ impl NetworkBehaviour for PeerLimit {
     }
 }
 
+/// Connections per peer, pending inbound and established in all, from the configuration.
+fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_peers.saturating_mul(2)))
+        .with_max_established(Some(
+            config.max_peers.saturating_mul(config.max_connections_per_peer),
+        ))
+}
+
 fn behaviour(
     key: &Keypair,
     config: &NetworkConfig,
     registry: &mut Registry,
 ) -> Result<Behaviour, NetworkError> {
     let peer_id = key.public().to_peer_id();
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established_per_peer(Some(config.max_connections_per_peer))
-        .with_max_pending_incoming(Some(config.max_peers.saturating_mul(2)))
-        .with_max_established(Some(
-            config.max_peers.saturating_mul(config.max_connections_per_peer),
-        ));
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())
             .with_agent_version(config.agent_version.clone()),
@@ -186,8 +200,9 @@ fn behaviour(
         |name: &'static str| [(StreamProtocol::new(name), request_response::ProtocolSupport::Full)];
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
-        limits: connection_limits::Behaviour::new(limits),
+        limits: connection_limits::Behaviour::new(connection_limits(config)),
         peer_limit: PeerLimit::new(config.max_peers as usize),
+        ip_limit: IpLimit::new(ip_limits(config)),
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         kad: kad.into(),

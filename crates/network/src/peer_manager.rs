@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::ban_book::{BanBook, MAX_BANS};
+
 use libp2p::PeerId;
 use syncnode_proto::Status;
 use syncnode_sync::peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
@@ -44,7 +46,7 @@ pub struct PeerManager {
     epoch: Instant,
     peers: HashMap<PeerId, PeerInfo>,
     /// Bans in force, with their end in the manager's clock; lifted by [`Self::expired_bans`].
-    bans: HashMap<PeerId, u64>,
+    bans: BanBook,
 }
 
 impl PeerManager {
@@ -54,7 +56,7 @@ impl PeerManager {
             scores: PeerScores::new(config),
             epoch: Instant::now(),
             peers: HashMap::new(),
-            bans: HashMap::new(),
+            bans: BanBook::new(MAX_BANS),
         }
     }
 
@@ -84,22 +86,14 @@ impl PeerManager {
     /// Whether the peer is banned: from the ban until the maintenance tick lifts it (the same
     /// span in which the swarm's block list refuses it).
     pub fn is_banned(&self, peer: &PeerId) -> bool {
-        self.bans.contains_key(peer)
+        self.bans.contains(peer)
     }
 
-    /// Bans that have run out since the last call; the caller unblocks these peers.
+    /// Bans that have run out, or were evicted from the full ban book, since the last call; the
+    /// caller unblocks these peers.
     pub fn expired_bans(&mut self) -> Vec<PeerId> {
         let now = self.now_ms();
-        let expired: Vec<PeerId> = self
-            .bans
-            .iter()
-            .filter(|&(_, &until)| until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in &expired {
-            self.bans.remove(peer);
-        }
-        expired
+        self.bans.take_lifted(now)
     }
 
     /// Number of bans in force.
@@ -194,7 +188,7 @@ impl PeerManager {
                 connected: true,
                 connections: info.connections,
                 score: self.scores.score(peer, now),
-                banned: self.bans.contains_key(peer),
+                banned: self.bans.contains(peer),
                 status: info.status,
                 head_height: info.status.map(|s| s.head_height),
                 earliest_height: info.status.map(|s| s.earliest_height),
@@ -202,7 +196,7 @@ impl PeerManager {
             })
             .collect();
         for (peer, score, _) in self.scores.snapshot(now) {
-            let banned = self.bans.contains_key(&peer);
+            let banned = self.bans.contains(&peer);
             if !self.peers.contains_key(&peer) {
                 out.push(PeerSummary {
                     peer_id: peer,
@@ -248,5 +242,19 @@ mod tests {
         let s = m.summaries();
         assert_eq!(s.len(), 1);
         assert!(!s[0].connected && s[0].score < 0.0);
+    }
+
+    #[test]
+    fn bans_of_fresh_identities_stay_bounded() {
+        let mut m = PeerManager::new(ScoreConfig::default());
+        for _ in 0..MAX_BANS + 100 {
+            m.ban(&PeerId::random());
+        }
+        assert_eq!(m.banned_count(), MAX_BANS);
+        assert_eq!(
+            m.expired_bans().len(),
+            100,
+            "the evicted bans are lifted from the swarm too"
+        );
     }
 }

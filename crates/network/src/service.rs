@@ -28,7 +28,7 @@ use crate::handle::{Command, NetworkEvent, NetworkHandle};
 use crate::metrics::NetworkMetrics;
 use crate::peer_manager::PeerManager;
 use crate::rate_limit::{GlobalPacer, Protocol, RateLimiter};
-use crate::serve::{BlockSource, ServeContext};
+use crate::serve::{BlockSource, ByteBudget, HeldBytes, ServeContext};
 
 /// A finished serving task's answer, to be sent on the swarm task.
 pub(crate) struct ServeDone {
@@ -39,6 +39,8 @@ pub(crate) struct ServeDone {
     pub response: pb::BlocksResponse,
     pub code: &'static str,
     pub blocks: usize,
+    /// The room in the byte budget the response's blocks hold, until it is written.
+    pub held: Option<HeldBytes>,
 }
 
 /// An outbound block request waiting for its answer.
@@ -71,11 +73,8 @@ pub(crate) struct Service {
     /// Serving tasks by requester (entries at zero removed), each at most `max_serving_per_peer`.
     pub serving_by_peer: HashMap<PeerId, usize>,
     pub max_serving_per_peer: usize,
-    /// Encoded sizes of the block responses libp2p is still writing, by request.
-    pub writing: HashMap<(Protocol, InboundRequestId), usize>,
-    /// Their sum, kept at most `max_serving_bytes` (but for a single response).
-    pub writing_bytes: usize,
-    pub max_serving_bytes: usize,
+    /// The byte budget's room held by the block responses libp2p is still writing, by request.
+    pub writing: HashMap<(Protocol, InboundRequestId), HeldBytes>,
     pub pending_range: HashMap<OutboundRequestId, Pending>,
     pub pending_root: HashMap<OutboundRequestId, Pending>,
     pub pending_status: HashMap<OutboundRequestId, (PeerId, Instant)>,
@@ -106,20 +105,7 @@ pub async fn start(
     local_status: watch::Receiver<Status>,
     registry: &mut Registry,
 ) -> Result<(NetworkHandle, mpsc::Receiver<NetworkEvent>), NetworkError> {
-    if config.max_peers == 0
-        || config.max_connections_per_peer == 0
-        || config.max_concurrent_serving == 0
-        || config.max_serving_per_peer == 0
-        || config.event_buffer == 0
-        || config.command_buffer == 0
-        || config.request_timeout.is_zero()
-        || config.status_interval.is_zero()
-        || config.maintenance_interval.is_zero()
-    {
-        return Err(NetworkError::Config(
-            "limits, buffers and intervals must be non-zero".into(),
-        ));
-    }
+    check_limits(&config)?;
     let libp2p_metrics = Libp2pMetrics::new(registry);
     let metrics = NetworkMetrics::register(registry);
     let mut swarm = build_swarm(&config, registry)?;
@@ -136,51 +122,12 @@ pub async fn start(
 
     let (commands_tx, commands) = mpsc::channel(config.command_buffer);
     let (events, events_rx) = mpsc::channel(config.event_buffer);
-    let serve_limit = config.max_concurrent_serving + config.max_queued_serving;
-    let (serve_tx, serve_rx) = mpsc::channel(serve_limit.max(1));
-    let budget = config.request_timeout.mul_f64(0.75);
-    let serve_ctx = Arc::new(ServeContext {
-        source,
-        permits: Arc::new(Semaphore::new(config.max_concurrent_serving)),
-        pacer: config
-            .serve_blocks_per_sec
-            .map(|rate| GlobalPacer::new(rate, Instant::now())),
-        budget,
-    });
-    let mut service = Service {
-        swarm,
-        genesis: config.genesis_hash,
-        max_peers: config.max_peers as usize,
-        topic: IdentTopic::new(syncnode_proto::gossip_topic(&config.genesis_hash)),
+    let channels = Channels {
         commands,
         events,
-        pending_events: VecDeque::new(),
-        max_pending_events: config.event_buffer.saturating_mul(4),
         local_status,
-        manager: PeerManager::new(config.score),
-        limiter: RateLimiter::new(config.rate_limits),
-        serve_ctx,
-        serve_tx,
-        serve_rx,
-        serving: 0,
-        serve_limit,
-        serving_by_peer: HashMap::new(),
-        max_serving_per_peer: config.max_serving_per_peer,
-        writing: HashMap::new(),
-        writing_bytes: 0,
-        max_serving_bytes: config.max_serving_bytes,
-        pending_range: HashMap::new(),
-        pending_root: HashMap::new(),
-        pending_status: HashMap::new(),
-        status_in_flight: HashSet::new(),
-        after_response: HashMap::new(),
-        closing: VecDeque::new(),
-        metrics,
-        libp2p_metrics,
-        bootnodes: config.bootnodes.clone(),
-        next_redial: Instant::now() + REDIAL_MIN,
-        redial_backoff: REDIAL_MIN,
     };
+    let mut service = Service::new(&config, swarm, source, channels, metrics, libp2p_metrics);
     service.wait_for_listeners(waiting).await?;
     for addr in &config.bootnodes {
         service.add_bootnode(addr.clone());
@@ -192,6 +139,88 @@ pub async fn start(
     };
     tokio::spawn(service.run(config.status_interval, config.maintenance_interval));
     Ok((handle, events_rx))
+}
+
+/// Refuses a configuration whose limits, buffers or intervals are zero.
+fn check_limits(config: &NetworkConfig) -> Result<(), NetworkError> {
+    if config.max_peers == 0
+        || config.max_connections_per_peer == 0
+        || config.max_concurrent_serving == 0
+        || config.max_serving_per_peer == 0
+        || config.event_buffer == 0
+        || config.command_buffer == 0
+        || config.request_timeout.is_zero()
+        || config.status_interval.is_zero()
+        || config.maintenance_interval.is_zero()
+    {
+        return Err(NetworkError::Config(
+            "limits, buffers and intervals must be non-zero".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The channels between the network task and the rest of the node.
+struct Channels {
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+    local_status: watch::Receiver<Status>,
+}
+
+impl Service {
+    /// The task's state before it runs: nothing served, nothing pending.
+    fn new(
+        config: &NetworkConfig,
+        swarm: Swarm<Behaviour>,
+        source: Arc<dyn BlockSource>,
+        channels: Channels,
+        metrics: NetworkMetrics,
+        libp2p_metrics: Libp2pMetrics,
+    ) -> Self {
+        let serve_limit = config.max_concurrent_serving + config.max_queued_serving;
+        let (serve_tx, serve_rx) = mpsc::channel(serve_limit.max(1));
+        let serve_ctx = Arc::new(ServeContext {
+            source,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_serving)),
+            pacer: config
+                .serve_blocks_per_sec
+                .map(|rate| GlobalPacer::new(rate, Instant::now())),
+            budget: config.request_timeout.mul_f64(0.75),
+            bytes: ByteBudget::new(config.max_serving_bytes),
+        });
+        Service {
+            swarm,
+            genesis: config.genesis_hash,
+            max_peers: config.max_peers as usize,
+            topic: IdentTopic::new(syncnode_proto::gossip_topic(&config.genesis_hash)),
+            commands: channels.commands,
+            events: channels.events,
+            pending_events: VecDeque::new(),
+            max_pending_events: config.event_buffer.saturating_mul(4),
+            local_status: channels.local_status,
+            manager: PeerManager::new(config.score),
+            limiter: RateLimiter::new(config.rate_limits),
+            serve_ctx,
+            serve_tx,
+            serve_rx,
+            serving: 0,
+            serve_limit,
+            serving_by_peer: HashMap::new(),
+            max_serving_per_peer: config.max_serving_per_peer,
+            writing: HashMap::new(),
+            pending_range: HashMap::new(),
+            pending_root: HashMap::new(),
+            pending_status: HashMap::new(),
+            status_in_flight: HashSet::new(),
+            after_response: HashMap::new(),
+            closing: VecDeque::new(),
+            metrics,
+            libp2p_metrics,
+            bootnodes: config.bootnodes.clone(),
+            next_redial: Instant::now() + REDIAL_MIN,
+            redial_backoff: REDIAL_MIN,
+        }
+    }
 }
 
 impl Service {
@@ -378,9 +407,10 @@ impl Service {
             BehaviourEvent::Status(event) => self.on_status_event(event),
             BehaviourEvent::Range(event) => self.on_blocks_event(Protocol::BlocksByRange, event),
             BehaviourEvent::Root(event) => self.on_blocks_event(Protocol::BlocksByRoot, event),
-            BehaviourEvent::Blocked(e) | BehaviourEvent::Limits(e) | BehaviourEvent::PeerLimit(e) => {
-                match e {}
-            }
+            BehaviourEvent::Blocked(e)
+            | BehaviourEvent::Limits(e)
+            | BehaviourEvent::PeerLimit(e)
+            | BehaviourEvent::IpLimit(e) => match e {},
         }
     }
 
@@ -504,7 +534,7 @@ impl Service {
         reason: &'static str,
         after: Option<(Protocol, InboundRequestId)>,
     ) {
-        if action == PeerAction::ProtocolViolation {
+        if matches!(action, PeerAction::ProtocolViolation | PeerAction::InvalidRequest) {
             self.metrics.violation(reason);
         }
         let verdict = self.manager.charge(&peer, action);

@@ -5,9 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,6 +29,7 @@ pub struct ApiState {
     pub sync: watch::Receiver<SyncView>,
     pub registry: Arc<Registry>,
     pub subscriptions: crate::subscribe::Subscriptions,
+    pub streams: crate::stream::BlockStreams,
 }
 
 /// The engine's view, as the event loop last published it.
@@ -58,7 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/blocks/{height}", get(block_by_height))
         .route("/blocks/hash/{hash}", get(block_by_hash))
         .route("/metrics", get(metrics))
-        .route("/blocks/stream", get(block_stream))
+        .route("/blocks/stream", get(crate::stream::block_stream))
         .with_state(state)
 }
 
@@ -154,70 +154,6 @@ async fn block_by_hash(State(s): State<ApiState>, Path(hash): Path<String>) -> R
     read_block(s.store, move |store| store.block(&hash)).await
 }
 
-/// Query of `/blocks/stream`.
-#[derive(Debug, serde::Deserialize)]
-pub struct StreamQuery {
-    /// First height to send [default: the block after the current head].
-    pub from: Option<u64>,
-}
-
-/// Events buffered per stream; a slow reader makes the stream wait, never grow.
-const STREAM_BUFFER: usize = 64;
-
-/// Why a stream cannot start at `from`: a pruned node (`--history-blocks`) never again holds the
-/// blocks below its history floor, so a stream from there would stop after genesis for good.
-fn refused_start(store: &BlockStore, from: Option<u64>) -> Option<String> {
-    let p = store.pointers();
-    let from = from?;
-    (p.floor > 0 && from < p.floor).then(|| {
-        format!(
-            "this node keeps no blocks below height {} (pruned history); it holds genesis and \
-             heights {}..={}: start at {} or above",
-            p.floor, p.low.height, p.head.height, p.floor
-        )
-    })
-}
-
-/// `GET /blocks/stream?from=H`: Server-Sent Events, one `block` event (JSON, `id` = height) per
-/// canonical block in consecutive height order, the backlog first, then live; a `reorg` event
-/// `{"rewind_to": H}` when blocks already sent stop being canonical. `410 Gone` when `H` lies
-/// below what a pruned node keeps.
-async fn block_stream(State(s): State<ApiState>, Query(q): Query<StreamQuery>) -> Response {
-    if let Some(why) = refused_start(&s.store, q.from) {
-        return (StatusCode::GONE, why).into_response();
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(STREAM_BUFFER);
-    let mut sub = s.subscriptions.from(q.from);
-    tokio::spawn(async move {
-        loop {
-            let event = match sub.next().await {
-                Ok(crate::subscribe::SubscriptionEvent::Block(b)) => Event::default()
-                    .event("block")
-                    .id(b.height().to_string())
-                    .json_data(BlockJson::from(&b)),
-                Ok(crate::subscribe::SubscriptionEvent::Reorg { rewind_to }) => Event::default()
-                    .event("reorg")
-                    .json_data(serde_json::json!({ "rewind_to": rewind_to })),
-                Err(e) => {
-                    // The node is stopping or its store failed: say so and end the stream.
-                    let _ = tx.send(Event::default().event("end").data(e.to_string())).await;
-                    break;
-                }
-            };
-            let Ok(event) = event else { break };
-            if tx.send(event).await.is_err() {
-                break; // the client went away
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
-}
-
 async fn metrics(State(s): State<ApiState>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
@@ -230,32 +166,5 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use syncnode_types::{ChainSpec, DevChain};
-
-    #[test]
-    fn a_stream_below_the_pruned_floor_is_refused_with_what_the_node_holds() {
-        let spec = ChainSpec::dev("stream", 1, 1_000_000, 1000, 4).expect("spec");
-        let blocks = DevChain::new(&spec)
-            .expect("dev")
-            .extend(&spec.genesis().header, 300, 8);
-        let dir = tempfile::tempdir().expect("tmp");
-        let (store, _) = BlockStore::open(dir.path(), &spec).expect("open");
-        store.import_blocks(&blocks).expect("import");
-        assert_eq!(refused_start(&store, Some(0)), None, "full history");
-        store.prune_below(200).expect("prune");
-        for from in [0, 1, 199] {
-            let why = refused_start(&store, Some(from)).expect("refused");
-            assert!(why.contains("below height 200"), "{why}");
-            assert!(why.contains("heights 200..=300"), "{why}");
-        }
-        for from in [None, Some(200), Some(301), Some(10_000)] {
-            assert_eq!(refused_start(&store, from), None, "from {from:?}");
-        }
     }
 }

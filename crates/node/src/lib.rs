@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod node;
 pub mod retention;
 pub mod source;
+pub mod stream;
 pub mod subscribe;
 pub mod verify;
 
@@ -181,6 +182,7 @@ pub async fn run_with(
                 network: network.clone(),
                 chain: chain.clone(),
                 sync: sync_rx,
+                streams: stream::BlockStreams::register(&mut registry, stream::MAX_BLOCK_STREAMS),
                 registry: Arc::new(registry),
                 subscriptions: subscriptions.clone(),
             };

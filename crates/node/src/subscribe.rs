@@ -7,6 +7,10 @@
 //! delivered height changes (a reorg above the finalized block), it emits
 //! [`SubscriptionEvent::Reorg`] naming the highest height still canonical, and continues above it.
 //!
+//! A start below the store's history floor (a pruned node never gets those blocks back) is
+//! refused with [`SubscribeError::BelowEarliest`], and so is a subscription that pruning passes.
+//! Read-ahead is bounded in blocks and bytes ([`READ_BATCH`], [`READ_BYTES`]).
+//!
 //! A *named* subscription persists the height its consumer acknowledged ([`Subscription::ack`]) in
 //! the store, so after a restart of the node or the consumer it resumes right after it: delivery
 //! is at least once (a block delivered but not acknowledged before a crash comes again), never
@@ -20,8 +24,10 @@ use syncnode_store::{BlockStore, Pointer, StoreError};
 use syncnode_types::{Block, Hash, Height};
 use tokio::sync::watch;
 
-/// Blocks read from the store per step of the backlog.
-const READ_BATCH: u64 = 256;
+/// Most blocks read from the store per step of the backlog.
+pub const READ_BATCH: u64 = 256;
+/// Most payload bytes read ahead per step of the backlog (but always at least one block).
+pub const READ_BYTES: usize = 1024 * 1024;
 /// How often a subscription waiting for history below the backfill low looks again.
 const LOW_POLL: Duration = Duration::from_millis(250);
 
@@ -30,6 +36,8 @@ const LOW_POLL: Duration = Duration::from_millis(250);
 pub enum SubscribeError {
     #[error("the node is stopping")]
     Stopped,
+    #[error("height {from} is below the earliest height {earliest} this node keeps")]
+    BelowEarliest { from: Height, earliest: Height },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,6 +69,11 @@ impl Subscriptions {
     pub fn from(&self, from: Option<Height>) -> Subscription {
         let next = from.unwrap_or_else(|| self.store.head().height + 1);
         Subscription::new(self.store.clone(), self.head.clone(), None, next)
+    }
+
+    /// Refuses a start below the history floor: those blocks are pruned and never come back.
+    pub fn check_start(&self, from: Height) -> Result<(), SubscribeError> {
+        below_floor(&self.store.pointers(), from)
     }
 
     /// A named subscription: resumes after its persisted acknowledged height, or starts at
@@ -133,6 +146,7 @@ impl Subscription {
                 return Ok(SubscriptionEvent::Block(block));
             }
             let p = self.store.pointers();
+            below_floor(&p, self.next)?;
             let below_low = self.next < p.low.height && self.next != 0;
             if self.next > p.head.height || below_low {
                 if self.head.has_changed().is_err() {
@@ -148,11 +162,17 @@ impl Subscription {
             let (store, start) = (self.store.clone(), self.next);
             let count = READ_BATCH.min(p.head.height - start + 1);
             let blocks = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
+                let (mut out, mut bytes) = (Vec::new(), 0usize);
                 for h in start..start + count {
                     match store.block_at(h)? {
-                        Some(b) => out.push(b),
+                        Some(b) => {
+                            bytes += b.size_bytes();
+                            out.push(b);
+                        }
                         None => break,
+                    }
+                    if bytes >= READ_BYTES {
+                        break;
                     }
                 }
                 Ok::<_, StoreError>(out)
@@ -200,6 +220,17 @@ impl Subscription {
         self.next = rewind_to + 1;
         Ok(Some(rewind_to))
     }
+}
+
+/// `Err(BelowEarliest)` when `height` is below the floor under which blocks are not kept.
+fn below_floor(p: &syncnode_store::Pointers, height: Height) -> Result<(), SubscribeError> {
+    if height < p.floor {
+        return Err(SubscribeError::BelowEarliest {
+            from: height,
+            earliest: p.low.height.max(p.floor),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -260,6 +291,42 @@ mod tests {
         // A new subscription with the same name resumes after the acknowledged height.
         let mut again = subs.named("indexer", 0).expect("named");
         assert_eq!(next_block(&mut again).await.height(), 151);
+    }
+
+    #[tokio::test]
+    async fn a_start_below_the_history_floor_is_refused_and_pruning_ends_a_stream() {
+        let (_dir, store, head_tx, dev) = setup();
+        let blocks = dev.extend(&store.spec().genesis().header, 300, 8);
+        store.import_blocks(&blocks).expect("import");
+        head_tx.send_replace(store.head());
+        let subs = Subscriptions::new(store.clone(), head_tx.subscribe());
+        let mut behind = subs.from(Some(10));
+        assert_eq!(next_block(&mut behind).await.height(), 10);
+        store.set_history_floor(100).expect("floor");
+        store.prune_below(100).expect("prune");
+        assert!(matches!(
+            subs.check_start(99),
+            Err(SubscribeError::BelowEarliest {
+                from: 99,
+                earliest: 100
+            })
+        ));
+        assert!(subs.check_start(100).is_ok());
+        // The stream that pruning overtook ends (after what it had read ahead), never waits.
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match behind.next().await {
+                    Ok(_) => continue,
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("ends in time");
+        assert!(matches!(
+            ended,
+            SubscribeError::BelowEarliest { earliest: 100, .. }
+        ));
     }
 
     #[tokio::test]

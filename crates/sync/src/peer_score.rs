@@ -22,8 +22,12 @@ pub enum PeerAction {
     InvalidData,
     /// Sent history that does not link to what it must link to (a batch proven wrong by another).
     ProvenWrong,
-    /// Broke the wire protocol: oversize or undecodable frame, stalled stream, bad request.
+    /// Broke the wire protocol: oversize or undecodable frame, stalled stream.
     ProtocolViolation,
+    /// Sent a well-formed request outside the protocol's limits (a count of 0 or above 1,024,
+    /// no hashes or more than 128): an honest mistake once, answered `INVALID_REQUEST` and
+    /// kept; the second within a half-life disconnects, the fifth bans.
+    InvalidRequest,
     /// Did not answer within the deadline.
     Timeout,
     /// Answered empty or short inside the range its own Status claims to serve.
@@ -41,6 +45,7 @@ impl PeerAction {
             PeerAction::InvalidData => -100.0,
             PeerAction::ProvenWrong => -60.0,
             PeerAction::ProtocolViolation => -25.0,
+            PeerAction::InvalidRequest => -12.0,
             PeerAction::Timeout => -8.0,
             PeerAction::BrokenPromise => -5.0,
             PeerAction::RateLimited => -1.0,
@@ -274,6 +279,26 @@ mod tests {
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Keep);
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Keep);
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Disconnect);
+    }
+
+    #[test]
+    fn one_invalid_request_is_tolerated_repeats_are_not() {
+        let mut book = PeerScores::new(ScoreConfig::default());
+        assert_eq!(book.apply(&1u32, PeerAction::InvalidRequest, 0), Verdict::Keep);
+        assert_eq!(
+            book.apply(&1u32, PeerAction::InvalidRequest, 0),
+            Verdict::Disconnect
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                book.apply(&1u32, PeerAction::InvalidRequest, 0),
+                Verdict::Disconnect
+            );
+        }
+        assert!(matches!(
+            book.apply(&1u32, PeerAction::InvalidRequest, 0),
+            Verdict::Ban { .. }
+        ));
     }
 
     #[test]

@@ -110,12 +110,42 @@ async fn invalid_counts_are_refused_and_charged() {
             encode_frame(&pb::BlocksByRootRequest { hashes: vec![] }),
         ),
     ];
+    let valid = encode_frame(&pb::BlocksByRangeRequest {
+        start_height: 1,
+        count: 3,
+    });
     for (protocol, frame) in cases {
         let mut client = RawClient::connect(&f.a.addr).await;
         let resp = ask_raw(&mut client, f.a.peer_id, protocol, &frame).await;
         assert_eq!(resp.code, ResponseCode::InvalidRequest as i32, "{protocol}");
         assert!(resp.blocks.is_empty());
-        f.assert_charged(client.peer_id).await;
+        // One mistake is charged but forgiven: the requester stays and is served next.
+        let s =
+            f.a.wait_peer("the mistake charged", client.peer_id, |s| s.score < 0.0)
+                .await;
+        assert!(s.connected && !s.banned, "one invalid request cuts nobody off");
+        assert!(
+            s.score > -20.0,
+            "one mistake stays above the disconnect line: {}",
+            s.score
+        );
+        // Past any disconnect grace (1–2 s), the requester is still there and is served.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(f.a.summary(client.peer_id).await.is_some_and(|s| s.connected));
+        let resp = ask_raw(&mut client, f.a.peer_id, BLOCKS_BY_RANGE_PROTOCOL, &valid).await;
+        assert_eq!(resp.code, ResponseCode::Ok as i32, "served after one mistake");
+        assert_eq!(resp.blocks.len(), 3);
+        // A second one, once answered, costs the connection.
+        let resp = ask_raw(&mut client, f.a.peer_id, protocol, &frame).await;
+        assert_eq!(
+            resp.code,
+            ResponseCode::InvalidRequest as i32,
+            "{protocol}, again"
+        );
+        let s =
+            f.a.wait_peer("the repeat disconnected", client.peer_id, |s| !s.connected)
+                .await;
+        assert!(s.score <= -20.0, "two mistakes cost the connection: {}", s.score);
     }
     // The largest valid request is answered.
     let mut client = RawClient::connect(&f.a.addr).await;
