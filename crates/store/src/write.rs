@@ -104,14 +104,14 @@ impl BlockStore {
         Ok(counts)
     }
 
-    /// Commits `changes` with the new reference counts of `counts`' files; then, once that
-    /// commit is durable, removes the files no block references any more.
+    /// Commits `changes` with the new reference counts of `counts`' files. A file no block
+    /// references any more is removed at the next open (`PayloadFiles::open`), when no crash can
+    /// bring its references back.
     pub(crate) fn commit_counted(
         &self,
         mut changes: Vec<Change>,
         counts: PayloadCounts,
     ) -> Result<(), StoreError> {
-        let mut unreferenced = Vec::new();
         for (file, delta) in counts.0 {
             if delta == 0 {
                 continue;
@@ -126,15 +126,9 @@ impl BlockStore {
                 changes.push((COL_META, key, Some((next as u64).to_be_bytes().to_vec())));
             } else {
                 changes.push((COL_META, key, None));
-                unreferenced.push(file);
             }
         }
         self.db.commit(changes)?;
-        if !unreferenced.is_empty() {
-            // Only once no crash can bring back the references may the files go.
-            self.db.sync_commits()?;
-            self.payloads.remove(&unreferenced);
-        }
         Ok(())
     }
 
