@@ -219,7 +219,7 @@ impl IndexTable {
 		};
 
 		try_io!(file.set_len(file_size(id.index_bits())));
-		let map = Mmap::map(&file)?;
+		let map = Mmap::map_reserving(file)?;
 		log::debug!(target: "parity-db", "Opened existing index {}", id);
 		Ok(Some(IndexTable { id, path, map: RwLock::new(Some(map)) }))
 	}
@@ -240,6 +240,7 @@ impl IndexTable {
 
 	pub fn write_stats(&self, stats: &ColumnStats) -> Result<()> {
 		if let Some(map) = &*self.map.write() {
+			map.reserve(HEADER_SIZE, stats::TOTAL_SIZE)?;
 			// SAFETY: The write lock is held, so no other slice of the mapping exists.
 			let slice = try_io!(Ok(unsafe { map.slice_mut(HEADER_SIZE, stats::TOTAL_SIZE) }));
 			stats.to_slice(slice);
@@ -533,12 +534,13 @@ impl IndexTable {
 				.open(self.path.as_path()));
 			log::debug!(target: "parity-db", "Created new index {}", self.id);
 			try_io!(file.set_len(file_size(self.id.index_bits())));
-			*wmap = Some(Mmap::map(&file)?);
+			*wmap = Some(Mmap::map_reserving(file)?);
 			map = RwLockWriteGuard::downgrade_to_upgradable(wmap);
 		}
 
 		let map = map.as_ref().unwrap();
 		let offset = META_SIZE + index as usize * CHUNK_LEN;
+		map.reserve(offset, CHUNK_LEN)?;
 		// SAFETY: Writes happen under a shared lock, but all chunks that are being written are
 		// accessed through the log overlay in other threads, so no other slice of this range
 		// exists.

@@ -5,6 +5,7 @@
 
 use crate::error::{try_io, Result};
 use memmap2::MmapRaw;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Extra address space reserved past the end of a growable file, see [`Mmap::map_growable`].
 #[cfg(all(not(windows), not(test)))]
@@ -13,15 +14,86 @@ const RESERVE_ADDRESS_SPACE: usize = 1024 * 1024 * 1024; // 1 Gb
 #[cfg(all(not(windows), test))]
 const RESERVE_ADDRESS_SPACE: usize = 64 * 1024 * 1024; // 64 Mb
 
+/// Size of the regions in which [`Mmap::reserve`] allocates disk space. (syncnode patch)
+const SPACE_REGION: usize = 64 * 1024;
+
 /// A writable memory mapping of a file.
 #[derive(Debug)]
-pub struct Mmap(MmapRaw);
+pub struct Mmap(MmapRaw, Option<Space>);
+
+/// The file of a sparse mapping and which of its [`SPACE_REGION`]s have disk space allocated.
+/// (syncnode patch)
+#[derive(Debug)]
+struct Space {
+	file: std::fs::File,
+	reserved: Vec<AtomicU64>,
+}
+
+/// Allocates disk blocks for `offset..offset + len` of `file`, extending it if it is shorter, so
+/// that writing there through a memory map cannot fail for lack of space: on a full disk this
+/// returns `ENOSPC`, where a write into an unallocated page of a map raises `SIGBUS`.
+/// (syncnode patch; `File::set_len` leaves the new range sparse.)
+#[cfg(target_os = "linux")]
+pub fn allocate(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+	use std::os::unix::io::AsRawFd;
+	let too_large = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+	let offset = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+	let len = libc::off_t::try_from(len).map_err(|_| too_large())?;
+	// SAFETY: a plain system call on an open file descriptor; no memory is passed to it.
+	let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, len) };
+	if err != 0 {
+		Err(std::io::Error::from_raw_os_error(err))
+	} else {
+		Ok(())
+	}
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn allocate(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+	if file.metadata()?.len() < offset + len {
+		file.set_len(offset + len)?;
+	}
+	Ok(())
+}
 
 impl Mmap {
 	/// Map the whole file.
 	pub fn map(file: &std::fs::File) -> Result<Mmap> {
 		let raw = try_io!(memmap2::MmapOptions::new().map_raw(file));
 		Ok(Mmap::new(raw))
+	}
+
+	/// Map the whole of a sparse file, keeping it to allocate disk space for each region before
+	/// its first write ([`Mmap::reserve`]). (syncnode patch)
+	pub fn map_reserving(file: std::fs::File) -> Result<Mmap> {
+		let mut map = Mmap::map(&file)?;
+		let regions = map.len().div_ceil(SPACE_REGION);
+		let reserved = (0..regions.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+		map.1 = Some(Space { file, reserved });
+		Ok(map)
+	}
+
+	/// Makes sure disk space is allocated for `offset..offset + len` of a map made by
+	/// [`Mmap::map_reserving`] before it is written through the map; an `Error::Io` if the disk
+	/// is full. Nothing to do for other maps, whose files are allocated as they grow.
+	/// (syncnode patch)
+	pub fn reserve(&self, offset: usize, len: usize) -> Result<()> {
+		let Some(space) = &self.1 else { return Ok(()) };
+		if len == 0 {
+			return Ok(())
+		}
+		self.check_range(offset, len);
+		for region in offset / SPACE_REGION..=(offset + len - 1) / SPACE_REGION {
+			let (word, bit) = (&space.reserved[region / 64], 1u64 << (region % 64));
+			if word.load(Ordering::Acquire) & bit != 0 {
+				continue
+			}
+			let start = region * SPACE_REGION;
+			let end = (start + SPACE_REGION).min(self.len());
+			try_io!(allocate(&space.file, start as u64, (end - start) as u64));
+			word.fetch_or(bit, Ordering::Release);
+		}
+		Ok(())
 	}
 
 	/// Map a file of `len` bytes that is expected to grow. On platforms that support it, extra
@@ -40,7 +112,7 @@ impl Mmap {
 	}
 
 	fn new(raw: MmapRaw) -> Mmap {
-		let map = Mmap(raw);
+		let map = Mmap(raw, None);
 		map.advise_random();
 		map
 	}
@@ -201,6 +273,39 @@ mod test {
 		assert!(map.len() >= 16);
 		unsafe { map.write_at(&[9; 16], 0) };
 		assert_eq!(map.slice(0, 16), &[9; 16]);
+	}
+
+	// syncnode patch: writes through a map must never meet an unallocated page (SIGBUS on a full
+	// disk), so space is allocated before them.
+	fn allocated_bytes(file: &std::fs::File) -> u64 {
+		use std::os::unix::fs::MetadataExt;
+		file.metadata().unwrap().blocks() * 512
+	}
+
+	#[test]
+	fn reserving_map_allocates_each_region_before_its_first_write() {
+		let (_dir, file) = temp_file(16 * super::SPACE_REGION as u64);
+		let probe = file.try_clone().unwrap();
+		assert_eq!(allocated_bytes(&probe), 0, "set_len leaves the file sparse");
+		let map = Mmap::map_reserving(file).unwrap();
+		let offset = 5 * super::SPACE_REGION - 4;
+		map.reserve(offset, 8).unwrap(); // straddles regions 4 and 5
+		let allocated = allocated_bytes(&probe);
+		assert!(allocated >= 2 * super::SPACE_REGION as u64, "{allocated}");
+		assert!(allocated < 16 * super::SPACE_REGION as u64, "{allocated}");
+		unsafe { map.write_at(&[7; 8], offset) };
+		map.reserve(offset, 8).unwrap();
+		assert_eq!(allocated_bytes(&probe), allocated, "a region is allocated once");
+		map.reserve(0, map.len()).unwrap();
+		assert!(allocated_bytes(&probe) >= 16 * super::SPACE_REGION as u64);
+	}
+
+	#[test]
+	fn allocate_extends_and_allocates() {
+		let (_dir, file) = temp_file(0);
+		super::allocate(&file, 0, 256 * 1024).unwrap();
+		assert_eq!(file.metadata().unwrap().len(), 256 * 1024);
+		assert!(allocated_bytes(&file) >= 256 * 1024);
 	}
 
 	#[test]

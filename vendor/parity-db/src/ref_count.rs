@@ -153,7 +153,7 @@ impl RefCountTable {
 		};
 
 		try_io!(file.set_len(file_size(id.index_bits())));
-		let map = Mmap::map(&file)?;
+		let map = Mmap::map_reserving(file)?;
 		log::debug!(target: "parity-db", "Opened existing refcount table {}", id);
 		Ok(Some(RefCountTable { id, path, map: RwLock::new(Some(map)) }))
 	}
@@ -362,12 +362,13 @@ impl RefCountTable {
 				.open(self.path.as_path()));
 			log::debug!(target: "parity-db", "Created new ref count {}", self.id);
 			try_io!(file.set_len(file_size(self.id.index_bits())));
-			*wmap = Some(Mmap::map(&file)?);
+			*wmap = Some(Mmap::map_reserving(file)?);
 			map = RwLockWriteGuard::downgrade_to_upgradable(wmap);
 		}
 
 		let map = map.as_ref().unwrap();
 		let offset = META_SIZE + index as usize * CHUNK_LEN;
+		map.reserve(offset, CHUNK_LEN)?;
 		// SAFETY: Writes happen under a shared lock, but all chunks that are being written are
 		// accessed through the log overlay in other threads, so no other slice of this range
 		// exists.
