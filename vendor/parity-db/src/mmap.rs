@@ -14,8 +14,22 @@ const RESERVE_ADDRESS_SPACE: usize = 1024 * 1024 * 1024; // 1 Gb
 #[cfg(all(not(windows), test))]
 const RESERVE_ADDRESS_SPACE: usize = 64 * 1024 * 1024; // 64 Mb
 
-/// Size of the regions in which [`Mmap::reserve`] allocates disk space. (syncnode patch)
-const SPACE_REGION: usize = 64 * 1024;
+/// Least size of the regions in which [`Mmap::reserve`] allocates disk space; a region is at
+/// least a memory page, since a write fault needs the blocks of the whole page. (syncnode patch)
+const SPACE_REGION: usize = 4096;
+
+/// The region size of [`Mmap::reserve`]: a memory page, at least [`SPACE_REGION`].
+#[cfg(unix)]
+fn space_region() -> usize {
+	// SAFETY: `sysconf` only reads a system setting.
+	let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+	usize::try_from(page).unwrap_or(SPACE_REGION).max(SPACE_REGION)
+}
+
+#[cfg(not(unix))]
+fn space_region() -> usize {
+	SPACE_REGION
+}
 
 /// A writable memory mapping of a file.
 #[derive(Debug)]
@@ -26,6 +40,7 @@ pub struct Mmap(MmapRaw, Option<Space>);
 #[derive(Debug)]
 struct Space {
 	file: std::fs::File,
+	region: usize,
 	reserved: Vec<AtomicU64>,
 }
 
@@ -67,9 +82,10 @@ impl Mmap {
 	/// its first write ([`Mmap::reserve`]). (syncnode patch)
 	pub fn map_reserving(file: std::fs::File) -> Result<Mmap> {
 		let mut map = Mmap::map(&file)?;
-		let regions = map.len().div_ceil(SPACE_REGION);
+		let region = space_region();
+		let regions = map.len().div_ceil(region);
 		let reserved = (0..regions.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-		map.1 = Some(Space { file, reserved });
+		map.1 = Some(Space { file, region, reserved });
 		Ok(map)
 	}
 
@@ -83,13 +99,14 @@ impl Mmap {
 			return Ok(())
 		}
 		self.check_range(offset, len);
-		for region in offset / SPACE_REGION..=(offset + len - 1) / SPACE_REGION {
+		let size = space.region;
+		for region in offset / size..=(offset + len - 1) / size {
 			let (word, bit) = (&space.reserved[region / 64], 1u64 << (region % 64));
 			if word.load(Ordering::Acquire) & bit != 0 {
 				continue
 			}
-			let start = region * SPACE_REGION;
-			let end = (start + SPACE_REGION).min(self.len());
+			let start = region * size;
+			let end = (start + size).min(self.len());
 			try_io!(allocate(&space.file, start as u64, (end - start) as u64));
 			word.fetch_or(bit, Ordering::Release);
 		}
@@ -284,20 +301,21 @@ mod test {
 
 	#[test]
 	fn reserving_map_allocates_each_region_before_its_first_write() {
-		let (_dir, file) = temp_file(16 * super::SPACE_REGION as u64);
+		let region = super::space_region();
+		let (_dir, file) = temp_file(16 * region as u64);
 		let probe = file.try_clone().unwrap();
 		assert_eq!(allocated_bytes(&probe), 0, "set_len leaves the file sparse");
 		let map = Mmap::map_reserving(file).unwrap();
-		let offset = 5 * super::SPACE_REGION - 4;
+		let offset = 5 * region - 4;
 		map.reserve(offset, 8).unwrap(); // straddles regions 4 and 5
 		let allocated = allocated_bytes(&probe);
-		assert!(allocated >= 2 * super::SPACE_REGION as u64, "{allocated}");
-		assert!(allocated < 16 * super::SPACE_REGION as u64, "{allocated}");
+		assert!(allocated >= 2 * region as u64, "{allocated}");
+		assert!(allocated < 16 * region as u64, "{allocated}");
 		unsafe { map.write_at(&[7; 8], offset) };
 		map.reserve(offset, 8).unwrap();
 		assert_eq!(allocated_bytes(&probe), allocated, "a region is allocated once");
 		map.reserve(0, map.len()).unwrap();
-		assert!(allocated_bytes(&probe) >= 16 * super::SPACE_REGION as u64);
+		assert!(allocated_bytes(&probe) >= 16 * region as u64);
 	}
 
 	#[test]
