@@ -5,7 +5,6 @@
 
 use crate::error::{try_io, Result};
 use memmap2::MmapRaw;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Extra address space reserved past the end of a growable file, see [`Mmap::map_growable`].
 #[cfg(all(not(windows), not(test)))]
@@ -14,35 +13,9 @@ const RESERVE_ADDRESS_SPACE: usize = 1024 * 1024 * 1024; // 1 Gb
 #[cfg(all(not(windows), test))]
 const RESERVE_ADDRESS_SPACE: usize = 64 * 1024 * 1024; // 64 Mb
 
-/// Least size of the regions in which [`Mmap::reserve`] allocates disk space; a region is at
-/// least a memory page, since a write fault needs the blocks of the whole page. (syncnode patch)
-const SPACE_REGION: usize = 4096;
-
-/// The region size of [`Mmap::reserve`]: a memory page, at least [`SPACE_REGION`].
-#[cfg(unix)]
-fn space_region() -> usize {
-	// SAFETY: `sysconf` only reads a system setting.
-	let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-	usize::try_from(page).unwrap_or(SPACE_REGION).max(SPACE_REGION)
-}
-
-#[cfg(not(unix))]
-fn space_region() -> usize {
-	SPACE_REGION
-}
-
 /// A writable memory mapping of a file.
 #[derive(Debug)]
-pub struct Mmap(MmapRaw, Option<Space>);
-
-/// The file of a sparse mapping and which of its [`SPACE_REGION`]s have disk space allocated.
-/// (syncnode patch)
-#[derive(Debug)]
-struct Space {
-	file: std::fs::File,
-	region: usize,
-	reserved: Vec<AtomicU64>,
-}
+pub struct Mmap(MmapRaw);
 
 /// Allocates disk blocks for `offset..offset + len` of `file`, extending it if it is shorter, so
 /// that writing there through a memory map cannot fail for lack of space: on a full disk this
@@ -78,41 +51,6 @@ impl Mmap {
 		Ok(Mmap::new(raw))
 	}
 
-	/// Map the whole of a sparse file, keeping it to allocate disk space for each region before
-	/// its first write ([`Mmap::reserve`]). (syncnode patch)
-	pub fn map_reserving(file: std::fs::File) -> Result<Mmap> {
-		let mut map = Mmap::map(&file)?;
-		let region = space_region();
-		let regions = map.len().div_ceil(region);
-		let reserved = (0..regions.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-		map.1 = Some(Space { file, region, reserved });
-		Ok(map)
-	}
-
-	/// Makes sure disk space is allocated for `offset..offset + len` of a map made by
-	/// [`Mmap::map_reserving`] before it is written through the map; an `Error::Io` if the disk
-	/// is full. Nothing to do for other maps, whose files are allocated as they grow.
-	/// (syncnode patch)
-	pub fn reserve(&self, offset: usize, len: usize) -> Result<()> {
-		let Some(space) = &self.1 else { return Ok(()) };
-		if len == 0 {
-			return Ok(())
-		}
-		self.check_range(offset, len);
-		let size = space.region;
-		for region in offset / size..=(offset + len - 1) / size {
-			let (word, bit) = (&space.reserved[region / 64], 1u64 << (region % 64));
-			if word.load(Ordering::Acquire) & bit != 0 {
-				continue
-			}
-			let start = region * size;
-			let end = (start + size).min(self.len());
-			try_io!(allocate(&space.file, start as u64, (end - start) as u64));
-			word.fetch_or(bit, Ordering::Release);
-		}
-		Ok(())
-	}
-
 	/// Map a file of `len` bytes that is expected to grow. On platforms that support it, extra
 	/// address space is reserved past `len` so that the mapping does not need to be recreated on
 	/// every file extension.
@@ -129,7 +67,7 @@ impl Mmap {
 	}
 
 	fn new(raw: MmapRaw) -> Mmap {
-		let map = Mmap(raw, None);
+		let map = Mmap(raw);
 		map.advise_random();
 		map
 	}
@@ -297,25 +235,6 @@ mod test {
 	fn allocated_bytes(file: &std::fs::File) -> u64 {
 		use std::os::unix::fs::MetadataExt;
 		file.metadata().unwrap().blocks() * 512
-	}
-
-	#[test]
-	fn reserving_map_allocates_each_region_before_its_first_write() {
-		let region = super::space_region();
-		let (_dir, file) = temp_file(16 * region as u64);
-		let probe = file.try_clone().unwrap();
-		assert_eq!(allocated_bytes(&probe), 0, "set_len leaves the file sparse");
-		let map = Mmap::map_reserving(file).unwrap();
-		let offset = 5 * region - 4;
-		map.reserve(offset, 8).unwrap(); // straddles regions 4 and 5
-		let allocated = allocated_bytes(&probe);
-		assert!(allocated >= 2 * region as u64, "{allocated}");
-		assert!(allocated < 16 * region as u64, "{allocated}");
-		unsafe { map.write_at(&[7; 8], offset) };
-		map.reserve(offset, 8).unwrap();
-		assert_eq!(allocated_bytes(&probe), allocated, "a region is allocated once");
-		map.reserve(0, map.len()).unwrap();
-		assert!(allocated_bytes(&probe) >= 16 * region as u64);
 	}
 
 	#[test]

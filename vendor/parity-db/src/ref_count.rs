@@ -6,7 +6,7 @@ use crate::{
 	error::{try_io, Error, Result},
 	index::{Address, PlanOutcome},
 	log::{LogQuery, LogReader, LogWriter},
-	mmap::Mmap,
+	mmap::{allocate, Mmap},
 	parking_lot::{RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard},
 };
 use std::convert::TryInto;
@@ -152,8 +152,10 @@ impl RefCountTable {
 			Ok(file) => file,
 		};
 
-		try_io!(file.set_len(file_size(id.index_bits())));
-		let map = Mmap::map_reserving(file)?;
+		// Allocated, not sparse: a write (on tmpfs even a read) through the map into a hole of a
+		// full filesystem raises SIGBUS (syncnode patch).
+		try_io!(allocate(&file, 0, file_size(id.index_bits())));
+		let map = Mmap::map(&file)?;
 		log::debug!(target: "parity-db", "Opened existing refcount table {}", id);
 		Ok(Some(RefCountTable { id, path, map: RwLock::new(Some(map)) }))
 	}
@@ -361,14 +363,18 @@ impl RefCountTable {
 				.create_new(true)
 				.open(self.path.as_path()));
 			log::debug!(target: "parity-db", "Created new ref count {}", self.id);
-			try_io!(file.set_len(file_size(self.id.index_bits())));
-			*wmap = Some(Mmap::map_reserving(file)?);
+			if let Err(e) = allocate(&file, 0, file_size(self.id.index_bits())) {
+				// Not left half made for the next open to take as a table (syncnode patch).
+				drop(file);
+				let _ = std::fs::remove_file(self.path.as_path());
+				return Err(Error::Io(e))
+			}
+			*wmap = Some(Mmap::map(&file)?);
 			map = RwLockWriteGuard::downgrade_to_upgradable(wmap);
 		}
 
 		let map = map.as_ref().unwrap();
 		let offset = META_SIZE + index as usize * CHUNK_LEN;
-		map.reserve(offset, CHUNK_LEN)?;
 		// SAFETY: Writes happen under a shared lock, but all chunks that are being written are
 		// accessed through the log overlay in other threads, so no other slice of this range
 		// exists.
