@@ -176,17 +176,21 @@ fn without_a_floor_a_full_disk_is_an_error_not_a_signal() {
     let mut node = setup.start(0);
     // The store's own writes meet the full disk: the node pauses, or, if parity-db stopped on
     // it, says to restart; either way it stays up.
-    node.wait_status(Duration::from_secs(180), "disk_full", |s| {
-        disk_state(s) == "disk_full"
+    let died = |node: &mut Node| {
+        if let Ok(Some(status)) = node.child.0.try_wait() {
+            panic!(
+                "the node died on a full disk ({status:?}, signal {:?}):\n{}",
+                status.signal(),
+                node.log_tail(20)
+            );
+        }
+    };
+    wait_for(Duration::from_secs(180), "node: disk_full", || {
+        died(&mut node);
+        node.status().filter(|s| disk_state(s) == "disk_full")
     });
     std::thread::sleep(Duration::from_secs(2));
-    if let Ok(Some(status)) = node.child.0.try_wait() {
-        panic!(
-            "the node died on a full disk ({status:?}, signal {:?}):\n{}",
-            status.signal(),
-            node.log_tail(20)
-        );
-    }
+    died(&mut node);
     assert!(node.status().is_some(), "still answering");
     setup.fs.grow(GROWN_MIB);
     // It resumes by itself, unless parity-db stopped on the failed write: then it says to
