@@ -2,15 +2,25 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz
+.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db
 
-## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
-test: lint build interop-deps
+## make test: format check, clippy with -D warnings, the vendored parity-db's check and tests, then
+## the whole test suite (nextest if present).
+test: lint build interop-deps parity-db
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## The vendored parity-db (not a workspace member): that it is the published crate plus the files
+## of vendor/parity-db/patches/, then its own tests, with the dependency versions it was published
+## with. db::tests::test_random is skipped: a randomized soak of 6+ minutes on 2 cores, about the
+## patched code no more than the other tests are.
+parity-db:
+	CARGO=$(CARGO) ./scripts/parity-db-patches.sh
+	CARGO_TARGET_DIR=$(CURDIR)/target/parity-db $(CARGO) test --locked \
+		--manifest-path vendor/parity-db/Cargo.toml -- --skip db::tests::test_random
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -90,6 +90,11 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         verify_threads: 0,
         checkpoint,
         history_blocks: args.history_blocks,
+        min_free_space: args
+            .min_free_space
+            .map_or(syncnode_node::disk::DEFAULT_MIN_FREE_SPACE, |m| {
+                m.saturating_mul(1 << 20)
+            }),
     })
 }
 

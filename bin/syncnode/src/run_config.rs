@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// Seconds without progress, while peers are ahead, before the state is `stalled` [default: 60].
     #[arg(long)]
     pub stall_after_secs: Option<u64>,
+    /// Pause importing while the data directory's filesystem has less than this free, in MiB
+    /// (`disk_full` in /status); importing resumes by itself once there is room [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub min_free_space: Option<u64>,
 }
 
 /// The default listen addresses.
@@ -123,6 +127,7 @@ impl RunArgs {
             backfill_window_batches: self.backfill_window_batches.or(file.backfill_window_batches),
             backfill_window_mib: self.backfill_window_mib.or(file.backfill_window_mib),
             stall_after_secs: self.stall_after_secs.or(file.stall_after_secs),
+            min_free_space: self.min_free_space.or(file.min_free_space),
         }
     }
 
@@ -159,6 +164,11 @@ impl RunArgs {
             backfill_window_batches: Some(merged.backfill_window_batches.unwrap_or(4)),
             backfill_window_mib: Some(merged.backfill_window_mib.unwrap_or(32)),
             stall_after_secs: Some(merged.stall_after_secs.unwrap_or(60)),
+            min_free_space: Some(
+                merged
+                    .min_free_space
+                    .unwrap_or(syncnode_node::disk::DEFAULT_MIN_FREE_SPACE >> 20),
+            ),
             ..merged
         };
         anyhow::ensure!(

@@ -22,6 +22,21 @@ pub struct StatusJson {
     pub target_height: u64,
     /// History is complete down to genesis or the configured floor.
     pub backfill_complete: bool,
+    /// The data directory's space.
+    #[serde(default)]
+    pub disk: DiskJson,
+}
+
+/// The `disk` of `GET /status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DiskJson {
+    /// `ok`, or `disk_full` while imports are paused for lack of space.
+    pub state: String,
+    /// Bytes free to the node on the data directory's filesystem.
+    pub free_bytes: u64,
+    /// The floor below which imports pause (`--min-free-space`).
+    pub min_free_bytes: u64,
+    pub data_dir: String,
 }
 
 /// One entry of `GET /peers`.

@@ -17,7 +17,7 @@ use syncnode_sync::SyncState;
 use syncnode_types::{Block, Hash};
 use tokio::sync::watch;
 
-use crate::api::{BlockJson, PeerJson, StatusJson};
+use crate::api::{BlockJson, DiskJson, PeerJson, StatusJson};
 use crate::import::ChainWatch;
 
 /// What the handlers read.
@@ -30,6 +30,7 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub subscriptions: crate::subscribe::Subscriptions,
     pub streams: crate::stream::BlockStreams,
+    pub disk: Arc<crate::disk::DiskSpace>,
 }
 
 /// The engine's view, as the event loop last published it.
@@ -103,6 +104,12 @@ async fn status(State(s): State<ApiState>) -> Json<StatusJson> {
         peers: peers.iter().filter(|p| p.connected).count(),
         target_height: view.target,
         backfill_complete: view.backfill_complete,
+        disk: DiskJson {
+            state: if s.disk.is_full() { "disk_full" } else { "ok" }.to_owned(),
+            free_bytes: s.disk.free(),
+            min_free_bytes: s.disk.min_free(),
+            data_dir: s.disk.data_dir().display().to_string(),
+        },
     })
 }
 
@@ -155,6 +162,7 @@ async fn block_by_hash(State(s): State<ApiState>, Path(hash): Path<String>) -> R
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
+    s.disk.free();
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
         Ok(()) => (

@@ -4,7 +4,9 @@
 //! continue one another are committed together: each commit ends with a sync of the payload
 //! files (~6 ms here), so while syncing 1 KiB blocks the sync, not the writing, was 60% of the
 //! importer's time at one commit per 512-block batch. After each commit it prunes old history when retention asks for it (see
-//! [`crate::retention`]), then publishes the new Status and head on watch channels.
+//! [`crate::retention`]), then publishes the new Status and head on watch channels. It pauses
+//! before a commit while the data directory lacks room, and after a write that failed for lack of
+//! it, until there is room again ([`crate::disk`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +16,8 @@ use syncnode_store::{BlockStore, ImportOutcome, Pointer, StoreError};
 use syncnode_sync::{Direction, ImportError, ImportId};
 use syncnode_types::Block;
 use tokio::sync::{mpsc, watch};
+
+use crate::disk::DiskSpace;
 
 /// Most imports queued for the importer; the engine's window keeps far fewer outstanding.
 pub const IMPORT_QUEUE: usize = 64;
@@ -61,54 +65,97 @@ pub fn spawn_importer(
     store: Arc<BlockStore>,
     done: mpsc::Sender<ImportDone>,
     history_blocks: Option<u64>,
+    disk: Arc<DiskSpace>,
 ) -> std::io::Result<(mpsc::Sender<ImportJob>, ChainWatch, std::thread::JoinHandle<()>)> {
-    let (jobs_tx, mut jobs) = mpsc::channel::<ImportJob>(IMPORT_QUEUE);
+    let (jobs_tx, jobs) = mpsc::channel::<ImportJob>(IMPORT_QUEUE);
     let (status_tx, status) = watch::channel(store.status());
     let (head_tx, head) = watch::channel(store.head());
+    let importer = Importer {
+        store,
+        done,
+        history_blocks,
+        disk,
+        status_tx,
+        head_tx,
+    };
     let thread = std::thread::Builder::new()
         .name("importer".into())
-        .spawn(move || {
-            let mut held = None;
-            while let Some(group) = next_group(&mut jobs, &mut held) {
-                let started = Instant::now();
-                let head_before = store.head();
-                let results = commit_group(&store, &group);
-                let any_ok = results.iter().any(Result::is_ok);
-                if any_ok
-                    && let Some(n) = history_blocks
-                    && let Err(e) = crate::retention::prune_if_due(&store, n, crate::retention::PRUNE_STEP)
-                {
-                    tracing::warn!("pruning old history failed: {e}");
-                }
-                let head_now = store.head();
-                if any_ok {
-                    status_tx.send_replace(store.status());
-                    if head_now != head_before {
-                        head_tx.send_replace(head_now);
-                    }
-                }
-                // The group's time, shared by its jobs in proportion to their blocks.
-                let seconds = started.elapsed().as_secs_f64();
-                let total = group.iter().map(|j| j.blocks.len()).sum::<usize>().max(1);
-                for (job, result) in group.into_iter().zip(results) {
-                    let last = job.blocks.last().cloned();
-                    let became_head = last.as_ref().is_some_and(|b| b.hash() == head_now.hash);
-                    let report = ImportDone {
-                        id: job.id,
-                        direction: job.direction,
-                        blocks: job.blocks.len(),
-                        last,
-                        became_head,
-                        result,
-                        seconds: seconds * job.blocks.len() as f64 / total as f64,
-                    };
-                    if done.blocking_send(report).is_err() {
-                        return;
-                    }
-                }
-            }
-        })?;
+        .spawn(move || importer.run(jobs))?;
     Ok((jobs_tx, ChainWatch { status, head }, thread))
+}
+
+/// The importer thread's state.
+struct Importer {
+    store: Arc<BlockStore>,
+    done: mpsc::Sender<ImportDone>,
+    history_blocks: Option<u64>,
+    disk: Arc<DiskSpace>,
+    status_tx: watch::Sender<Status>,
+    head_tx: watch::Sender<Pointer>,
+}
+
+impl Importer {
+    fn run(self, mut jobs: mpsc::Receiver<ImportJob>) {
+        let mut held = None;
+        while let Some(group) = next_group(&mut jobs, &mut held) {
+            if !self
+                .disk
+                .wait_for_room(|| self.done.is_closed() || jobs.is_closed())
+            {
+                return;
+            }
+            let started = Instant::now();
+            let head_before = self.store.head();
+            let results = commit_group(&self.store, &group, &self.disk);
+            if results.iter().any(Result::is_ok) {
+                self.after_commit(head_before);
+            }
+            if !self.report(group, results, started) || self.disk.store_stopped() {
+                // With parity-db stopped no commit can succeed; what it holds is still served.
+                return;
+            }
+        }
+    }
+
+    /// Prunes if due, then publishes the new Status and head.
+    fn after_commit(&self, head_before: Pointer) {
+        if let Some(n) = self.history_blocks
+            && let Err(e) = crate::retention::prune_if_due(&self.store, n, crate::retention::PRUNE_STEP)
+        {
+            tracing::warn!("pruning old history failed: {e}");
+            self.disk.write_failed(&e);
+        }
+        self.status_tx.send_replace(self.store.status());
+        let head_now = self.store.head();
+        if head_now != head_before {
+            self.head_tx.send_replace(head_now);
+        }
+    }
+
+    /// Tells the event loop what became of each job; `false` once it is gone.
+    fn report(&self, group: Vec<ImportJob>, results: Vec<Result<(), ImportError>>, started: Instant) -> bool {
+        let head_now = self.store.head();
+        // The group's time, shared by its jobs in proportion to their blocks.
+        let seconds = started.elapsed().as_secs_f64();
+        let total = group.iter().map(|j| j.blocks.len()).sum::<usize>().max(1);
+        for (job, result) in group.into_iter().zip(results) {
+            let last = job.blocks.last().cloned();
+            let became_head = last.as_ref().is_some_and(|b| b.hash() == head_now.hash);
+            let report = ImportDone {
+                id: job.id,
+                direction: job.direction,
+                blocks: job.blocks.len(),
+                last,
+                became_head,
+                result,
+                seconds: seconds * job.blocks.len() as f64 / total as f64,
+            };
+            if self.done.blocking_send(report).is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Waits for the next job, then takes the queued jobs that continue it (same direction, linked
@@ -186,7 +233,7 @@ fn continues(prev: &ImportJob, next: &ImportJob) -> bool {
 /// Commits a group: all its blocks in one store commit (so one payload sync), when that
 /// succeeds; otherwise job by job, so each gets exactly the result it would have had alone (a
 /// store import is atomic: the failed attempt changed nothing).
-fn commit_group(store: &BlockStore, group: &[ImportJob]) -> Vec<Result<(), ImportError>> {
+fn commit_group(store: &BlockStore, group: &[ImportJob], disk: &DiskSpace) -> Vec<Result<(), ImportError>> {
     if let [first, _, ..] = group {
         let merged: Vec<Block> = match first.direction {
             Direction::Forward => group.iter().flat_map(|j| j.blocks.iter().cloned()).collect(),
@@ -196,18 +243,27 @@ fn commit_group(store: &BlockStore, group: &[ImportJob]) -> Vec<Result<(), Impor
                 .flat_map(|j| j.blocks.iter().cloned())
                 .collect(),
         };
-        if commit(store, first.direction, &merged).is_ok() {
+        if commit(store, first.direction, &merged, disk).is_ok() {
             return group.iter().map(|_| Ok(())).collect();
         }
     }
     group
         .iter()
-        .map(|job| commit(store, job.direction, &job.blocks))
+        .map(|job| commit(store, job.direction, &job.blocks, disk))
         .collect()
 }
 
-fn commit(store: &BlockStore, direction: Direction, blocks: &[Block]) -> Result<(), ImportError> {
+fn commit(
+    store: &BlockStore,
+    direction: Direction,
+    blocks: &[Block],
+    disk: &DiskSpace,
+) -> Result<(), ImportError> {
     let head = store.head();
+    let failed = |e: StoreError| {
+        disk.write_failed(&e);
+        e
+    };
     match direction {
         Direction::Forward => match store.import_blocks(blocks) {
             Ok(ImportOutcome::Canonical { .. } | ImportOutcome::Known) => Ok(()),
@@ -216,11 +272,11 @@ fn commit(store: &BlockStore, direction: Direction, blocks: &[Block]) -> Result<
                 height: head.height,
                 hash: head.hash,
             }),
-            Err(e) => Err(classify(e, head, blocks)),
+            Err(e) => Err(classify(failed(e), head, blocks)),
         },
         Direction::Backfill => match store.import_backfill(blocks) {
             Ok(_) => Ok(()),
-            Err(e) => Err(classify(e, store.pointers().low, blocks)),
+            Err(e) => Err(classify(failed(e), store.pointers().low, blocks)),
         },
     }
 }
@@ -266,6 +322,10 @@ mod tests {
         BlockStore::open(dir.path(), &spec()).expect("open").0
     }
 
+    fn roomy(dir: &tempfile::TempDir) -> Arc<DiskSpace> {
+        DiskSpace::new(dir.path(), 0)
+    }
+
     fn job(blocks: &[Block], direction: Direction) -> ImportJob {
         ImportJob {
             id: None,
@@ -298,13 +358,13 @@ mod tests {
         let group = next_group(&mut rx, &mut held).expect("group");
         assert_eq!(group.len(), 4);
         assert!(held.is_some(), "the job after the gap is held");
-        assert_eq!(commit_group(&store, &group), vec![Ok(()); 4]);
+        assert_eq!(commit_group(&store, &group, &roomy(&dir)), vec![Ok(()); 4]);
         assert_eq!(store.head(), Pointer::at(&blocks[399]));
 
         let group = next_group(&mut rx, &mut held).expect("group");
         assert_eq!(group.len(), 1);
         assert!(matches!(
-            commit_group(&store, &group)[..],
+            commit_group(&store, &group, &roomy(&dir))[..],
             [Err(ImportError::DoesNotLink { height: 400, .. })]
         ));
         drop(rx);
@@ -347,13 +407,13 @@ mod tests {
         let grouped_store = store(&grouped_dir);
         let group = next_group(&mut queue(jobs()), &mut None).expect("group");
         assert_eq!(group.len(), 3);
-        let grouped = commit_group(&grouped_store, &group);
+        let grouped = commit_group(&grouped_store, &group, &roomy(&grouped_dir));
 
         let alone_dir = tempfile::tempdir().expect("tmp");
         let alone_store = store(&alone_dir);
         let alone: Vec<_> = jobs()
             .iter()
-            .map(|j| commit(&alone_store, j.direction, &j.blocks))
+            .map(|j| commit(&alone_store, j.direction, &j.blocks, &roomy(&alone_dir)))
             .collect();
         assert_eq!(grouped, alone);
         assert_eq!(grouped[0], Ok(()));
@@ -378,7 +438,7 @@ mod tests {
         ];
         let group = next_group(&mut queue(jobs), &mut None).expect("group");
         assert_eq!(group.len(), 3);
-        assert_eq!(commit_group(&store, &group), vec![Ok(()); 3]);
+        assert_eq!(commit_group(&store, &group, &roomy(&dir)), vec![Ok(()); 3]);
         assert_eq!(store.pointers().low.height, 0);
         assert!(store.verify_chain(|_, _| {}).expect("check").is_ok());
     }

@@ -31,6 +31,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod disk;
 pub mod gossip;
 pub mod http;
 pub mod http_client;
@@ -73,6 +74,8 @@ pub struct NodeConfig {
     /// Keep only this many blocks below the finalized block: backfill stops there and older
     /// blocks are pruned as the head advances (`None`: full history). See [`retention`].
     pub history_blocks: Option<u64>,
+    /// Imports pause while the data directory's filesystem has fewer bytes free than this.
+    pub min_free_space: u64,
 }
 
 /// Loads the node's libp2p identity from `DATA_DIR/network_key`, creating it on first start, so
@@ -114,7 +117,7 @@ pub async fn run_with(
     let data_dir = config.data_dir.clone();
     let (store, report) = tokio::task::spawn_blocking(move || BlockStore::open(&data_dir, &spec))
         .await?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        .map_err(|e| open_error(e, &config.data_dir))?;
     for action in &report.actions {
         tracing::warn!("store repaired at open: {action}");
     }
@@ -137,7 +140,11 @@ pub async fn run_with(
     let metrics = metrics::NodeMetrics::register(&mut registry);
     metrics.observe_chain(&store.status());
     let (done_tx, done_rx) = mpsc::channel(import::IMPORT_QUEUE * 2);
-    let (imports, chain, importer) = import::spawn_importer(store.clone(), done_tx, history_blocks)?;
+    let disk = disk::DiskSpace::new(&config.data_dir, config.min_free_space);
+    disk.register(&mut registry);
+    disk.check();
+    let (imports, chain, importer) =
+        import::spawn_importer(store.clone(), done_tx, history_blocks, disk.clone())?;
     let subscriptions = subscribe::Subscriptions::new(store.clone(), chain.head.clone());
     on_ready(subscriptions.clone());
 
@@ -185,6 +192,7 @@ pub async fn run_with(
                 streams: stream::BlockStreams::register(&mut registry, stream::MAX_BLOCK_STREAMS),
                 registry: Arc::new(registry),
                 subscriptions: subscriptions.clone(),
+                disk,
             };
             let (local, task) = http::serve(addr, state, async {
                 let _ = stop_http_rx.await;
@@ -236,6 +244,20 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The error of a store that would not open, with what to do when the disk is full.
+fn open_error(e: syncnode_store::StoreError, data_dir: &Path) -> anyhow::Error {
+    let full = e.is_out_of_space();
+    let e = anyhow::Error::new(e).context(format!("opening the store in {}", data_dir.display()));
+    if full {
+        e.context(format!(
+            "the filesystem of {} is full: free space there or grow it, then start the node again",
+            data_dir.display()
+        ))
+    } else {
+        e
+    }
 }
 
 async fn log_listen_addrs(network: &syncnode_network::NetworkHandle) {

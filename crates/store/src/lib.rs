@@ -128,6 +128,33 @@ impl StoreError {
                 | StoreError::BackfillLink(_)
         )
     }
+
+    /// Whether this error is a write that failed for lack of disk space.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::PayloadIo { source, .. } => is_no_space(source),
+            StoreError::Db(e) => db_out_of_space(e),
+            _ => false,
+        }
+    }
+
+    /// Whether parity-db has stopped: a background write failed and it takes no more commits
+    /// until it is opened again.
+    pub fn is_db_stopped(&self) -> bool {
+        matches!(self, StoreError::Db(parity_db::Error::Background(_)))
+    }
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+}
+
+fn db_out_of_space(e: &parity_db::Error) -> bool {
+    match e {
+        parity_db::Error::Io(io) => is_no_space(io),
+        parity_db::Error::Background(inner) => db_out_of_space(inner),
+        _ => false,
+    }
 }
 
 /// Tuning of a store.

@@ -21,11 +21,10 @@
 //! A new file is started once the current one holds [`FILE_TARGET_BYTES`] (or the configured
 //! size). The number of stored blocks referencing each file is kept in the metadata column,
 //! changed within the same commits as the references. A file whose count reaches zero (its
-//! blocks pruned) is removed once the commit that zeroed it is durable: parity-db makes commits
-//! durable some time after `commit` returns, so the store first waits for it
-//! (`Db::sync_commits`, a patch of the vendored parity-db); a file deleted before that would be
-//! missed by the blocks a crash brings back. A crash between the two leaves a file no block
-//! references, removed at the next open.
+//! blocks pruned) is removed at the next open: parity-db makes a commit durable some time after
+//! `commit` returns, and a file deleted before that would be missed by the blocks a crash brings
+//! back. At open, parity-db has replayed every commit in its files, so a file it counts no reference
+//! to is referenced by nothing a killed process could come back to.
 
 use std::fs::{File, OpenOptions};
 use std::num::NonZeroUsize;
@@ -239,6 +238,7 @@ impl PayloadFiles {
     }
 
     /// The file being appended to.
+    #[cfg(test)]
     pub fn tail_file(&self) -> u32 {
         lock(&self.appender).0.file
     }
@@ -275,21 +275,6 @@ impl PayloadFiles {
         let file = Arc::new(File::open(&path).map_err(|e| io_error(&path, "open", e))?);
         lock(&self.readers).put(number, Arc::clone(&file));
         Ok(file)
-    }
-
-    /// Removes the files of `numbers`, which no stored block references any more in a durable
-    /// commit, except the file being appended to. A file that cannot be removed is left for the
-    /// next open.
-    pub fn remove(&self, numbers: &[u32]) {
-        let appending = self.tail_file();
-        for &number in numbers.iter().filter(|&&n| n != appending) {
-            lock(&self.readers).pop(&number);
-            let path = self.path(number);
-            match std::fs::remove_file(&path) {
-                Ok(()) => tracing::debug!(file = %path.display(), "removed unreferenced payload file"),
-                Err(e) => tracing::warn!(file = %path.display(), "could not remove payload file: {e}"),
-            }
-        }
     }
 }
 
@@ -382,10 +367,6 @@ mod tests {
         assert_eq!((again[0].file, again[0].offset), (1, 80));
         let (again, _) = files.append(&[&a]).expect("append");
         assert_eq!((again[0].file, again[0].offset), (2, 0));
-        assert_eq!(files.read(&again[0]).expect("read"), a);
-        files.remove(&[1, 2]);
-        assert!(!path(1).exists(), "unreferenced file removed");
-        assert!(path(2).exists(), "the file being appended to is kept");
         assert_eq!(files.read(&again[0]).expect("read"), a);
     }
 }

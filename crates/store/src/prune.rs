@@ -6,8 +6,7 @@
 //! partly pruned but consistent store: every invariant of the crate holds after every commit.
 //! Genesis (its block and `canon[0]`) is always kept; so is everything at or above the finalized
 //! block. Side-chain blocks are not indexed by height and are left alone. Payload files whose
-//! blocks are all pruned are removed once the commit that pruned the last of them is durable
-//! (see `payloads.rs`).
+//! blocks are all pruned are removed at the next open (see `payloads.rs`).
 
 use syncnode_types::Height;
 

@@ -5,7 +5,7 @@ use syncnode_types::{Block, Height};
 
 use crate::canon::CanonEdits;
 use crate::schema::*;
-use crate::{BlockStore, StoreError, lock};
+use crate::{BlockStore, Pointers, StoreError, lock};
 
 /// What the check at open found and changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,58 +46,11 @@ impl BlockStore {
         let mut report = RepairReport::default();
         let mut next = p;
         let mut changes: Vec<Change> = Vec::new();
-
         // The low pointer first: the walk below never goes under it.
-        if self.intact_at(p.low.height).map(|b| b.hash()) != Some(p.low.hash) {
-            let found =
-                (p.low.height + 1..=p.head.height.min(p.low.height + depth)).find_map(|h| self.intact_at(h));
-            let Some(block) = found else {
-                return Err(StoreError::Corrupt(format!(
-                    "the lowest block at {} and the {depth} above it are missing; the store cannot be repaired",
-                    p.low.height
-                )));
-            };
-            next.low = Pointer::at(&block);
-            report.actions.push(format!(
-                "backfill low block at {} was missing: low moved up to {}",
-                p.low.height, next.low.height
-            ));
-        }
-
+        next.low = self.repair_low(p, depth, &mut report)?;
         let bottom = next.low.height.max(p.head.height.saturating_sub(depth));
-        let mut lowest_fault: Option<Height> = None;
-        let mut above: Option<Block> = None;
-        for height in (bottom..=p.head.height).rev() {
-            report.checked += 1;
-            let block = self.intact_at(height);
-            let fault = match (&block, &above) {
-                (None, _) => Some(height),
-                (Some(b), None) if height == p.head.height && b.hash() != p.head.hash => Some(height),
-                (Some(b), Some(a)) if a.header.parent_hash != b.hash() => Some(height + 1),
-                _ => None,
-            };
-            if let Some(f) = fault {
-                lowest_fault = Some(f);
-            }
-            above = block;
-        }
-        if let Some(fault) = lowest_fault {
-            let new_head = (next.low.height..fault)
-                .rev()
-                .find_map(|h| self.intact_at(h))
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("no intact block between {} and {fault}", next.low.height))
-                })?;
-            next.head = Pointer::at(&new_head);
-            let mut canon = CanonEdits::default();
-            for h in next.head.height + 1..=p.head.height {
-                canon.remove(h);
-            }
-            canon.write_to(&self.db, &mut changes)?;
-            report.actions.push(format!(
-                "blocks from height {fault} were missing or did not link: head rolled back from {} to {}",
-                p.head.height, next.head.height
-            ));
+        if let Some(fault) = self.lowest_fault(p.head, bottom, &mut report) {
+            next.head = self.roll_back_head(p.head, next.low, fault, &mut changes, &mut report)?;
             if next.finalized.height > next.head.height {
                 report.actions.push(format!(
                     "finalized block at {} was lost: finalized rolled back to {}",
@@ -117,21 +70,105 @@ impl BlockStore {
             next.finalized = fallback;
         }
         if next != p && apply {
-            for (name, old, new) in [
-                (META_HEAD, p.head, next.head),
-                (META_FINALIZED, p.finalized, next.finalized),
-                (META_LOW, p.low, next.low),
-            ] {
-                if old != new {
-                    changes.push((COL_META, name.to_vec(), Some(new.encode())));
-                }
-            }
-            self.db.commit(changes)?;
-            self.set_pointers(next);
-            for action in &report.actions {
-                tracing::warn!(store = %self.path.display(), "repair: {action}");
-            }
+            self.commit_repair(p, next, changes, &report)?;
         }
         Ok(report)
+    }
+
+    /// The low pointer, or the lowest intact block up to `depth` above it if its block is gone.
+    fn repair_low(&self, p: Pointers, depth: u64, report: &mut RepairReport) -> Result<Pointer, StoreError> {
+        if self.intact_at(p.low.height).map(|b| b.hash()) == Some(p.low.hash) {
+            return Ok(p.low);
+        }
+        let found =
+            (p.low.height + 1..=p.head.height.min(p.low.height + depth)).find_map(|h| self.intact_at(h));
+        let Some(block) = found else {
+            return Err(StoreError::Corrupt(format!(
+                "the lowest block at {} and the {depth} above it are missing; the store cannot be repaired",
+                p.low.height
+            )));
+        };
+        let low = Pointer::at(&block);
+        report.actions.push(format!(
+            "backfill low block at {} was missing: low moved up to {}",
+            p.low.height, low.height
+        ));
+        Ok(low)
+    }
+
+    /// Walks from `head` down to `bottom`: the lowest height whose block is missing, damaged or
+    /// not the parent of the one above, if any.
+    fn lowest_fault(&self, head: Pointer, bottom: Height, report: &mut RepairReport) -> Option<Height> {
+        let mut lowest_fault: Option<Height> = None;
+        let mut above: Option<Block> = None;
+        for height in (bottom..=head.height).rev() {
+            report.checked += 1;
+            let block = self.intact_at(height);
+            let fault = match (&block, &above) {
+                (None, _) => Some(height),
+                (Some(b), None) if height == head.height && b.hash() != head.hash => Some(height),
+                (Some(b), Some(a)) if a.header.parent_hash != b.hash() => Some(height + 1),
+                _ => None,
+            };
+            if let Some(f) = fault {
+                lowest_fault = Some(f);
+            }
+            above = block;
+        }
+        lowest_fault
+    }
+
+    /// The highest intact block below `fault` (not below `low`), as the new head; the canonical
+    /// index entries above it are removed in `changes`.
+    fn roll_back_head(
+        &self,
+        head: Pointer,
+        low: Pointer,
+        fault: Height,
+        changes: &mut Vec<Change>,
+        report: &mut RepairReport,
+    ) -> Result<Pointer, StoreError> {
+        let new_head = (low.height..fault)
+            .rev()
+            .find_map(|h| self.intact_at(h))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("no intact block between {} and {fault}", low.height))
+            })?;
+        let new_head = Pointer::at(&new_head);
+        let mut canon = CanonEdits::default();
+        for h in new_head.height + 1..=head.height {
+            canon.remove(h);
+        }
+        canon.write_to(&self.db, changes)?;
+        report.actions.push(format!(
+            "blocks from height {fault} were missing or did not link: head rolled back from {} to {}",
+            head.height, new_head.height
+        ));
+        Ok(new_head)
+    }
+
+    /// Commits the moved pointers with `changes` and logs what was done.
+    fn commit_repair(
+        &self,
+        p: Pointers,
+        next: Pointers,
+        mut changes: Vec<Change>,
+        report: &RepairReport,
+    ) -> Result<(), StoreError> {
+        for (name, old, new) in [
+            (META_HEAD, p.head, next.head),
+            (META_FINALIZED, p.finalized, next.finalized),
+            (META_LOW, p.low, next.low),
+        ] {
+            if old != new {
+                changes.push((COL_META, name.to_vec(), Some(new.encode())));
+            }
+        }
+        self.db.commit(changes)?;
+        self.set_pointers(next);
+        for action in &report.actions {
+            tracing::warn!(store = %self.path.display(), "repair: {action}");
+        }
+        Ok(())
     }
 }

@@ -484,3 +484,22 @@ fn the_cached_head_does_not_keep_the_buffer_it_was_decoded_from() {
     assert_eq!(cached, last);
     assert!(!frame.as_ptr_range().contains(&cached.payload.as_ptr()));
 }
+
+#[test]
+fn no_space_errors_are_told_apart() {
+    let io = |code| std::io::Error::from_raw_os_error(code);
+    let payload = |source| StoreError::PayloadIo {
+        path: std::path::PathBuf::from("00000000.payload"),
+        what: "write".into(),
+        source,
+    };
+    assert!(payload(io(28)).is_out_of_space()); // ENOSPC
+    assert!(!payload(io(5)).is_out_of_space()); // EIO
+    let stopped = StoreError::Db(parity_db::Error::Background(std::sync::Arc::new(
+        parity_db::Error::Io(io(28)),
+    )));
+    assert!(stopped.is_out_of_space());
+    assert!(stopped.is_db_stopped());
+    assert!(!StoreError::Db(parity_db::Error::Io(io(28))).is_db_stopped());
+    assert!(!StoreError::Empty.is_out_of_space());
+}

@@ -104,14 +104,14 @@ impl BlockStore {
         Ok(counts)
     }
 
-    /// Commits `changes` with the new reference counts of `counts`' files; then, once that
-    /// commit is durable, removes the files no block references any more.
+    /// Commits `changes` with the new reference counts of `counts`' files. A file no block
+    /// references any more is removed at the next open (`PayloadFiles::open`), when no crash can
+    /// bring its references back.
     pub(crate) fn commit_counted(
         &self,
         mut changes: Vec<Change>,
         counts: PayloadCounts,
     ) -> Result<(), StoreError> {
-        let mut unreferenced = Vec::new();
         for (file, delta) in counts.0 {
             if delta == 0 {
                 continue;
@@ -126,15 +126,9 @@ impl BlockStore {
                 changes.push((COL_META, key, Some((next as u64).to_be_bytes().to_vec())));
             } else {
                 changes.push((COL_META, key, None));
-                unreferenced.push(file);
             }
         }
         self.db.commit(changes)?;
-        if !unreferenced.is_empty() {
-            // Only once no crash can bring back the references may the files go.
-            self.db.sync_commits()?;
-            self.payloads.remove(&unreferenced);
-        }
         Ok(())
     }
 
@@ -148,13 +142,7 @@ impl BlockStore {
         check_consecutive(blocks, 0)?;
         let _writer = lock(&self.writer);
         let p = self.pointers();
-        let mut skip = 0;
-        while skip < blocks.len()
-            && blocks[skip].height() <= p.head.height
-            && self.hash_at(blocks[skip].height())? == Some(blocks[skip].hash())
-        {
-            skip += 1;
-        }
+        let skip = self.known_prefix(blocks, p.head)?;
         let Some(first) = blocks.get(skip) else {
             return Ok(ImportOutcome::Known);
         };
@@ -167,29 +155,7 @@ impl BlockStore {
         check_link(&first.header, &parent.header)
             .map_err(|error| StoreError::Invalid { index: skip, error })?;
 
-        // Walk back from the parent to the canonical chain: the fork point.
-        let mut side = Vec::new();
-        let mut fork = parent;
-        while !(fork.height() <= p.head.height && self.hash_at(fork.height())? == Some(fork.hash())) {
-            if fork.height() <= p.finalized.height {
-                return Err(StoreError::ConflictsWithFinalized {
-                    fork_height: fork.height(),
-                    finalized: p.finalized.height,
-                });
-            }
-            let up = fork.header.parent_hash;
-            let next = self.block(&up)?.ok_or(StoreError::UnknownParent {
-                height: fork.height(),
-                parent: up,
-            })?;
-            side.push(std::mem::replace(&mut fork, next));
-        }
-        if fork.height() < p.finalized.height {
-            return Err(StoreError::ConflictsWithFinalized {
-                fork_height: fork.height(),
-                finalized: p.finalized.height,
-            });
-        }
+        let (fork, side) = self.fork_point(parent, &p)?;
         let last = &new[new.len() - 1];
         let tip = Pointer::at(last);
         let mut changes = Vec::with_capacity(new.len() + new.len() / 32 + 4);
@@ -206,19 +172,9 @@ impl BlockStore {
         let counts = self.put_blocks(&mut changes, new, Some(&mut canon))?;
         let mut next = p;
         next.head = tip;
-        let finalized_height = tip.height.saturating_sub(self.spec.finality_depth);
-        if finalized_height > p.finalized.height {
-            let hash = match canon.indexed(finalized_height) {
-                Some(h) => h,
-                None => self.hash_at(finalized_height)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("no canonical block at {finalized_height}"))
-                })?,
-            };
-            next.finalized = Pointer {
-                height: finalized_height,
-                hash,
-            };
-            changes.push((COL_META, META_FINALIZED.to_vec(), Some(next.finalized.encode())));
+        if let Some(finalized) = self.finalized_below(tip, p.finalized, &canon)? {
+            next.finalized = finalized;
+            changes.push((COL_META, META_FINALIZED.to_vec(), Some(finalized.encode())));
         }
         canon.write_to(&self.db, &mut changes)?;
         changes.push((COL_META, META_HEAD.to_vec(), Some(tip.encode())));
@@ -231,6 +187,65 @@ impl BlockStore {
             imported: new.len(),
             reorg_from,
         })
+    }
+
+    /// How many of `blocks`, from the first, are canonical already (at or below `head`).
+    fn known_prefix(&self, blocks: &[Block], head: Pointer) -> Result<usize, StoreError> {
+        let mut skip = 0;
+        while skip < blocks.len()
+            && blocks[skip].height() <= head.height
+            && self.hash_at(blocks[skip].height())? == Some(blocks[skip].hash())
+        {
+            skip += 1;
+        }
+        Ok(skip)
+    }
+
+    /// Walks back from `parent` to the canonical chain: the fork point, and the side-chain blocks
+    /// above it (highest first). A fork below the finalized block is refused.
+    fn fork_point(&self, parent: Block, p: &Pointers) -> Result<(Block, Vec<Block>), StoreError> {
+        let conflict = |fork: &Block| StoreError::ConflictsWithFinalized {
+            fork_height: fork.height(),
+            finalized: p.finalized.height,
+        };
+        let mut side = Vec::new();
+        let mut fork = parent;
+        while !(fork.height() <= p.head.height && self.hash_at(fork.height())? == Some(fork.hash())) {
+            if fork.height() <= p.finalized.height {
+                return Err(conflict(&fork));
+            }
+            let up = fork.header.parent_hash;
+            let next = self.block(&up)?.ok_or(StoreError::UnknownParent {
+                height: fork.height(),
+                parent: up,
+            })?;
+            side.push(std::mem::replace(&mut fork, next));
+        }
+        if fork.height() < p.finalized.height {
+            return Err(conflict(&fork));
+        }
+        Ok((fork, side))
+    }
+
+    /// The block `finality_depth` below a new head `tip`, if that is above `finalized`; looked up
+    /// in the index edits `canon` of the same commit first.
+    fn finalized_below(
+        &self,
+        tip: Pointer,
+        finalized: Pointer,
+        canon: &CanonEdits,
+    ) -> Result<Option<Pointer>, StoreError> {
+        let height = tip.height.saturating_sub(self.spec.finality_depth);
+        if height <= finalized.height {
+            return Ok(None);
+        }
+        let hash = match canon.indexed(height) {
+            Some(h) => h,
+            None => self
+                .hash_at(height)?
+                .ok_or_else(|| StoreError::Corrupt(format!("no canonical block at {height}")))?,
+        };
+        Ok(Some(Pointer { height, hash }))
     }
 
     /// Imports consecutive blocks just below the lowest stored block, ascending; the highest must

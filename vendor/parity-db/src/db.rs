@@ -198,8 +198,6 @@ struct DbInner {
 	cleanup_queue_wait: WaitCondvar<bool>,
 	iteration_lock: Mutex<()>,
 	last_enacted: AtomicU64,
-	// syncnode patch: id of the newest commit written to a log file (see `Db::sync_commits`).
-	last_logged_commit: AtomicU64,
 	next_reindex: AtomicU64,
 	bg_err: Mutex<Option<Arc<Error>>>,
 	db_version: u32,
@@ -285,7 +283,6 @@ impl DbInner {
 			iteration_lock: Mutex::new(()),
 			next_reindex: AtomicU64::new(1),
 			last_enacted: AtomicU64::new(last_enacted),
-			last_logged_commit: AtomicU64::new(0),
 			bg_err: Mutex::new(None),
 			db_version: metadata.version,
 			lock_file,
@@ -950,7 +947,6 @@ impl DbInner {
 
 			let bytes = {
 				let bytes = self.log.end_record(l)?;
-				self.last_logged_commit.fetch_max(commit.id, Ordering::SeqCst);
 				let mut logged_bytes = self.log_queue_wait.work.lock();
 				*logged_bytes += bytes as i64;
 				self.flush_worker_wait.signal();
@@ -984,23 +980,6 @@ impl DbInner {
 		} else {
 			Ok(false)
 		}
-	}
-
-	// syncnode patch: see `Db::sync_commits`.
-	fn sync_commits(&self) -> Result<()> {
-		let target = self.commit_queue.lock().record_id;
-		while self.last_logged_commit.load(Ordering::SeqCst) < target {
-			if let Some(err) = &*self.bg_err.lock() {
-				return Err(Error::Background(err.clone()))
-			}
-			if self.shutdown.load(Ordering::SeqCst) {
-				return Err(Error::InvalidConfiguration("database is shutting down".into()))
-			}
-			self.log_worker_wait.signal();
-			std::thread::sleep(std::time::Duration::from_millis(1));
-		}
-		self.log.flush_appending()?;
-		Ok(())
 	}
 
 	fn start_reindex(&self, record_id: u64) {
@@ -1656,14 +1635,6 @@ impl Db {
 	}
 
 	/// Returns the number of columns in the database.
-	/// Blocks until every commit made before the call is written to a log file and, with
-	/// `sync_wal`, that file is synced: from then on no crash can undo them. Commits are
-	/// otherwise made durable in the background once a log reaches `min_log_size_bytes`.
-	/// (syncnode patch; needs the background threads.)
-	pub fn sync_commits(&self) -> Result<()> {
-		self.inner.sync_commits()
-	}
-
 	pub fn num_columns(&self) -> u8 {
 		self.inner.columns.len() as u8
 	}

@@ -5,7 +5,7 @@
 
 use crate::{
 	error::{try_io, Result},
-	mmap::Mmap,
+	mmap::{allocate, Mmap},
 	parking_lot::RwLock,
 	table::TableId,
 };
@@ -84,9 +84,11 @@ impl TableFile {
 			if len == 0 {
 				// Preallocate.
 				capacity += GROW_SIZE_BYTES / entry_size as u64;
-				try_io!(file.set_len(GROW_SIZE_BYTES));
+				try_io!(allocate(&file, 0, GROW_SIZE_BYTES));
 			} else {
 				capacity = len / entry_size as u64;
+				// A file grown by `set_len` may have unallocated pages (syncnode patch).
+				try_io!(allocate(&file, 0, len));
 			}
 			let map = Mmap::map_growable(&file, len as usize)?;
 			Some((map, file))
@@ -155,14 +157,19 @@ impl TableFile {
 			None => {
 				let file = self.create_file()?;
 				let len = GROW_SIZE_BYTES;
-				try_io!(file.set_len(len));
+				try_io!(allocate(&file, 0, len));
 				let map = Mmap::map_growable(&file, 0)?;
 				*map_and_file = Some((map, file));
 				len
 			},
 			Some((map, file)) => {
-				let new_len = try_io!(file.metadata()).len() + GROW_SIZE_BYTES;
-				try_io!(file.set_len(new_len));
+				let old_len = try_io!(file.metadata()).len();
+				let new_len = old_len + GROW_SIZE_BYTES;
+				if let Err(e) = allocate(file, old_len, GROW_SIZE_BYTES) {
+					// Keep the length a multiple of the entry size for the next attempt.
+					let _ = file.set_len(old_len);
+					return try_io!(Err(e))
+				}
 				if map.len() < new_len as usize {
 					let new_map = Mmap::map_growable(file, new_len as usize)?;
 					let old_map = std::mem::replace(map, new_map);
@@ -227,3 +234,29 @@ impl<'a> std::ops::Deref for MappedBytesGuard<'a> {
 
 #[cfg(not(feature = "loom"))]
 pub type MappedBytesGuard<'a> = parking_lot::MappedRwLockReadGuard<'a, [u8]>;
+
+// syncnode patch: a value table's file is written through a map, so its space must be allocated
+// when it grows (a write into an unallocated page of a full disk raises SIGBUS).
+#[cfg(all(test, target_os = "linux"))]
+mod test {
+	use super::{TableFile, GROW_SIZE_BYTES};
+	use crate::table::TableId;
+	use std::os::unix::fs::MetadataExt;
+
+	#[test]
+	fn grown_table_file_has_its_space_allocated() {
+		let dir = tempfile::tempdir().unwrap();
+		let path = dir.path().join("table");
+		let table = TableFile::open(path.clone(), 64, TableId::new(0, 0)).unwrap();
+		table.grow(64).unwrap();
+		table.grow(64).unwrap();
+		let meta = std::fs::metadata(&path).unwrap();
+		assert_eq!(meta.len(), 2 * GROW_SIZE_BYTES);
+		assert!(meta.blocks() * 512 >= 2 * GROW_SIZE_BYTES, "{} bytes allocated", meta.blocks() * 512);
+		// A sparse file left by an earlier version is allocated when it is opened.
+		drop(table);
+		std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4 * GROW_SIZE_BYTES).unwrap();
+		let _table = TableFile::open(path.clone(), 64, TableId::new(0, 0)).unwrap();
+		assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= 4 * GROW_SIZE_BYTES);
+	}
+}

@@ -6,7 +6,7 @@ use crate::{
 	display::hex,
 	error::{try_io, Error, Result},
 	log::{LogQuery, LogReader, LogWriter},
-	mmap::Mmap,
+	mmap::{allocate, Mmap},
 	parking_lot::{RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard},
 	stats::{self, ColumnStats},
 	table::{key::TableKey, SIZE_TIERS_BITS},
@@ -218,7 +218,9 @@ impl IndexTable {
 			Ok(file) => file,
 		};
 
-		try_io!(file.set_len(file_size(id.index_bits())));
+		// Allocated, not sparse: a write (on tmpfs even a read) through the map into a hole of a
+		// full filesystem raises SIGBUS (syncnode patch).
+		try_io!(allocate(&file, 0, file_size(id.index_bits())));
 		let map = Mmap::map(&file)?;
 		log::debug!(target: "parity-db", "Opened existing index {}", id);
 		Ok(Some(IndexTable { id, path, map: RwLock::new(Some(map)) }))
@@ -532,7 +534,12 @@ impl IndexTable {
 				.create_new(true)
 				.open(self.path.as_path()));
 			log::debug!(target: "parity-db", "Created new index {}", self.id);
-			try_io!(file.set_len(file_size(self.id.index_bits())));
+			if let Err(e) = allocate(&file, 0, file_size(self.id.index_bits())) {
+				// Not left half made for the next open to take as a table (syncnode patch).
+				drop(file);
+				let _ = std::fs::remove_file(self.path.as_path());
+				return Err(Error::Io(e))
+			}
 			*wmap = Some(Mmap::map(&file)?);
 			map = RwLockWriteGuard::downgrade_to_upgradable(wmap);
 		}
@@ -618,6 +625,24 @@ mod test {
 	use test::Bencher;
 	#[cfg(feature = "bench")]
 	extern crate test;
+
+	// syncnode patch: an index is written (and on tmpfs even read) through a map, so all of its
+	// file is allocated: no page of it can fault for lack of space.
+	#[cfg(target_os = "linux")]
+	#[test]
+	fn index_files_are_allocated_not_sparse() {
+		use std::os::unix::fs::MetadataExt;
+		let dir = tempfile::tempdir().unwrap();
+		let id = TableId::new(0, 16);
+		let path = dir.path().join(id.file_name());
+		// A sparse file, as upstream leaves it.
+		std::fs::File::create(&path).unwrap().set_len(file_size(16)).unwrap();
+		assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0);
+		let _index = IndexTable::open_existing(dir.path(), id).unwrap().unwrap();
+		let meta = std::fs::metadata(&path).unwrap();
+		assert_eq!(meta.len(), file_size(16));
+		assert!(meta.blocks() * 512 >= file_size(16), "{} bytes allocated", meta.blocks() * 512);
+	}
 
 	#[test]
 	fn test_entries() {

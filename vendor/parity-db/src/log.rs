@@ -723,9 +723,6 @@ pub struct Log {
 	path: std::path::PathBuf,
 	next_log_id: AtomicU32,
 	sync: bool,
-	// syncnode patch: held while a log is taken from `appending`, synced and queued for reading,
-	// so `flush_appending` never returns while another thread's flush is still syncing.
-	flush_lock: parking_lot::Mutex<()>,
 }
 
 impl Log {
@@ -771,7 +768,6 @@ impl Log {
 			cleanup_queue: RwLock::default(),
 			log_pool: RwLock::default(),
 			path,
-			flush_lock: parking_lot::Mutex::new(()),
 		})
 	}
 
@@ -973,7 +969,6 @@ impl Log {
 	}
 
 	pub fn flush_one(&self, min_size: u64) -> Result<bool> {
-		let _flushing = self.flush_lock.lock();
 		// If it exists take the writer and flush it
 		let cur_size = self.appending.read().as_ref().map_or(0, |r| r.size);
 		if cur_size > min_size {
@@ -989,13 +984,6 @@ impl Log {
 			return Ok(true)
 		}
 		Ok(false)
-	}
-
-	/// Flushes and syncs the log being appended to, however small; returns once every record
-	/// written before the call is in a synced file. (syncnode patch)
-	pub fn flush_appending(&self) -> Result<()> {
-		self.flush_one(0)?;
-		Ok(())
 	}
 
 	pub fn replay_next(&self) -> Result<Option<u32>> {

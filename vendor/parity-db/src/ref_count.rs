@@ -6,7 +6,7 @@ use crate::{
 	error::{try_io, Error, Result},
 	index::{Address, PlanOutcome},
 	log::{LogQuery, LogReader, LogWriter},
-	mmap::Mmap,
+	mmap::{allocate, Mmap},
 	parking_lot::{RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard},
 };
 use std::convert::TryInto;
@@ -152,7 +152,9 @@ impl RefCountTable {
 			Ok(file) => file,
 		};
 
-		try_io!(file.set_len(file_size(id.index_bits())));
+		// Allocated, not sparse: a write (on tmpfs even a read) through the map into a hole of a
+		// full filesystem raises SIGBUS (syncnode patch).
+		try_io!(allocate(&file, 0, file_size(id.index_bits())));
 		let map = Mmap::map(&file)?;
 		log::debug!(target: "parity-db", "Opened existing refcount table {}", id);
 		Ok(Some(RefCountTable { id, path, map: RwLock::new(Some(map)) }))
@@ -361,7 +363,12 @@ impl RefCountTable {
 				.create_new(true)
 				.open(self.path.as_path()));
 			log::debug!(target: "parity-db", "Created new ref count {}", self.id);
-			try_io!(file.set_len(file_size(self.id.index_bits())));
+			if let Err(e) = allocate(&file, 0, file_size(self.id.index_bits())) {
+				// Not left half made for the next open to take as a table (syncnode patch).
+				drop(file);
+				let _ = std::fs::remove_file(self.path.as_path());
+				return Err(Error::Io(e))
+			}
 			*wmap = Some(Mmap::map(&file)?);
 			map = RwLockWriteGuard::downgrade_to_upgradable(wmap);
 		}
