@@ -162,9 +162,9 @@ pub async fn run_with(
             .context("setting the history floor below the checkpoint")?;
         metrics.observe_chain(&store.status());
     }
-    config.sync.validate().context("sync configuration")?;
     tracing::info!(sync = ?config.sync, "sync configuration");
-    let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed());
+    let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed())
+        .context("sync configuration")?;
     let (sync_view, sync_rx) = watch::channel(http::SyncView {
         state: engine.state(),
         target: engine.target(),

@@ -517,7 +517,7 @@ mod tests {
             genesis_hash: Hash::ZERO,
             backfill: None,
         };
-        let mut engine = SyncEngine::new(SyncConfig::default(), local, 1);
+        let mut engine = SyncEngine::new(SyncConfig::default(), local, 1).expect("a valid config");
         let peer = PeerId::random();
         let status = PeerStatus {
             head_height: 100,

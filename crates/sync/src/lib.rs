@@ -93,6 +93,7 @@
 
 mod backfill;
 mod batch;
+mod chain;
 pub mod config;
 mod engine;
 mod events;
@@ -101,14 +102,16 @@ mod jitter;
 mod lookup;
 pub mod peer_score;
 mod peers;
+mod router;
 
 pub use config::{ConfigError, SyncConfig};
-pub use engine::{PeerKey, SyncEngine};
+pub use engine::SyncEngine;
 pub use events::{
     Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus,
     RequestFailure, RequestId, SyncState,
 };
 pub use peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
+pub use peers::PeerKey;
 
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,14 @@ use std::collections::BTreeMap;
 
 use syncnode_types::Height;
 
+use crate::config::SyncConfig;
 use crate::events::{PeerStatus, RequestId};
+use crate::jitter::Jitter;
 use crate::peer_score::{PeerScores, ScoreConfig};
+
+/// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
+pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
+impl<T: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug> PeerKey for T {}
 
 /// One connected peer that sent a Status.
 #[derive(Debug, Clone)]
@@ -97,4 +103,63 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
     pub(crate) fn best_head(&self) -> Option<Height> {
         self.entries.values().filter_map(PeerEntry::credible_head).max()
     }
+
+    /// The best idle peer whose Status covers `from..=to`, preferring peers that failed this range
+    /// least (`failures`), then higher scores, ties broken at random. A peer resting after a
+    /// timeout is passed over while some other peer serving the range is not resting, even a busy
+    /// one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in front of
+    /// in-order import. Peers with a stale Status are listed to be asked for a fresh one instead.
+    pub(crate) fn pick(
+        &self,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+        now_ms: u64,
+        (from, to): (Height, Height),
+        failures: &BTreeMap<P, u32>,
+    ) -> Pick<P> {
+        let mut best: Option<((u32, i64, u64), P)> = None;
+        let mut pick = Pick {
+            peer: None,
+            exhausted: false,
+            stale: Vec::new(),
+        };
+        let some_brisk = self
+            .entries
+            .values()
+            .any(|e| e.serves(from, to) && !e.resting(now_ms));
+        for (peer, entry) in &self.entries {
+            if entry.in_flight.is_some() || !entry.serves(from, to) || (some_brisk && entry.resting(now_ms)) {
+                continue;
+            }
+            if now_ms.saturating_sub(entry.status_at_ms) > config.status_stale_ms {
+                pick.stale.push(peer.clone());
+                continue;
+            }
+            let failed = failures.get(peer).copied().unwrap_or(0);
+            if failed >= config.max_attempts_per_peer {
+                pick.exhausted = true;
+                continue;
+            }
+            // Lower is better: fewer failures, higher score (rounded to a tenth), random tie-break.
+            let score = -(self.ranking.score(peer, now_ms) * 10.0).round() as i64;
+            let key = (failed, score, jitter.next_u64());
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, peer.clone()));
+            }
+        }
+        pick.peer = best.map(|(_, p)| p);
+        pick.exhausted &= pick.peer.is_none();
+        pick
+    }
+}
+
+/// The outcome of [`Peers::pick`].
+#[derive(Debug)]
+pub(crate) struct Pick<P> {
+    /// The chosen peer, if any fits.
+    pub peer: Option<P>,
+    /// No peer fits, but some would have if it had not used up its attempts.
+    pub exhausted: bool,
+    /// Peers that would serve but whose Status is too old to trust: ask them for a fresh one.
+    pub stale: Vec<P>,
 }
