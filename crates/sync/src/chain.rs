@@ -230,9 +230,18 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
             .collect()
     }
 
-    /// When a backoff ends next.
-    pub(crate) fn next_ready_at(&self) -> Option<u64> {
-        self.batches.values().filter_map(Batch::ready_at).min()
+    /// When a backoff ends next: a batch's, or the imports' after a failed import.
+    pub(crate) fn next_wakeup(&self) -> Option<u64> {
+        let import_retry = self
+            .batches
+            .values()
+            .any(Batch::is_complete)
+            .then_some(self.import_retry_at_ms);
+        self.batches
+            .values()
+            .filter_map(Batch::ready_at)
+            .chain(import_retry)
+            .min()
     }
 
     /// Cuts batches of at most `size` blocks after the last one while the window has room.

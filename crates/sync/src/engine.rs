@@ -275,20 +275,34 @@ impl<P: PeerKey> SyncEngine<P> {
         self.backfill.as_ref().map(|b| b.direction().done())
     }
 
-    /// The earliest time at which [`SyncEngine::tick`] has something to do, if any.
+    /// The earliest time after the last event at which [`SyncEngine::tick`] may have something to
+    /// do: a request's deadline, the end of a backoff (a batch's, an import's, a lookup's, a
+    /// resting peer's), the moment a lookup grows too old, a Status turns stale or may be asked
+    /// for again, or the state turns `Stalled`. `None`: nothing happens until another event.
+    /// Ticking only at these times is enough; ticking more often does no harm.
     pub fn next_wakeup(&self) -> Option<u64> {
+        let now = self.now_ms;
         let deadlines = self
             .router
             .requests
             .values()
             .filter(|r| !r.answered)
             .map(|r| r.deadline_ms);
-        let retries = self
+        let chains = self
             .forward
-            .next_ready_at()
+            .next_wakeup()
             .into_iter()
-            .chain(self.backfill.as_ref().and_then(Chain::next_ready_at));
-        deadlines.chain(retries).min()
+            .chain(self.backfill.as_ref().and_then(Chain::next_wakeup));
+        let config = &self.router.config;
+        let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
+            .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));
+        deadlines
+            .chain(chains)
+            .chain(stall)
+            .chain(self.lookups.wakeups(config))
+            .chain(self.router.peers.wakeups(config, now))
+            .filter(|&t| t > now)
+            .min()
     }
 
     pub fn stats(&self) -> EngineStats {

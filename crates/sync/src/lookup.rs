@@ -66,6 +66,17 @@ impl<P: Clone + Ord> Lookups<P> {
         self.list.iter().map(|l| l.chain.len()).sum()
     }
 
+    /// When a lookup may ask again, or grows too old and is dropped.
+    pub(crate) fn wakeups(&self, config: &SyncConfig) -> impl Iterator<Item = u64> + '_ {
+        let max_age = config.max_request_timeout_ms.saturating_mul(4);
+        self.list.iter().flat_map(move |l| {
+            let retry = l.request.is_none().then_some(l.not_before_ms);
+            retry
+                .into_iter()
+                .chain([l.started_ms.saturating_add(max_age).saturating_add(1)])
+        })
+    }
+
     pub(crate) fn forget_peer(&mut self, peer: &P) {
         for lookup in &mut self.list {
             lookup.sources.retain(|p| p != peer);

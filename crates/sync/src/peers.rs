@@ -99,6 +99,22 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         }
     }
 
+    /// When a peer stops resting, its Status turns stale, or a fresh one may be asked for again.
+    pub(crate) fn wakeups(&self, config: &SyncConfig, now_ms: u64) -> impl Iterator<Item = u64> + '_ {
+        let refresh_interval = (config.status_stale_ms / 3).max(1);
+        let stale_after = config.status_stale_ms;
+        self.entries.values().flat_map(move |e| {
+            let stale_at = e.status_at_ms.saturating_add(stale_after).saturating_add(1);
+            let ask_again = e
+                .status_requested_ms
+                .filter(|_| stale_at <= now_ms)
+                .map(|t| t.saturating_add(refresh_interval));
+            [Some(e.slow_until_ms), Some(stale_at), ask_again]
+                .into_iter()
+                .flatten()
+        })
+    }
+
     /// Highest credible head among peers.
     pub(crate) fn best_head(&self) -> Option<Height> {
         self.entries.values().filter_map(PeerEntry::credible_head).max()

@@ -943,3 +943,5 @@ fn a_backfill_batch_that_meets_large_blocks_is_split_and_backfill_completes() {
     let (complete, counts) = honest_backfill(&mut engine, &blocks, 40_000);
     assert!(complete, "backfill did not complete; requests {counts:?}");
 }
+
+mod wakeup;
