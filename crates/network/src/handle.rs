@@ -52,6 +52,9 @@ pub(crate) enum Command {
         action: PeerAction,
         reason: &'static str,
     },
+    RequestStatus {
+        peer: PeerId,
+    },
     ReportGossip {
         message_id: MessageId,
         source: PeerId,
@@ -88,6 +91,7 @@ impl std::fmt::Debug for Command {
             Command::Root { .. } => "Root",
             Command::Publish { .. } => "Publish",
             Command::Report { .. } => "Report",
+            Command::RequestStatus { .. } => "RequestStatus",
             Command::ReportGossip { .. } => "ReportGossip",
             Command::Peers { .. } => "Peers",
             Command::ListenAddrs { .. } => "ListenAddrs",
@@ -158,6 +162,12 @@ impl NetworkHandle {
         self.commands
             .try_send(Command::Report { peer, action, reason })
             .is_ok()
+    }
+
+    /// Asks a connected `peer` for a fresh Status now (it arrives as [`NetworkEvent::PeerStatus`]),
+    /// without waiting: `false` if the command queue is full or the network has stopped.
+    pub fn try_request_status(&self, peer: PeerId) -> bool {
+        self.commands.try_send(Command::RequestStatus { peer }).is_ok()
     }
 
     /// Reports the node's verdict on a gossiped block ([`NetworkEvent::GossipBlock`]).

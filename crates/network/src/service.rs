@@ -445,6 +445,11 @@ impl Service {
                 tracing::debug!(%peer, ?action, reason, "peer reported");
                 self.charge(peer, action, reason, None);
             }
+            Command::RequestStatus { peer } => {
+                if self.manager.connected().any(|p| *p == peer) {
+                    self.send_status(peer);
+                }
+            }
             Command::ReportGossip {
                 message_id,
                 source,
