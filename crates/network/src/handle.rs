@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use libp2p::gossipsub::MessageId;
 use libp2p::{Multiaddr, PeerId};
+use syncnode_proto::peer_score::PeerAction;
 use syncnode_proto::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, Status};
-use syncnode_sync::peer_score::PeerAction;
 use syncnode_types::Block;
 use tokio::sync::{mpsc, oneshot};
 

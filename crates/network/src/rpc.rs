@@ -9,8 +9,8 @@ use libp2p::request_response::{
     Event, InboundFailure, InboundRequestId, Message, OutboundFailure, OutboundRequestId, ResponseChannel,
 };
 use syncnode_proto::convert::ResponseCode;
+use syncnode_proto::peer_score::{PeerAction, Verdict};
 use syncnode_proto::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ConvertError, Status, pb};
-use syncnode_sync::peer_score::{PeerAction, Verdict};
 use tokio::sync::oneshot;
 
 use crate::behaviour::Behaviour;
@@ -95,7 +95,7 @@ impl Service {
         if status.genesis_hash != self.genesis {
             tracing::info!(%peer, theirs = %status.genesis_hash, "peer is on another chain; banning");
             self.manager.ban(&peer);
-            let verdict = syncnode_sync::peer_score::Verdict::Ban { until_ms: 0 };
+            let verdict = syncnode_proto::peer_score::Verdict::Ban { until_ms: 0 };
             match inbound {
                 // Answer first, so the peer learns why, then close.
                 Some(key) => {

@@ -12,7 +12,7 @@ use syncnode_types::{Block, Hash, Height};
 
 use crate::chain::{BoundaryFault, ChainDirection, Effects, KeyOrder};
 use crate::events::BackfillStart;
-use crate::peer_score::PeerAction;
+use syncnode_proto::peer_score::PeerAction;
 
 /// Backfill's side of its chain: the floor and the lowest block, offered and confirmed.
 #[derive(Debug, Clone)]

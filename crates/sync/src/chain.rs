@@ -16,7 +16,7 @@ use crate::batch::{Batch, WrongState, check_range_shape};
 use crate::config::SyncConfig;
 use crate::events::{ImportId, RequestId};
 use crate::jitter::Jitter;
-use crate::peer_score::PeerAction;
+use syncnode_proto::peer_score::PeerAction;
 
 /// Which way keys run in import order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use crate::events::{
 };
 use crate::forward::{ChainEnd, Forward};
 use crate::lookup::Lookups;
-use crate::peer_score::PeerAction;
 use crate::peers::{PeerEntry, PeerKey};
 use crate::router::{ChainId, ImportPurpose, RequestPurpose, Router};
+use syncnode_proto::peer_score::PeerAction;
 
 /// The sans-IO sync engine. See the crate documentation for the algorithm and its invariants.
 #[derive(Debug)]

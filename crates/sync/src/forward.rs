@@ -8,7 +8,7 @@ use syncnode_types::validity::check_link;
 use syncnode_types::{Block, BlockHeader, Hash, Height};
 
 use crate::chain::{BoundaryFault, Chain, ChainDirection, Effects, KeyOrder};
-use crate::peer_score::PeerAction;
+use syncnode_proto::peer_score::PeerAction;
 
 /// Most peers' claims remembered for one height, and most heights with claims.
 const MAX_CLAIMS_PER_HEIGHT: usize = 16;

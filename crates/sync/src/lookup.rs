@@ -14,8 +14,8 @@ use crate::config::SyncConfig;
 use crate::events::RequestId;
 use crate::forward::{ChainEnd, Forward};
 use crate::jitter::Jitter;
-use crate::peer_score::PeerAction;
 use crate::peers::Peers;
+use syncnode_proto::peer_score::PeerAction;
 
 /// One chain of gossiped blocks waiting for its ancestors.
 #[derive(Debug, Clone)]

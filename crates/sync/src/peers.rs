@@ -7,7 +7,7 @@ use syncnode_types::Height;
 use crate::config::SyncConfig;
 use crate::events::{PeerStatus, RequestId};
 use crate::jitter::Jitter;
-use crate::peer_score::{PeerScores, ScoreConfig};
+use syncnode_proto::peer_score::{PeerScores, ScoreConfig};
 
 /// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
 pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}

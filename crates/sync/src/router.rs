@@ -13,8 +13,8 @@ use crate::events::{Action, Direction, ImportId, RequestId};
 use crate::forward::ChainEnd;
 use crate::jitter::Jitter;
 use crate::lookup::RootRequest;
-use crate::peer_score::PeerAction;
 use crate::peers::{PeerKey, Peers};
+use syncnode_proto::peer_score::PeerAction;
 
 /// Which chain of batches something belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +301,7 @@ impl<P: PeerKey> Router<P> {
             } => {
                 // A short answer (legal) is charged a little only when it stopped inside the
                 // peer's promised range and well below the frame limit (it was not cut to fit).
-                if short && got_bytes < crate::config::MAX_RESPONSE_BYTES / 2 {
+                if short && got_bytes < syncnode_proto::MAX_RESPONSE_FRAME / 2 {
                     self.charge_if_promised(now_ms, &peer, next, "short range inside its status");
                 }
             }

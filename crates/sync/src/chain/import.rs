@@ -4,7 +4,7 @@ use syncnode_types::Height;
 
 use super::{Chain, ChainDirection, Ctx, Effects, refused};
 use crate::events::{ImportError, ImportId};
-use crate::peer_score::PeerAction;
+use syncnode_proto::peer_score::PeerAction;
 
 impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
     /// Offers complete batches for import, in order, each checked to link to the boundary.

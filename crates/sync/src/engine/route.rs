@@ -7,9 +7,9 @@ use super::SyncEngine;
 use crate::chain::Effects;
 use crate::events::{Action, ImportError, ImportId, RequestId, SyncState};
 use crate::forward::{ChainEnd, batch_blocks};
-use crate::peer_score::PeerAction;
 use crate::peers::PeerKey;
 use crate::router::{ChainId, ImportPurpose, InFlight, RequestPurpose};
+use syncnode_proto::peer_score::PeerAction;
 
 impl<P: PeerKey> SyncEngine<P> {
     /// A request ended without usable data: charge if told, then let its owner retry.
