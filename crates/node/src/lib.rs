@@ -108,28 +108,8 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(subscribe::Subscriptions),
 ) -> anyhow::Result<()> {
-    let spec = config.spec.clone();
-    let data_dir = config.data_dir.clone();
-    let (store, report) = tokio::task::spawn_blocking(move || BlockStore::open(&data_dir, &spec))
-        .await?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    for action in &report.actions {
-        tracing::warn!("store repaired at open: {action}");
-    }
-    let store = Arc::new(store);
+    let store = open_store(&config).await?;
     let history_blocks = config.history_blocks;
-    let retained = store.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), syncnode_store::StoreError> {
-        retention::set_floor(&retained, history_blocks)?;
-        if let Some(n) = history_blocks {
-            retention::prune_if_due(&retained, n, 1)?;
-        }
-        Ok(())
-    })
-    .await?
-    .context("applying --history-blocks")?;
-    let head = store.head();
-    tracing::info!(chain = %config.spec.name, genesis = %store.status().genesis_hash, head = head.height, "store open");
 
     let mut registry = Registry::default();
     let metrics = metrics::NodeMetrics::register(&mut registry);
@@ -172,26 +152,15 @@ pub async fn run_with(
     });
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
-    let http_task = match config.http {
-        Some(addr) => {
-            let state = http::ApiState {
-                store: store.clone(),
-                network: network.clone(),
-                chain: chain.clone(),
-                sync: sync_rx,
-                registry: Arc::new(registry),
-                subscriptions: subscriptions.clone(),
-            };
-            let (local, task) = http::serve(addr, state, async {
-                let _ = stop_http_rx.await;
-            })
-            .await
-            .with_context(|| format!("binding the HTTP API on {addr}"))?;
-            tracing::info!(%local, "HTTP API listening");
-            Some(task)
-        }
-        None => None,
+    let api = http::ApiState {
+        store: store.clone(),
+        network: network.clone(),
+        chain: chain.clone(),
+        sync: sync_rx,
+        registry: Arc::new(registry),
+        subscriptions: subscriptions.clone(),
     };
+    let http_task = start_http(config.http, api, stop_http_rx).await?;
     log_listen_addrs(&network).await;
 
     let event_loop = node::EventLoop {
@@ -219,7 +188,59 @@ pub async fn run_with(
     let _ = tokio::task::spawn_blocking(move || importer.join()).await;
     drop(chain);
     drop(subscriptions);
-    // Open block streams end once the importer is gone; give them a moment to let go of the store.
+    close_store(store).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens (and repairs) the store, then applies the history limit.
+async fn open_store(config: &NodeConfig) -> anyhow::Result<Arc<BlockStore>> {
+    let spec = config.spec.clone();
+    let data_dir = config.data_dir.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || BlockStore::open(&data_dir, &spec))
+        .await?
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    for action in &report.actions {
+        tracing::warn!("store repaired at open: {action}");
+    }
+    let store = Arc::new(store);
+    let history_blocks = config.history_blocks;
+    let retained = store.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), syncnode_store::StoreError> {
+        retention::set_floor(&retained, history_blocks)?;
+        if let Some(n) = history_blocks {
+            retention::prune_if_due(&retained, n, 1)?;
+        }
+        Ok(())
+    })
+    .await?
+    .context("applying --history-blocks")?;
+    let head = store.head();
+    tracing::info!(chain = %config.spec.name, genesis = %store.status().genesis_hash, head = head.height, "store open");
+    Ok(store)
+}
+
+/// Serves the HTTP API on `addr`, if given, until `stop` fires.
+async fn start_http(
+    addr: Option<std::net::SocketAddr>,
+    api: http::ApiState,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let (local, task) = http::serve(addr, api, async {
+        let _ = stop.await;
+    })
+    .await
+    .with_context(|| format!("binding the HTTP API on {addr}"))?;
+    tracing::info!(%local, "HTTP API listening");
+    Ok(Some(task))
+}
+
+/// Drops the last handle on the store so it closes cleanly. Open block streams end once the
+/// importer is gone; they get a moment to let go of it.
+async fn close_store(store: Arc<BlockStore>) {
     for _ in 0..40 {
         if Arc::strong_count(&store) == 1 {
             break;
@@ -230,8 +251,6 @@ pub async fn run_with(
         Ok(store) => drop(store),
         Err(_) => tracing::warn!("store still shared at shutdown; it closes when the last user ends"),
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 async fn log_listen_addrs(network: &syncnode_network::NetworkHandle) {
