@@ -9,7 +9,7 @@
 //! `make test`, where the backfill scenario also leaves out the two slow peers; `make adversarial`
 //! runs the full size with every peer). Figures go to stderr (`--nocapture`).
 //!
-//! What each misbehaviour costs, by the score policy (`syncnode_sync::peer_score`): a block that
+//! What each misbehaviour costs, by the score policy (`syncnode_proto::peer_score`): a block that
 //! breaks a rule, at a wrong height or not asked for is `InvalidData` (-100, banned at once); a
 //! batch that does not link is `ProvenWrong` once the honest chain imports (-60, banned); a frame
 //! over the limit or undecodable is a `ProtocolViolation` (-25: disconnected, banned on the second,

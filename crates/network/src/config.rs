@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use syncnode_sync::peer_score::ScoreConfig;
+use syncnode_proto::peer_score::ScoreConfig;
 use syncnode_types::Hash;
 
 /// A token bucket's size and refill rate, in the unit of its protocol (requests or blocks).

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use libp2p::gossipsub::MessageId;
 use libp2p::{Multiaddr, PeerId};
+use syncnode_proto::peer_score::PeerAction;
 use syncnode_proto::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, Status};
-use syncnode_sync::peer_score::PeerAction;
 use syncnode_types::Block;
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,6 +52,9 @@ pub(crate) enum Command {
         action: PeerAction,
         reason: &'static str,
     },
+    RequestStatus {
+        peer: PeerId,
+    },
     ReportGossip {
         message_id: MessageId,
         source: PeerId,
@@ -92,6 +95,7 @@ impl std::fmt::Debug for Command {
             Command::Root { .. } => "Root",
             Command::Publish { .. } => "Publish",
             Command::Report { .. } => "Report",
+            Command::RequestStatus { .. } => "RequestStatus",
             Command::ReportGossip { .. } => "ReportGossip",
             Command::Peers { .. } => "Peers",
             Command::GossipScore { .. } => "GossipScore",
@@ -163,6 +167,12 @@ impl NetworkHandle {
         self.commands
             .try_send(Command::Report { peer, action, reason })
             .is_ok()
+    }
+
+    /// Asks a connected `peer` for a fresh Status now (it arrives as [`NetworkEvent::PeerStatus`]),
+    /// without waiting: `false` if the command queue is full or the network has stopped.
+    pub fn try_request_status(&self, peer: PeerId) -> bool {
+        self.commands.try_send(Command::RequestStatus { peer }).is_ok()
     }
 
     /// Reports the node's verdict on a gossiped block ([`NetworkEvent::GossipBlock`]).

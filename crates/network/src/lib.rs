@@ -40,7 +40,7 @@
 //!   that tells timeout, disconnect, wire violation (already charged here) and a non-OK code
 //!   apart, so the sync engine can judge the peer. The content (heights, links, signatures) is
 //!   the engine's to check.
-//! - **Peers**: scores come from [`syncnode_sync::peer_score::PeerScores`], the policy shared with
+//! - **Peers**: scores come from [`syncnode_proto::peer_score::PeerScores`], the policy shared with
 //!   the engine. The network charges only wire-level violations (oversize or undecodable frames,
 //!   stalled streams, invalid requests, undecodable gossip); the node reports the rest through
 //!   [`NetworkHandle::report`]. A `Disconnect` verdict closes the peer's connections; a `Ban`
@@ -94,5 +94,5 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use peer_manager::PeerSummary;
 pub use serve::BlockSource;
 pub use service::start;
+pub use syncnode_proto::peer_score::{PeerAction, ScoreConfig};
 pub use syncnode_proto::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, Status};
-pub use syncnode_sync::peer_score::{PeerAction, ScoreConfig};

@@ -1,6 +1,6 @@
 //! The peer manager: who is connected, what each peer said in its Status, and its score.
 //!
-//! Scores live in the sync crate's [`PeerScores`] (one policy for the engine's simulator and the
+//! Scores live in the protocol crate's [`PeerScores`] (one policy for the engine's simulator and the
 //! network); this module only adds a clock (milliseconds since the manager was made), the
 //! connection bookkeeping, and the list of bans it must lift when they expire. It decides
 //! nothing about libp2p: the event loop turns its [`Verdict`]s into disconnects and blocks.
@@ -12,7 +12,7 @@ use crate::ban_book::{BanBook, MAX_BANS};
 
 use libp2p::PeerId;
 use syncnode_proto::Status;
-use syncnode_sync::peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
+use syncnode_proto::peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
 
 /// One peer as seen from the outside (`/peers`, metrics, tests).
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use libp2p::request_response::{
     Event, InboundFailure, InboundRequestId, Message, OutboundFailure, OutboundRequestId, ResponseChannel,
 };
 use syncnode_proto::convert::ResponseCode;
+use syncnode_proto::peer_score::{PeerAction, Verdict};
 use syncnode_proto::{BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ConvertError, Status, pb};
-use syncnode_sync::peer_score::{PeerAction, Verdict};
 use tokio::sync::oneshot;
 
 use crate::behaviour::Behaviour;
@@ -95,7 +95,7 @@ impl Service {
         if status.genesis_hash != self.genesis {
             tracing::info!(%peer, theirs = %status.genesis_hash, "peer is on another chain; banning");
             self.manager.ban(&peer);
-            let verdict = syncnode_sync::peer_score::Verdict::Ban { until_ms: 0 };
+            let verdict = syncnode_proto::peer_score::Verdict::Ban { until_ms: 0 };
             match inbound {
                 // Answer first, so the peer learns why, then close.
                 Some(key) => {
@@ -107,6 +107,51 @@ impl Service {
         }
         self.manager.set_status(&peer, status);
         self.emit(NetworkEvent::PeerStatus { peer, status });
+    }
+
+    /// A peer asked for our Status (and sent its own).
+    fn on_status_request(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        request: WireRequest<pb::Status>,
+        channel: ResponseChannel<pb::Status>,
+    ) {
+        let proto = Protocol::Status;
+        self.metrics.request(Direction::Inbound, proto);
+        let request = match request {
+            WireRequest::Valid(request) => request,
+            WireRequest::Violation(why) => {
+                // Dropping the channel closes the stream unanswered.
+                self.wire_violation(proto, peer, &why);
+                return;
+            }
+        };
+        if !self.limiter.allow(peer, proto, 1, Instant::now()) {
+            // Status has no error code: a refused request is closed unanswered.
+            self.metrics.rate_limited(proto);
+            drop(channel);
+            return;
+        }
+        let theirs = match Status::try_from(&request) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "malformed status request");
+                self.charge(peer, PeerAction::ProtocolViolation, "bad_status", None);
+                return;
+            }
+        };
+        let ours = pb::Status::from(&*self.local_status.borrow());
+        if self
+            .swarm
+            .behaviour_mut()
+            .status
+            .send_response(channel, ours)
+            .is_ok()
+        {
+            self.metrics.response(Direction::Inbound, proto, "ok");
+        }
+        self.on_peer_status(peer, theirs, Some((proto, request_id)));
     }
 
     pub(crate) fn on_status_event(&mut self, event: Event<WireRequest<pb::Status>, pb::Status>) {
@@ -121,42 +166,7 @@ impl Service {
                         channel,
                     },
                 ..
-            } => {
-                self.metrics.request(Direction::Inbound, proto);
-                let request = match request {
-                    WireRequest::Valid(request) => request,
-                    WireRequest::Violation(why) => {
-                        // Dropping the channel closes the stream unanswered.
-                        self.wire_violation(proto, peer, &why);
-                        return;
-                    }
-                };
-                if !self.limiter.allow(peer, proto, 1, Instant::now()) {
-                    // Status has no error code: a refused request is closed unanswered.
-                    self.metrics.rate_limited(proto);
-                    drop(channel);
-                    return;
-                }
-                let theirs = match Status::try_from(&request) {
-                    Ok(status) => status,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "malformed status request");
-                        self.charge(peer, PeerAction::ProtocolViolation, "bad_status", None);
-                        return;
-                    }
-                };
-                let ours = pb::Status::from(&*self.local_status.borrow());
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .status
-                    .send_response(channel, ours)
-                    .is_ok()
-                {
-                    self.metrics.response(Direction::Inbound, proto, "ok");
-                }
-                self.on_peer_status(peer, theirs, Some((proto, request_id)));
-            }
+            } => self.on_status_request(peer, request_id, request, channel),
             Event::Message {
                 peer,
                 message: Message::Response { request_id, response },

@@ -15,8 +15,8 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use prometheus_client::registry::Registry;
+use syncnode_proto::peer_score::{PeerAction, Verdict};
 use syncnode_proto::{BlocksResponse, KAD_PROTOCOL, Status, pb};
-use syncnode_sync::peer_score::{PeerAction, Verdict};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
@@ -474,6 +474,11 @@ impl Service {
             Command::Report { peer, action, reason } => {
                 tracing::debug!(%peer, ?action, reason, "peer reported");
                 self.charge(peer, action, reason, None);
+            }
+            Command::RequestStatus { peer } => {
+                if self.manager.connected().any(|p| *p == peer) {
+                    self.send_status(peer);
+                }
             }
             Command::ReportGossip {
                 message_id,

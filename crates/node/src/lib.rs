@@ -113,28 +113,8 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(subscribe::Subscriptions),
 ) -> anyhow::Result<()> {
-    let spec = config.spec.clone();
-    let data_dir = config.data_dir.clone();
-    let (store, report) = tokio::task::spawn_blocking(move || BlockStore::open(&data_dir, &spec))
-        .await?
-        .map_err(|e| open_error(e, &config.data_dir))?;
-    for action in &report.actions {
-        tracing::warn!("store repaired at open: {action}");
-    }
-    let store = Arc::new(store);
+    let store = open_store(&config).await?;
     let history_blocks = config.history_blocks;
-    let retained = store.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), syncnode_store::StoreError> {
-        retention::set_floor(&retained, history_blocks)?;
-        if let Some(n) = history_blocks {
-            retention::prune_if_due(&retained, n, 1)?;
-        }
-        Ok(())
-    })
-    .await?
-    .context("applying --history-blocks")?;
-    let head = store.head();
-    tracing::info!(chain = %config.spec.name, genesis = %store.status().genesis_hash, head = head.height, "store open");
 
     let mut registry = Registry::default();
     let metrics = metrics::NodeMetrics::register(&mut registry);
@@ -172,9 +152,9 @@ pub async fn run_with(
             .context("setting the history floor below the checkpoint")?;
         metrics.observe_chain(&store.status());
     }
-    config.sync.validate().context("sync configuration")?;
     tracing::info!(sync = ?config.sync, "sync configuration");
-    let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed());
+    let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed())
+        .context("sync configuration")?;
     let (sync_view, sync_rx) = watch::channel(http::SyncView {
         state: engine.state(),
         target: engine.target(),
@@ -182,28 +162,17 @@ pub async fn run_with(
     });
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
-    let http_task = match config.http {
-        Some(addr) => {
-            let state = http::ApiState {
-                store: store.clone(),
-                network: network.clone(),
-                chain: chain.clone(),
-                sync: sync_rx,
-                streams: stream::BlockStreams::register(&mut registry, stream::MAX_BLOCK_STREAMS),
-                registry: Arc::new(registry),
-                subscriptions: subscriptions.clone(),
-                disk,
-            };
-            let (local, task) = http::serve(addr, state, async {
-                let _ = stop_http_rx.await;
-            })
-            .await
-            .with_context(|| format!("binding the HTTP API on {addr}"))?;
-            tracing::info!(%local, "HTTP API listening");
-            Some(task)
-        }
-        None => None,
+    let api = http::ApiState {
+        store: store.clone(),
+        network: network.clone(),
+        chain: chain.clone(),
+        sync: sync_rx,
+        streams: stream::BlockStreams::register(&mut registry, stream::MAX_BLOCK_STREAMS),
+        registry: Arc::new(registry),
+        subscriptions: subscriptions.clone(),
+        disk,
     };
+    let http_task = start_http(config.http, api, stop_http_rx).await?;
     log_listen_addrs(&network).await;
 
     let event_loop = node::EventLoop {
@@ -231,7 +200,59 @@ pub async fn run_with(
     let _ = tokio::task::spawn_blocking(move || importer.join()).await;
     drop(chain);
     drop(subscriptions);
-    // Open block streams end once the importer is gone; give them a moment to let go of the store.
+    close_store(store).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens (and repairs) the store, then applies the history limit.
+async fn open_store(config: &NodeConfig) -> anyhow::Result<Arc<BlockStore>> {
+    let spec = config.spec.clone();
+    let data_dir = config.data_dir.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || BlockStore::open(&data_dir, &spec))
+        .await?
+        .map_err(|e| open_error(e, &config.data_dir))?;
+    for action in &report.actions {
+        tracing::warn!("store repaired at open: {action}");
+    }
+    let store = Arc::new(store);
+    let history_blocks = config.history_blocks;
+    let retained = store.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), syncnode_store::StoreError> {
+        retention::set_floor(&retained, history_blocks)?;
+        if let Some(n) = history_blocks {
+            retention::prune_if_due(&retained, n, 1)?;
+        }
+        Ok(())
+    })
+    .await?
+    .context("applying --history-blocks")?;
+    let head = store.head();
+    tracing::info!(chain = %config.spec.name, genesis = %store.status().genesis_hash, head = head.height, "store open");
+    Ok(store)
+}
+
+/// Serves the HTTP API on `addr`, if given, until `stop` fires.
+async fn start_http(
+    addr: Option<std::net::SocketAddr>,
+    api: http::ApiState,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let (local, task) = http::serve(addr, api, async {
+        let _ = stop.await;
+    })
+    .await
+    .with_context(|| format!("binding the HTTP API on {addr}"))?;
+    tracing::info!(%local, "HTTP API listening");
+    Ok(Some(task))
+}
+
+/// Drops the last handle on the store so it closes cleanly. Open block streams end once the
+/// importer is gone; they get a moment to let go of it.
+async fn close_store(store: Arc<BlockStore>) {
     for _ in 0..40 {
         if Arc::strong_count(&store) == 1 {
             break;
@@ -242,8 +263,6 @@ pub async fn run_with(
         Ok(store) => drop(store),
         Err(_) => tracing::warn!("store still shared at shutdown; it closes when the last user ends"),
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The error of a store that would not open, with what to do when the disk is full.

@@ -29,8 +29,8 @@ use crate::import::{ImportDone, ImportJob};
 use crate::metrics::NodeMetrics;
 use crate::verify::{Verified, Verifier};
 
-/// How often the engine's clock ticks when nothing else happens.
-const TICK: Duration = Duration::from_millis(100);
+/// How long the loop sleeps when the engine names no wake-up (it then waits for events only).
+const IDLE: Duration = Duration::from_secs(3600);
 /// Capacity of the loop's inbox of results.
 const INBOX: usize = 1024;
 
@@ -148,8 +148,9 @@ impl EventLoop {
             self.on_network_event(now(), event, &inbox_tx);
         }
         self.drain_actions(now(), &inbox_tx);
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The engine's clock ticks when the engine says it next matters, not on a fixed poll.
+        let wakeup = tokio::time::sleep_until(self.next_wakeup(started));
+        tokio::pin!(wakeup);
         let slot_ms = self.store.spec().slot_ms.max(1);
         let mut slots = tokio::time::interval(Duration::from_millis(slot_ms));
         slots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -169,14 +170,24 @@ impl EventLoop {
                     }
                     self.on_import_done(now(), done);
                 }
-                _ = tick.tick() => self.engine.tick(now()),
+                _ = &mut wakeup => self.engine.tick(now()),
                 _ = slots.tick(), if self.producer.is_some() && !producing => {
                     producing = self.produce();
                 }
             }
             self.drain_actions(now(), &inbox_tx);
+            wakeup.as_mut().reset(self.next_wakeup(started));
         }
         tracing::info!("event loop stopped");
+    }
+
+    /// When the engine's clock (milliseconds since `started`) next needs a tick.
+    fn next_wakeup(&self, started: Instant) -> tokio::time::Instant {
+        let at = match self.engine.next_wakeup() {
+            Some(ms) => started + Duration::from_millis(ms),
+            None => Instant::now() + IDLE,
+        };
+        tokio::time::Instant::from_std(at)
     }
 
     fn on_network_event(&mut self, now: u64, event: NetworkEvent, inbox: &mpsc::Sender<Inbox>) {
@@ -436,8 +447,10 @@ impl EventLoop {
                         .request_failed(now, id, RequestFailure::Local(e.to_string())),
                 },
                 Action::RequestStatus { peer } => {
-                    // The network re-exchanges Status on its own interval; nothing to force here.
-                    tracing::trace!(%peer, "engine asked for a fresher status");
+                    // Lost only when the network's queue is full; the engine asks again later.
+                    if !self.network.try_request_status(peer) {
+                        tracing::debug!(%peer, "status refresh not queued");
+                    }
                 }
                 Action::Import {
                     id,
@@ -521,7 +534,7 @@ mod tests {
             genesis_hash: Hash::ZERO,
             backfill: None,
         };
-        let mut engine = SyncEngine::new(SyncConfig::default(), local, 1);
+        let mut engine = SyncEngine::new(SyncConfig::default(), local, 1).expect("a valid config");
         let peer = PeerId::random();
         let status = PeerStatus {
             head_height: 100,

@@ -18,6 +18,7 @@
 
 pub mod convert;
 pub mod frame;
+pub mod peer_score;
 
 /// Generated protobuf messages, package `syncnode.v1`.
 #[allow(clippy::all, missing_docs)]

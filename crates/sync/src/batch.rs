@@ -1,8 +1,22 @@
-//! A batch: a fixed range of heights fetched by range requests, for forward sync and backfill alike.
+//! The batch machine: a fixed range of heights fetched by range requests, for every chain of
+//! batches alike (forward sync, backfill).
 //!
-//! A batch accumulates blocks from the bottom of its range up. A short answer leaves it part-filled
-//! and the rest is asked for from `next_height()`. Each run of blocks remembers which peer supplied
-//! it, so when data is contradicted the right peer is charged.
+//! A batch's state is private and moves only through its transitions, each of which refuses a
+//! wrong state with a [`WrongState`] (the caller drops the event; it never panics):
+//!
+//! ```text
+//!   Waiting --download_started--> Downloading --answered--> Waiting | Complete
+//!      ^                              |  \--download_failed--> Waiting (backoff)
+//!      |                              \-----contested--------> Waiting (backoff, emptied)
+//!   Complete --import_started--> Importing --imported--> Imported (removed by its chain)
+//!      \--link_failed--> Waiting        |--import_failed--> Complete
+//!                                       \--import_rejected--> Waiting (backoff, emptied)
+//! ```
+//!
+//! `evicted` (window pressure) and `shrunk` (a lower target or a split) apply to any batch that is
+//! not importing. A short answer leaves the batch part-filled and the rest is asked for from
+//! `next_height()`. Each run of blocks remembers which peer supplied it, so when data is
+//! contradicted the right peer is charged.
 
 use std::collections::BTreeMap;
 
@@ -15,33 +29,57 @@ use crate::jitter::Jitter;
 
 /// Where a batch is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BatchState {
+enum State {
     /// Needs (more) blocks; may be requested from `not_before_ms` on.
     Waiting { not_before_ms: u64 },
     /// A request for its missing part is out.
-    InFlight { id: RequestId },
+    Downloading { id: RequestId },
     /// Every block is here, waiting for the batches before it.
     Complete,
     /// Offered to the node for import; waiting for the result.
     Importing { id: ImportId },
+    /// The node confirmed the import: the batch's chain drops it.
+    Imported,
 }
 
-/// Heights `start..=end`, the blocks downloaded so far, and who sent them.
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Waiting { .. } => "waiting",
+            State::Downloading { .. } => "downloading",
+            State::Complete => "complete",
+            State::Importing { .. } => "importing",
+            State::Imported => "imported",
+        }
+    }
+}
+
+/// A transition asked of a batch in a state it does not apply to (an event for another request or
+/// import, or a bug). Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("batch at {start}: `{transition}` refused while {state}")]
+pub(crate) struct WrongState {
+    pub start: Height,
+    pub transition: &'static str,
+    pub state: &'static str,
+}
+
+/// Heights `start..=end`, the blocks downloaded so far, who sent them, and where it is in its life.
 #[derive(Debug, Clone)]
 pub(crate) struct Batch<P> {
-    pub start: Height,
-    pub end: Height,
+    start: Height,
+    end: Height,
     /// Blocks at `start, start+1, ...`, chained by parent hash.
-    pub blocks: Vec<Block>,
+    blocks: Vec<Block>,
     /// Sum of [`Block::size_bytes`] of `blocks`.
-    pub bytes: usize,
+    bytes: usize,
     /// Runs of `blocks`: (peer, how many consecutive blocks it supplied), bottom first.
-    pub suppliers: Vec<(P, usize)>,
-    pub state: BatchState,
+    suppliers: Vec<(P, usize)>,
+    state: State,
     /// Failed attempts so far: drives the backoff and the growing timeout.
-    pub failures: u32,
+    failures: u32,
     /// Failed attempts per peer: a peer at `max_attempts_per_peer` is not asked again.
-    pub peer_failures: BTreeMap<P, u32>,
+    peer_failures: BTreeMap<P, u32>,
 }
 
 impl<P: Clone + Ord> Batch<P> {
@@ -52,12 +90,38 @@ impl<P: Clone + Ord> Batch<P> {
             blocks: Vec::new(),
             bytes: 0,
             suppliers: Vec::new(),
-            state: BatchState::Waiting {
+            state: State::Waiting {
                 not_before_ms: now_ms,
             },
             failures: 0,
             peer_failures: BTreeMap::new(),
         }
+    }
+
+    // ----- what it is -----
+
+    pub(crate) fn start(&self) -> Height {
+        self.start
+    }
+
+    pub(crate) fn end(&self) -> Height {
+        self.end
+    }
+
+    pub(crate) fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub(crate) fn peer_failures(&self) -> &BTreeMap<P, u32> {
+        &self.peer_failures
     }
 
     /// First height not yet downloaded.
@@ -67,7 +131,7 @@ impl<P: Clone + Ord> Batch<P> {
 
     /// Blocks still missing.
     pub(crate) fn missing(&self) -> u64 {
-        (self.end + 1).saturating_sub(self.next_height())
+        self.end.saturating_add(1).saturating_sub(self.next_height())
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -75,8 +139,46 @@ impl<P: Clone + Ord> Batch<P> {
     }
 
     /// Whether it waits for a request and its backoff is over.
-    pub(crate) fn is_waiting_ready(&self, now_ms: u64) -> bool {
-        matches!(self.state, BatchState::Waiting { not_before_ms } if not_before_ms <= now_ms)
+    pub(crate) fn is_ready(&self, now_ms: u64) -> bool {
+        matches!(self.state, State::Waiting { not_before_ms } if not_before_ms <= now_ms) && !self.is_full()
+    }
+
+    /// When its backoff ends, if it waits for a request.
+    pub(crate) fn ready_at(&self) -> Option<u64> {
+        match self.state {
+            State::Waiting { not_before_ms } => Some(not_before_ms),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_downloading(&self) -> bool {
+        matches!(self.state, State::Downloading { .. })
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        self.state == State::Complete
+    }
+
+    pub(crate) fn is_importing(&self) -> bool {
+        matches!(self.state, State::Importing { .. })
+    }
+
+    /// Whether it is still downloading or waiting to (neither complete nor importing).
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.state, State::Waiting { .. } | State::Downloading { .. })
+    }
+
+    /// Whether request `id` for blocks from `start` is the one it waits for.
+    pub(crate) fn awaits(&self, id: RequestId, start: Height) -> bool {
+        self.state == (State::Downloading { id }) && self.next_height() == start
+    }
+
+    /// The import it waits for, if importing.
+    pub(crate) fn import_id(&self) -> Option<ImportId> {
+        match self.state {
+            State::Importing { id } => Some(id),
+            _ => None,
+        }
     }
 
     /// The peer that supplied `blocks[index]`.
@@ -91,6 +193,17 @@ impl<P: Clone + Ord> Batch<P> {
         None
     }
 
+    /// The peer that supplied the block at `height`, if the batch holds it.
+    pub(crate) fn supplier_at(&self, height: Height) -> Option<&P> {
+        let index = usize::try_from(height.checked_sub(self.start)?).ok()?;
+        self.supplier_of(index)
+    }
+
+    /// The peer that supplied its top block.
+    pub(crate) fn top_supplier(&self) -> Option<&P> {
+        self.supplier_of(self.blocks.len().checked_sub(1)?)
+    }
+
     /// Every peer that supplied part of the batch, without repeats.
     pub(crate) fn all_suppliers(&self) -> Vec<P> {
         let mut out: Vec<P> = self.suppliers.iter().map(|(p, _)| p.clone()).collect();
@@ -99,43 +212,213 @@ impl<P: Clone + Ord> Batch<P> {
         out
     }
 
-    /// Appends blocks that continue the batch (the caller checked the link).
-    pub(crate) fn append(&mut self, peer: &P, blocks: Vec<Block>) {
-        if blocks.is_empty() {
-            return;
+    // ----- transitions -----
+
+    fn refuse(&self, transition: &'static str) -> WrongState {
+        WrongState {
+            start: self.start,
+            transition,
+            state: self.state.name(),
         }
-        self.bytes += blocks.iter().map(Block::size_bytes).sum::<usize>();
-        match self.suppliers.last_mut() {
-            Some((last, n)) if last == peer => *n += blocks.len(),
-            _ => self.suppliers.push((peer.clone(), blocks.len())),
-        }
-        self.blocks.extend(blocks);
     }
 
-    /// Drops every downloaded block (they are to be fetched again).
-    pub(crate) fn clear(&mut self) {
+    /// Request `id` for the missing part was sent. Only a ready batch (waiting, backoff over,
+    /// not full) may start a download.
+    pub(crate) fn download_started(&mut self, id: RequestId, now_ms: u64) -> Result<(), WrongState> {
+        if !self.is_ready(now_ms) {
+            return Err(self.refuse("download_started"));
+        }
+        self.state = State::Downloading { id };
+        Ok(())
+    }
+
+    /// Blocks answering request `id` (already shape-checked and linked to what it holds) are
+    /// kept; it completes when full, else waits `delay_ms` for a request for the rest.
+    pub(crate) fn answered(
+        &mut self,
+        id: RequestId,
+        peer: &P,
+        blocks: Vec<Block>,
+        now_ms: u64,
+        delay_ms: u64,
+    ) -> Result<(), WrongState> {
+        if self.state != (State::Downloading { id }) {
+            return Err(self.refuse("answered"));
+        }
+        if !blocks.is_empty() {
+            self.bytes += blocks.iter().map(Block::size_bytes).sum::<usize>();
+            match self.suppliers.last_mut() {
+                Some((last, n)) if last == peer => *n += blocks.len(),
+                _ => self.suppliers.push((peer.clone(), blocks.len())),
+            }
+            self.blocks.extend(blocks);
+        }
+        self.state = if self.is_full() {
+            State::Complete
+        } else {
+            State::Waiting {
+                not_before_ms: now_ms.saturating_add(delay_ms),
+            }
+        };
+        Ok(())
+    }
+
+    /// Request `id` brought nothing usable: the failure is counted (against `peer` if given) and
+    /// the batch waits a jittered backoff.
+    pub(crate) fn download_failed(
+        &mut self,
+        id: RequestId,
+        peer: Option<&P>,
+        now_ms: u64,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+    ) -> Result<(), WrongState> {
+        if self.state != (State::Downloading { id }) {
+            return Err(self.refuse("download_failed"));
+        }
+        self.fail(peer, now_ms, config, jitter);
+        Ok(())
+    }
+
+    /// Request `id`'s answer does not continue the part held: both parts are dropped, the
+    /// answer's sender is charged a failure, and so is the supplier of the part held (one of the
+    /// two is wrong, unknown which).
+    pub(crate) fn contested(
+        &mut self,
+        id: RequestId,
+        peer: &P,
+        now_ms: u64,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+    ) -> Result<Option<P>, WrongState> {
+        if self.state != (State::Downloading { id }) {
+            return Err(self.refuse("contested"));
+        }
+        let earlier = self.top_supplier().cloned();
+        self.clear();
+        self.fail(Some(peer), now_ms, config, jitter);
+        if let Some(earlier) = &earlier {
+            self.count_failure_of(earlier);
+        }
+        Ok(earlier)
+    }
+
+    /// The complete batch does not link to the boundary of its chain: it is emptied and fetched
+    /// again, counted against `blamed`; with `exclude` that peer is never asked for it again.
+    pub(crate) fn link_failed(
+        &mut self,
+        blamed: Option<&P>,
+        exclude: bool,
+        now_ms: u64,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+    ) -> Result<(), WrongState> {
+        if self.state != State::Complete {
+            return Err(self.refuse("link_failed"));
+        }
+        self.clear();
+        self.fail(blamed, now_ms, config, jitter);
+        if let (true, Some(peer)) = (exclude, blamed) {
+            self.peer_failures
+                .insert(peer.clone(), config.max_attempts_per_peer);
+        }
+        Ok(())
+    }
+
+    /// The complete batch was offered for import `id`.
+    pub(crate) fn import_started(&mut self, id: ImportId) -> Result<(), WrongState> {
+        if self.state != State::Complete {
+            return Err(self.refuse("import_started"));
+        }
+        self.state = State::Importing { id };
+        Ok(())
+    }
+
+    /// Import `id` is confirmed.
+    pub(crate) fn imported(&mut self, id: ImportId) -> Result<(), WrongState> {
+        if self.state != (State::Importing { id }) {
+            return Err(self.refuse("imported"));
+        }
+        self.state = State::Imported;
+        Ok(())
+    }
+
+    /// The import failed (or was forgotten) for a reason not in its blocks: offered again later.
+    pub(crate) fn import_failed(&mut self) -> Result<(), WrongState> {
+        if !self.is_importing() {
+            return Err(self.refuse("import_failed"));
+        }
+        self.state = State::Complete;
+        Ok(())
+    }
+
+    /// The store rejected a block of it: it is emptied and fetched again, counted against `blamed`.
+    pub(crate) fn import_rejected(
+        &mut self,
+        blamed: Option<&P>,
+        now_ms: u64,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+    ) -> Result<(), WrongState> {
+        if !self.is_importing() {
+            return Err(self.refuse("import_rejected"));
+        }
+        self.clear();
+        self.fail(blamed, now_ms, config, jitter);
+        Ok(())
+    }
+
+    /// Window pressure: its blocks are dropped and it waits to be asked for again at once (any
+    /// request out for it is stale from now on).
+    pub(crate) fn evicted(&mut self, now_ms: u64) -> Result<(), WrongState> {
+        if !(self.is_open() || self.is_complete()) {
+            return Err(self.refuse("evicted"));
+        }
+        self.clear();
+        self.state = State::Waiting {
+            not_before_ms: now_ms,
+        };
+        Ok(())
+    }
+
+    /// Its range now ends at `end` (at least what it holds). A batch that is full at once is
+    /// complete; any request out for it is then stale.
+    pub(crate) fn shrunk(&mut self, end: Height) -> Result<(), WrongState> {
+        if !(self.is_open() || self.is_complete()) || end > self.end {
+            return Err(self.refuse("shrunk"));
+        }
+        self.end = end.max(self.next_height().saturating_sub(1)).max(self.start);
+        if self.is_full() {
+            self.state = State::Complete;
+        }
+        Ok(())
+    }
+
+    /// Every peer that could serve it has used up its attempts: counting starts afresh.
+    pub(crate) fn forgive_peers(&mut self) {
+        self.peer_failures.clear();
+    }
+
+    fn count_failure_of(&mut self, peer: &P) {
+        let n = self.peer_failures.entry(peer.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    fn clear(&mut self) {
         self.blocks.clear();
         self.suppliers.clear();
         self.bytes = 0;
     }
 
-    /// Records a failed attempt (blamed on `peer` if given) and waits a jittered backoff.
-    pub(crate) fn fail(&mut self, peer: Option<&P>, now_ms: u64, config: &SyncConfig, jitter: &mut Jitter) {
+    fn fail(&mut self, peer: Option<&P>, now_ms: u64, config: &SyncConfig, jitter: &mut Jitter) {
         self.failures = self.failures.saturating_add(1);
         if let Some(peer) = peer {
-            let n = self.peer_failures.entry(peer.clone()).or_insert(0);
-            *n = n.saturating_add(1);
+            self.count_failure_of(peer);
         }
         let delay = jitter.stretch(config.backoff_for(self.failures));
-        self.state = BatchState::Waiting {
+        self.state = State::Waiting {
             not_before_ms: now_ms.saturating_add(delay),
         };
-    }
-
-    /// Forbids `peer` for the rest of this batch's life.
-    pub(crate) fn exclude(&mut self, peer: &P, config: &SyncConfig) {
-        self.peer_failures
-            .insert(peer.clone(), config.max_attempts_per_peer);
     }
 }
 
@@ -159,188 +442,5 @@ pub(crate) fn check_range_shape(start: Height, count: u64, blocks: &[Block]) -> 
     Ok(())
 }
 
-/// What became of a (well-shaped, non-stale) range response offered to a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Absorbed<P> {
-    /// The batch is gone or waits for another request: the response is dropped, nobody charged.
-    Stale,
-    /// No blocks.
-    Empty,
-    /// The response does not continue the part already held (another parent hash at `height`):
-    /// one of the two suppliers is wrong, unknown which. Both parts were dropped.
-    Contested {
-        earlier: Option<P>,
-        height: Height,
-        held: syncnode_types::Hash,
-        claimed: syncnode_types::Hash,
-    },
-    /// The first block names the held block as parent but breaks rule 1 or 2 against it.
-    BadLink,
-    /// `kept` of the `got` blocks (`got_bytes` bytes) were stored; the rest did not fit the window.
-    Stored {
-        kept: usize,
-        got: usize,
-        got_bytes: usize,
-        full: bool,
-    },
-}
-
-/// The bounds of one direction's window.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Window {
-    /// Most bytes of blocks held.
-    pub bytes: usize,
-    /// Most batches.
-    pub batches: usize,
-}
-
-/// Offers a response for request `id` to the batch keyed `key`, keeping within `window.bytes`.
-///
-/// To make room, blocks of batches that import *later* are dropped first (forward: higher keys;
-/// backfill: lower keys), so the batch the import waits for always progresses. Whatever still does
-/// not fit is left for the next request, like a short answer, and the batch is split at what it
-/// holds ([`split_at_held`]): a batch cut for smaller blocks than the chain now has could otherwise
-/// outgrow the window and never complete.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn absorb<P: Clone + Ord>(
-    batches: &mut BTreeMap<Height, Batch<P>>,
-    key: Height,
-    id: RequestId,
-    start: Height,
-    peer: &P,
-    blocks: Vec<Block>,
-    window: Window,
-    later_is_higher: bool,
-    now_ms: u64,
-) -> Absorbed<P> {
-    let window_bytes = window.bytes;
-    let Some(batch) = batches.get_mut(&key) else {
-        return Absorbed::Stale;
-    };
-    if batch.state != (BatchState::InFlight { id }) || batch.next_height() != start {
-        return Absorbed::Stale;
-    }
-    let mut blocks = blocks;
-    // The batch may have shrunk (the target dropped) since the request was sent.
-    blocks.truncate(usize::try_from(batch.missing()).unwrap_or(usize::MAX));
-    let Some(first) = blocks.first() else {
-        return Absorbed::Empty;
-    };
-    if let Some(last) = batch.blocks.last() {
-        if first.header.parent_hash != last.hash() {
-            let result = Absorbed::Contested {
-                earlier: batch.supplier_of(batch.blocks.len() - 1).cloned(),
-                height: last.height(),
-                held: last.hash(),
-                claimed: first.header.parent_hash,
-            };
-            batch.clear();
-            return result;
-        }
-        if check_link(&first.header, &last.header).is_err() {
-            return Absorbed::BadLink;
-        }
-    }
-    let got = blocks.len();
-    let got_bytes: usize = blocks.iter().map(Block::size_bytes).sum();
-    let mut used: usize = batches.values().map(|b| b.bytes).sum();
-    while used.saturating_add(got_bytes) > window_bytes {
-        let victim = batches
-            .iter()
-            .filter(|(k, b)| {
-                let later = if later_is_higher { **k > key } else { **k < key };
-                later && !b.blocks.is_empty() && !matches!(b.state, BatchState::Importing { .. })
-            })
-            .map(|(k, _)| *k)
-            .reduce(|a, b| if later_is_higher { a.max(b) } else { a.min(b) });
-        let Some(victim) = victim.and_then(|k| batches.get_mut(&k)) else {
-            break;
-        };
-        used = used.saturating_sub(victim.bytes);
-        victim.clear();
-        // An eviction makes any request out for it stale; it will be asked for again.
-        victim.state = BatchState::Waiting {
-            not_before_ms: now_ms,
-        };
-    }
-    let room = window_bytes.saturating_sub(used);
-    let mut kept = 0usize;
-    let mut kept_bytes = 0usize;
-    for block in &blocks {
-        let size = block.size_bytes();
-        if kept_bytes + size > room {
-            break;
-        }
-        kept_bytes += size;
-        kept += 1;
-    }
-    let Some(batch) = batches.get_mut(&key) else {
-        return Absorbed::Stale;
-    };
-    let offered = blocks.len();
-    blocks.truncate(kept);
-    batch.append(peer, blocks);
-    if kept < offered {
-        split_at_held(batches, key, window.batches, later_is_higher, now_ms);
-    }
-    let full = batches.get(&key).is_some_and(Batch::is_full);
-    Absorbed::Stored {
-        kept,
-        got,
-        got_bytes,
-        full,
-    }
-}
-
-/// Splits the batch keyed `key` after the blocks it holds: they become a batch of their own, full,
-/// and the rest of its range a new waiting batch. Used when the window could not take the rest,
-/// which for the batch the import waits for means it never could: its blocks alone fill the
-/// window. The held part imports (forward) or makes way for the part above it (backfill, where the
-/// held part is evicted if the window needs its room, and fetched again). Either way the batch the
-/// import waits for shrinks to what fits, down to one block, which a window always holds.
-///
-/// At `max_batches`, the batch furthest from import, later than `key`, is dropped to make room (it
-/// is cut again later); when there is none the split is not made, and the batches before `key`,
-/// which then hold the window, import first.
-pub(crate) fn split_at_held<P: Clone + Ord>(
-    batches: &mut BTreeMap<Height, Batch<P>>,
-    key: Height,
-    max_batches: usize,
-    later_is_higher: bool,
-    now_ms: u64,
-) {
-    let Some(batch) = batches.get(&key) else {
-        return;
-    };
-    if batch.blocks.is_empty() || batch.is_full() || matches!(batch.state, BatchState::Importing { .. }) {
-        return;
-    }
-    let (held_end, end) = (batch.next_height() - 1, batch.end);
-    let rest = held_end + 1;
-    let later = |k: Height| if later_is_higher { k > key } else { k < key };
-    // At the limit, the furthest batch in import order gives way, counting the new one (forward:
-    // it is the furthest when `key` was the last batch, and giving way is just shrinking `key`).
-    let victim = if batches.len() >= max_batches {
-        let furthest = batches
-            .iter()
-            .filter(|(k, b)| later(**k) && !matches!(b.state, BatchState::Importing { .. }))
-            .map(|(k, _)| *k)
-            .chain(later(rest).then_some(rest))
-            .reduce(|a, b| if later_is_higher { a.max(b) } else { a.min(b) });
-        match furthest {
-            Some(victim) => Some(victim),
-            None => return,
-        }
-    } else {
-        None
-    };
-    if let Some(batch) = batches.get_mut(&key) {
-        batch.end = held_end;
-    }
-    if victim != Some(rest) {
-        if let Some(victim) = victim {
-            batches.remove(&victim);
-        }
-        batches.insert(rest, Batch::new(rest, end, now_ms));
-    }
-}
+#[cfg(test)]
+mod tests;

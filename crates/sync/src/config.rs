@@ -1,18 +1,10 @@
 //! The engine's tunable numbers, with defaults chosen for the protocol's limits.
 
+use syncnode_proto::MAX_RANGE_COUNT;
 use syncnode_types::{HEADER_BYTES_LEN, Height, MAX_PAYLOAD_BYTES, Signature};
-
-/// Largest `count` a `BlocksByRange` request may carry (PROTOCOL.md section 3).
-pub const MAX_RANGE_COUNT: u64 = 1024;
-
-/// Largest response frame a peer may send (PROTOCOL.md section 3).
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Bytes of the largest valid block: a window must hold at least one so import can always progress.
 pub const MIN_WINDOW_BYTES: usize = MAX_PAYLOAD_BYTES + HEADER_BYTES_LEN + Signature::LEN;
-
-/// Largest number of hashes in one `BlocksByRoot` request (PROTOCOL.md section 3).
-pub const MAX_ROOT_HASHES: usize = 128;
 
 /// Everything the engine can be tuned by. [`SyncConfig::default`] suits a real network;
 /// tests shrink the batch size and the timers.

@@ -2,7 +2,7 @@
 
 use syncnode_types::{Block, Hash, Height};
 
-use crate::peer_score::PeerAction;
+use syncnode_proto::peer_score::PeerAction;
 
 /// Names one request the engine asked the node to send. Unique for the engine's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

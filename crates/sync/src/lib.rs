@@ -14,6 +14,16 @@
 //! The engine does no signature checks (the node's verification pool does) and no I/O; per event it
 //! does work proportional to the window and the number of peers, plus hashing headers it links.
 //!
+//! Inside, the engine is a router of chains. One batch machine (`batch.rs`) drives every batch
+//! through its life; its state is private and changes only through transitions that refuse a
+//! wrong state. A chain of batches (`chain.rs`) holds a window of them and imports them in order;
+//! what differs by direction (which batch imports first, where the next is cut, how a complete
+//! batch links to the chain's boundary, what a contested answer proves) is supplied by the
+//! direction: forward sync (`forward.rs`) and backfill (`backfill.rs`). The router (`router.rs`)
+//! holds the peers, the requests and imports in flight and the actions, and carries out what a
+//! chain reports; the engine (`engine.rs`) routes each event to the chain or parent lookup
+//! (`lookup.rs`) that owns it. Modules depend downward only: engine → router → chains → batch.
+//!
 //! # Forward sync
 //! The *target* is the highest head a peer credibly claims: each peer counts for the highest head it
 //! ever announced on its connection (so one peer lying low cannot drag the target back), capped
@@ -78,8 +88,12 @@
 //!   [`SyncEngine::root_response`]) or report [`SyncEngine::response_invalid`].
 //! - Route every failure of the engine's requests through [`SyncEngine::request_failed`] and apply
 //!   the engine's [`Action::Penalise`]s (the engine does not charge twice, the node should not
-//!   either); call [`SyncEngine::tick`] often (e.g. every 100 ms; [`SyncEngine::next_wakeup`] says
-//!   when it next matters).
+//!   either); call [`SyncEngine::tick`] at [`SyncEngine::next_wakeup`] (every time a tick can
+//!   matter; ticking more often does no harm).
+//! - Carry out [`Action::RequestStatus`]: the peer's answer comes back as a
+//!   [`SyncEngine::peer_status`].
+//! - Build the engine with a valid [`SyncConfig`]: [`SyncEngine::new`] returns the
+//!   [`ConfigError`] of one that is not.
 //!
 //! # Invariants (asserted in debug builds after every event, and by the simulator)
 //! - downloaded, not yet imported blocks stay within the window, in bytes and in batches;
@@ -93,22 +107,25 @@
 
 mod backfill;
 mod batch;
+mod chain;
 pub mod config;
 mod engine;
 mod events;
 mod forward;
 mod jitter;
 mod lookup;
-pub mod peer_score;
 mod peers;
+mod router;
 
 pub use config::{ConfigError, SyncConfig};
-pub use engine::{PeerKey, SyncEngine};
+pub use engine::SyncEngine;
 pub use events::{
     Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus,
     RequestFailure, RequestId, SyncState,
 };
-pub use peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
+pub use peers::PeerKey;
+pub use syncnode_proto::peer_score;
+pub use syncnode_proto::peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
 
 #[cfg(test)]
 mod tests;

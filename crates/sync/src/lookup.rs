@@ -7,12 +7,15 @@
 //! height order. Lookups are bounded in number, depth, bytes, attempts and age; a lookup that goes
 //! below our tip without meeting it (a fork we do not follow) is dropped.
 
-use syncnode_types::Block;
 use syncnode_types::validity::check_link;
+use syncnode_types::{Block, Hash, Height};
 
-use crate::engine::{InFlight, PeerKey, RequestPurpose, SyncEngine};
-use crate::events::{Action, RequestId};
-use crate::peer_score::PeerAction;
+use crate::config::SyncConfig;
+use crate::events::RequestId;
+use crate::forward::{ChainEnd, Forward};
+use crate::jitter::Jitter;
+use crate::peers::Peers;
+use syncnode_proto::peer_score::PeerAction;
 
 /// One chain of gossiped blocks waiting for its ancestors.
 #[derive(Debug, Clone)]
@@ -47,7 +50,7 @@ pub(crate) struct Lookups<P> {
     next_id: u64,
 }
 
-impl<P: PartialEq> Lookups<P> {
+impl<P: Clone + Ord> Lookups<P> {
     pub(crate) fn new() -> Self {
         Lookups {
             list: Vec::new(),
@@ -63,6 +66,17 @@ impl<P: PartialEq> Lookups<P> {
         self.list.iter().map(|l| l.chain.len()).sum()
     }
 
+    /// When a lookup may ask again, or grows too old and is dropped.
+    pub(crate) fn wakeups(&self, config: &SyncConfig) -> impl Iterator<Item = u64> + '_ {
+        let max_age = config.max_request_timeout_ms.saturating_mul(4);
+        self.list.iter().flat_map(move |l| {
+            let retry = l.request.is_none().then_some(l.not_before_ms);
+            retry
+                .into_iter()
+                .chain([l.started_ms.saturating_add(max_age).saturating_add(1)])
+        })
+    }
+
     pub(crate) fn forget_peer(&mut self, peer: &P) {
         for lookup in &mut self.list {
             lookup.sources.retain(|p| p != peer);
@@ -70,55 +84,58 @@ impl<P: PartialEq> Lookups<P> {
     }
 }
 
-impl<P: PeerKey> SyncEngine<P> {
-    pub(crate) fn on_gossip(&mut self, now_ms: u64, from: P, block: Block) {
+/// A root request a lookup wants sent: `hash` (at `height`) from `peer`, with `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RootRequest<P> {
+    pub lookup: u64,
+    pub peer: P,
+    pub hash: Hash,
+    pub height: Height,
+    pub timeout_ms: u64,
+}
+
+/// What a lookup's answer showed of the peer that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answered {
+    /// Fine (or the lookup is gone): nothing to charge.
+    Fine,
+    /// It sent a block it was not asked for.
+    NotAsked,
+}
+
+impl<P: Clone + Ord> Lookups<P> {
+    /// A gossiped block, when forward sync is not fetching ranges (`idle`): a block on the tip is
+    /// returned for import at once; one with an unknown parent joins or starts a lookup.
+    pub(crate) fn on_gossip(
+        &mut self,
+        config: &SyncConfig,
+        forward: &Forward<P>,
+        idle: bool,
+        now_ms: u64,
+        from: P,
+        block: Block,
+    ) -> Option<Block> {
         let height = block.height();
-        if height <= self.forward.head.height || !self.forward.batches.is_empty() {
+        if height <= forward.head.height || !idle {
             // Old, a rival at a height we have (the first seen stays), or range sync will fetch it.
-            return;
+            return None;
         }
-        let tip = self.forward.tip;
+        let tip = forward.tip;
         if block.header.parent_hash == tip.hash && height == tip.height.saturating_add(1) {
-            if tip
+            let links = tip
                 .header
-                .is_none_or(|parent| check_link(&block.header, &parent).is_ok())
-            {
-                self.import_forward_chain(vec![block]);
-            }
-            return;
+                .is_none_or(|parent| check_link(&block.header, &parent).is_ok());
+            return links.then_some(block);
         }
-        let hash = block.hash();
-        for lookup in &mut self.lookups.list {
-            let (Some(top), Some(lowest)) = (lookup.chain.first(), lookup.chain.last()) else {
-                continue;
-            };
-            let joins = if lookup.chain.iter().any(|b| b.hash() == hash) {
-                None
-            } else if block.header.parent_hash == top.hash() && height == top.height() + 1 {
-                Some(true)
-            } else if lowest.header.parent_hash == hash && height + 1 == lowest.height() {
-                Some(false)
-            } else {
-                continue;
-            };
-            if !lookup.sources.contains(&from) {
-                lookup.sources.push(from.clone());
-            }
-            match joins {
-                Some(true) => lookup.chain.insert(0, block),
-                Some(false) => lookup.chain.push(block),
-                None => {}
-            }
-            return;
+        if self.join(&from, &block) {
+            return None;
         }
-        if height > tip.height.saturating_add(self.config.max_lookup_depth)
-            || self.lookups.len() >= self.config.max_lookups
-        {
-            return;
+        if height > tip.height.saturating_add(config.max_lookup_depth) || self.len() >= config.max_lookups {
+            return None;
         }
-        let id = self.lookups.next_id;
-        self.lookups.next_id += 1;
-        self.lookups.list.push(Lookup {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.list.push(Lookup {
             id,
             chain: vec![block],
             sources: vec![from],
@@ -128,126 +145,150 @@ impl<P: PeerKey> SyncEngine<P> {
             not_before_ms: now_ms,
             started_ms: now_ms,
         });
+        None
     }
 
-    /// Imports lookups that reached the tip, drops hopeless ones, requests missing parents.
-    pub(crate) fn lookups_drive(&mut self, now_ms: u64) {
-        let max_age = self.config.max_request_timeout_ms.saturating_mul(4);
-        let mut index = 0;
-        while index < self.lookups.list.len() {
-            let tip = self.forward.tip;
-            let lookup = &self.lookups.list[index];
-            let Some(lowest) = lookup.lowest() else {
-                self.lookups.list.swap_remove(index);
+    /// Adds a gossiped block to the lookup whose chain it extends (or already holds it).
+    fn join(&mut self, from: &P, block: &Block) -> bool {
+        let (height, hash) = (block.height(), block.hash());
+        for lookup in &mut self.list {
+            let (Some(top), Some(lowest)) = (lookup.chain.first(), lookup.chain.last()) else {
                 continue;
             };
-            let idle = self.forward.batches.is_empty();
+            let above = block.header.parent_hash == top.hash() && height == top.height() + 1;
+            let below = lowest.header.parent_hash == hash && height + 1 == lowest.height();
+            let held = lookup.chain.iter().any(|b| b.hash() == hash);
+            if !(held || above || below) {
+                continue;
+            }
+            if !lookup.sources.contains(from) {
+                lookup.sources.push(from.clone());
+            }
+            if !held && above {
+                lookup.chain.insert(0, block.clone());
+            } else if !held {
+                lookup.chain.push(block.clone());
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Imports lookups that reached the tip (returned in order, the tip moved past each), drops
+    /// hopeless ones, and says which missing parents to request from whom.
+    pub(crate) fn drive(
+        &mut self,
+        config: &SyncConfig,
+        forward: &mut Forward<P>,
+        idle: bool,
+        peers: &Peers<P>,
+        now_ms: u64,
+    ) -> (Vec<Vec<Block>>, Vec<RootRequest<P>>) {
+        let max_age = config.max_request_timeout_ms.saturating_mul(4);
+        let (mut imports, mut sends) = (Vec::new(), Vec::<RootRequest<P>>::new());
+        let mut index = 0;
+        while index < self.list.len() {
+            let tip = forward.tip;
+            let lookup = &self.list[index];
+            let Some(lowest) = lookup.lowest() else {
+                self.list.swap_remove(index);
+                continue;
+            };
             if lowest.header.parent_hash == tip.hash && lowest.height() == tip.height.saturating_add(1) {
                 if idle {
-                    let mut lookup = self.lookups.list.swap_remove(index);
+                    let mut lookup = self.list.swap_remove(index);
                     lookup.chain.reverse();
-                    self.import_forward_chain(lookup.chain);
+                    if let Some(last) = lookup.chain.last() {
+                        forward.chain_offered(ChainEnd::of(last));
+                    }
+                    imports.push(lookup.chain);
                 } else {
                     index += 1;
                 }
                 continue;
             }
             let hopeless = lowest.height() <= tip.height.saturating_add(1)
-                || lookup.chain.len() as u64 > self.config.max_lookup_depth
-                || lookup.failures >= self.config.max_lookup_attempts
-                || lookup.bytes() > self.config.window_bytes
+                || lookup.chain.len() as u64 > config.max_lookup_depth
+                || lookup.failures >= config.max_lookup_attempts
+                || lookup.bytes() > config.window_bytes
                 || now_ms.saturating_sub(lookup.started_ms) > max_age;
             if hopeless {
+                // A request it has out finds no lookup when answered; the peer stays busy until then.
                 tracing::debug!(height = lowest.height(), "parent lookup dropped");
-                let lookup = self.lookups.list.swap_remove(index);
-                if let Some(id) = lookup.request {
-                    // Its answer will find no lookup; the peer stays busy until then.
-                    tracing::trace!(?id, "request of a dropped lookup left to settle");
-                }
+                self.list.swap_remove(index);
                 continue;
             }
             if idle && lookup.request.is_none() && lookup.not_before_ms <= now_ms {
-                self.lookup_send(now_ms, index);
+                let taken: Vec<P> = sends.iter().map(|s| s.peer.clone()).collect();
+                sends.extend(self.pick(config, peers, &taken, index, now_ms));
             }
             index += 1;
         }
+        (imports, sends)
     }
 
-    fn lookup_send(&mut self, now_ms: u64, index: usize) {
-        let Some(lookup) = self.lookups.list.get(index) else {
-            return;
-        };
-        let Some(lowest) = lookup.lowest() else {
-            return;
-        };
+    /// Whom lookup `index` asks for its missing parent: a peer that gossiped its chain (the first
+    /// sender first), else any peer whose head is high enough; free, credible, not asked yet.
+    fn pick(
+        &self,
+        config: &SyncConfig,
+        peers: &Peers<P>,
+        taken: &[P],
+        index: usize,
+        now_ms: u64,
+    ) -> Option<RootRequest<P>> {
+        let lookup = self.list.get(index)?;
+        let lowest = lookup.lowest()?;
         let (wanted, wanted_height) = (lowest.header.parent_hash, lowest.height().saturating_sub(1));
-        let stale_after = self.config.status_stale_ms;
         let free = |p: &P| {
-            self.peers.entries.get(p).is_some_and(|e| {
-                e.in_flight.is_none()
-                    && !e.proven_wrong
-                    && now_ms.saturating_sub(e.status_at_ms) <= stale_after
-            })
+            !lookup.asked.contains(p)
+                && !taken.contains(p)
+                && peers.entries.get(p).is_some_and(|e| {
+                    e.in_flight.is_none()
+                        && !e.proven_wrong
+                        && now_ms.saturating_sub(e.status_at_ms) <= config.status_stale_ms
+                })
         };
-        let from_sources = lookup
-            .sources
-            .iter()
-            .find(|p| !lookup.asked.contains(p) && free(p))
-            .cloned();
-        let peer = from_sources.or_else(|| {
-            self.peers
+        let peer = lookup.sources.iter().find(|p| free(p)).cloned().or_else(|| {
+            peers
                 .entries
                 .iter()
-                .find(|(p, e)| {
-                    !lookup.asked.contains(p)
-                        && free(p)
-                        && e.credible_head().is_some_and(|h| h >= wanted_height)
-                })
+                .find(|(p, e)| free(p) && e.credible_head().is_some_and(|h| h >= wanted_height))
                 .map(|(p, _)| p.clone())
-        });
-        let Some(peer) = peer else {
-            return;
-        };
-        let id = RequestId(self.next_request_id);
-        self.next_request_id += 1;
-        let timeout_ms = self.config.timeout_for(lookup.failures);
-        let lookup_id = lookup.id;
-        self.mark_busy(&peer, id);
-        self.requests.insert(
-            id,
-            InFlight {
-                peer: peer.clone(),
-                purpose: RequestPurpose::Lookup {
-                    lookup: lookup_id,
-                    hash: wanted,
-                },
-                start: wanted_height,
-                count: 1,
-                deadline_ms: now_ms.saturating_add(timeout_ms),
-                answered: false,
-            },
-        );
-        if let Some(lookup) = self.lookups.list.get_mut(index) {
-            lookup.asked.push(peer.clone());
-            lookup.request = Some(id);
-        }
-        self.actions.push_back(Action::SendRootRequest {
+        })?;
+        Some(RootRequest {
+            lookup: lookup.id,
             peer,
-            id,
-            hashes: vec![wanted],
-            timeout_ms,
-        });
+            hash: wanted,
+            height: wanted_height,
+            timeout_ms: config.timeout_for(lookup.failures),
+        })
+    }
+
+    /// Request `id` for lookup `lookup` was sent to `peer`.
+    pub(crate) fn sent(&mut self, lookup: u64, id: RequestId, peer: P) {
+        if let Some(l) = self.list.iter_mut().find(|l| l.id == lookup) {
+            l.asked.push(peer);
+            l.request = Some(id);
+        }
     }
 
     fn lookup_mut(&mut self, lookup: u64, id: RequestId) -> Option<&mut Lookup<P>> {
-        self.lookups
-            .list
+        self.list
             .iter_mut()
             .find(|l| l.id == lookup && l.request == Some(id))
     }
 
-    pub(crate) fn lookup_request_failed(&mut self, now_ms: u64, lookup: u64, id: RequestId) {
-        let delay = self.jitter.stretch(self.config.retry_min_delay_ms);
+    /// Request `id` of lookup `lookup` brought nothing: it backs off and asks the next peer.
+    pub(crate) fn request_failed(
+        &mut self,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+        lookup: u64,
+        id: RequestId,
+        now_ms: u64,
+    ) {
+        let delay = jitter.stretch(config.retry_min_delay_ms);
         if let Some(l) = self.lookup_mut(lookup, id) {
             l.request = None;
             l.failures = l.failures.saturating_add(1);
@@ -255,34 +296,26 @@ impl<P: PeerKey> SyncEngine<P> {
         }
     }
 
-    /// The answer to a root request for a lookup's missing parent.
-    pub(crate) fn lookup_response(
+    /// The answer to a root request for lookup `lookup`'s missing parent `hash`.
+    pub(crate) fn response(
         &mut self,
-        now_ms: u64,
-        id: RequestId,
-        request: InFlight<P>,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+        (lookup, id, hash): (u64, RequestId, Hash),
         blocks: Vec<Block>,
-    ) {
-        let RequestPurpose::Lookup { lookup, hash } = request.purpose else {
-            return;
-        };
+        now_ms: u64,
+    ) -> Answered {
         if blocks.len() > 1 || blocks.iter().any(|b| b.hash() != hash) {
-            self.penalise(
-                now_ms,
-                &request.peer,
-                PeerAction::InvalidData,
-                "block not asked for",
-            );
-            self.lookup_request_failed(now_ms, lookup, id);
-            return;
+            self.request_failed(config, jitter, lookup, id, now_ms);
+            return Answered::NotAsked;
         }
         let Some(block) = blocks.into_iter().next() else {
             // It may simply not have it: no charge, ask the next peer.
-            self.lookup_request_failed(now_ms, lookup, id);
-            return;
+            self.request_failed(config, jitter, lookup, id, now_ms);
+            return Answered::Fine;
         };
         let Some(l) = self.lookup_mut(lookup, id) else {
-            return;
+            return Answered::Fine;
         };
         l.request = None;
         l.asked.clear();
@@ -295,6 +328,17 @@ impl<P: PeerKey> SyncEngine<P> {
             // The block is the one asked for, so the gossiped child named a parent it does not
             // follow (rule 1 or 2): the chain is invalid; drop it.
             l.failures = u32::MAX;
+        }
+        Answered::Fine
+    }
+}
+
+impl Answered {
+    /// The charge it earns, if any.
+    pub(crate) fn charge(self) -> Option<(PeerAction, &'static str)> {
+        match self {
+            Answered::Fine => None,
+            Answered::NotAsked => Some((PeerAction::InvalidData, "block not asked for")),
         }
     }
 }

@@ -4,8 +4,14 @@ use std::collections::BTreeMap;
 
 use syncnode_types::Height;
 
+use crate::config::SyncConfig;
 use crate::events::{PeerStatus, RequestId};
-use crate::peer_score::{PeerScores, ScoreConfig};
+use crate::jitter::Jitter;
+use syncnode_proto::peer_score::{PeerScores, ScoreConfig};
+
+/// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
+pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
+impl<T: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug> PeerKey for T {}
 
 /// One connected peer that sent a Status.
 #[derive(Debug, Clone)]
@@ -93,8 +99,83 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         }
     }
 
+    /// When a peer stops resting, its Status turns stale, or a fresh one may be asked for again.
+    pub(crate) fn wakeups(&self, config: &SyncConfig, now_ms: u64) -> impl Iterator<Item = u64> + '_ {
+        let refresh_interval = (config.status_stale_ms / 3).max(1);
+        let stale_after = config.status_stale_ms;
+        self.entries.values().flat_map(move |e| {
+            let stale_at = e.status_at_ms.saturating_add(stale_after).saturating_add(1);
+            let ask_again = e
+                .status_requested_ms
+                .filter(|_| stale_at <= now_ms)
+                .map(|t| t.saturating_add(refresh_interval));
+            [Some(e.slow_until_ms), Some(stale_at), ask_again]
+                .into_iter()
+                .flatten()
+        })
+    }
+
     /// Highest credible head among peers.
     pub(crate) fn best_head(&self) -> Option<Height> {
         self.entries.values().filter_map(PeerEntry::credible_head).max()
     }
+
+    /// The best idle peer whose Status covers `from..=to`, preferring peers that failed this range
+    /// least (`failures`), then higher scores, ties broken at random. A peer resting after a
+    /// timeout is passed over while some other peer serving the range is not resting, even a busy
+    /// one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in front of
+    /// in-order import. Peers with a stale Status are listed to be asked for a fresh one instead.
+    pub(crate) fn pick(
+        &self,
+        config: &SyncConfig,
+        jitter: &mut Jitter,
+        now_ms: u64,
+        (from, to): (Height, Height),
+        failures: &BTreeMap<P, u32>,
+    ) -> Pick<P> {
+        let mut best: Option<((u32, i64, u64), P)> = None;
+        let mut pick = Pick {
+            peer: None,
+            exhausted: false,
+            stale: Vec::new(),
+        };
+        let some_brisk = self
+            .entries
+            .values()
+            .any(|e| e.serves(from, to) && !e.resting(now_ms));
+        for (peer, entry) in &self.entries {
+            if entry.in_flight.is_some() || !entry.serves(from, to) || (some_brisk && entry.resting(now_ms)) {
+                continue;
+            }
+            if now_ms.saturating_sub(entry.status_at_ms) > config.status_stale_ms {
+                pick.stale.push(peer.clone());
+                continue;
+            }
+            let failed = failures.get(peer).copied().unwrap_or(0);
+            if failed >= config.max_attempts_per_peer {
+                pick.exhausted = true;
+                continue;
+            }
+            // Lower is better: fewer failures, higher score (rounded to a tenth), random tie-break.
+            let score = -(self.ranking.score(peer, now_ms) * 10.0).round() as i64;
+            let key = (failed, score, jitter.next_u64());
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, peer.clone()));
+            }
+        }
+        pick.peer = best.map(|(_, p)| p);
+        pick.exhausted &= pick.peer.is_none();
+        pick
+    }
+}
+
+/// The outcome of [`Peers::pick`].
+#[derive(Debug)]
+pub(crate) struct Pick<P> {
+    /// The chosen peer, if any fits.
+    pub peer: Option<P>,
+    /// No peer fits, but some would have if it had not used up its attempts.
+    pub exhausted: bool,
+    /// Peers that would serve but whose Status is too old to trust: ask them for a fresh one.
+    pub stale: Vec<P>,
 }

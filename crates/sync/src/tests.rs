@@ -137,7 +137,7 @@ fn import_drained(engine: &mut SyncEngine<u32>, now: u64) -> Vec<Height> {
 #[test]
 fn syncs_from_one_honest_peer_in_order() {
     let blocks = chain(35, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1).expect("a valid config");
     engine.peer_status(0, 7, status(&blocks, 35));
     assert_eq!(engine.target(), 35);
     assert_eq!(engine.state(), SyncState::Syncing);
@@ -154,7 +154,7 @@ fn syncs_from_one_honest_peer_in_order() {
 #[test]
 fn a_peer_gets_its_next_request_while_its_answer_is_verified_and_is_not_timed_out_by_it() {
     let blocks = chain(40, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 40));
     let first = range_requests(&drain(&mut engine));
     assert_eq!(first.len(), 1, "one request to a peer at a time");
@@ -194,7 +194,7 @@ fn a_peer_gets_its_next_request_while_its_answer_is_verified_and_is_not_timed_ou
 #[test]
 fn a_silent_peers_batch_is_reassigned_after_its_deadline_with_a_longer_timeout() {
     let blocks = chain(10, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 2);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 2).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 10));
     let first = range_requests(&drain(&mut engine));
     assert_eq!(first.len(), 1);
@@ -225,7 +225,7 @@ fn a_silent_peers_batch_is_reassigned_after_its_deadline_with_a_longer_timeout()
 #[test]
 fn a_short_answer_continues_where_it_stopped() {
     let blocks = chain(10, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 3);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 3).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 10));
     let (_, id, start, count) = range_requests(&drain(&mut engine))[0];
     assert_eq!((start, count), (1, 10));
@@ -248,7 +248,7 @@ fn a_short_answer_continues_where_it_stopped() {
 #[test]
 fn an_empty_answer_outside_the_peers_status_costs_nothing() {
     let blocks = chain(20, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 4);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 4).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 20));
     let requests = range_requests(&drain(&mut engine));
     let (_, id, start, _) = requests[0];
@@ -264,7 +264,7 @@ fn an_empty_answer_outside_the_peers_status_costs_nothing() {
 #[test]
 fn the_target_drops_only_when_its_claimers_leave() {
     let blocks = chain(100, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 5);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 5).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 100));
     engine.peer_status(0, 2, status(&blocks, 50));
     assert_eq!(engine.target(), 100);
@@ -284,7 +284,7 @@ fn the_target_drops_only_when_its_claimers_leave() {
 #[test]
 fn peers_ahead_that_never_deliver_make_the_state_stalled() {
     let blocks = chain(30, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 6);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 6).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 30));
     assert_eq!(engine.state(), SyncState::Syncing);
     let mut now = 0;
@@ -305,7 +305,7 @@ fn peers_ahead_that_never_deliver_make_the_state_stalled() {
 fn only_the_peer_contradicted_by_the_imported_chain_is_charged() {
     let blocks = chain(20, 8, 0);
     let fork = chain(20, 8, 9);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 20));
     engine.peer_status(0, 2, status(&blocks, 20));
     let requests = range_requests(&drain(&mut engine));
@@ -338,7 +338,7 @@ fn only_the_peer_contradicted_by_the_imported_chain_is_charged() {
 #[test]
 fn a_local_import_failure_charges_nobody_and_is_retried() {
     let blocks = chain(10, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 8);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 8).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 10));
     let (_, id, start, count) = range_requests(&drain(&mut engine))[0];
     engine.range_response(1, id, serve(&blocks, start, count));
@@ -362,7 +362,7 @@ fn the_byte_window_bounds_buffered_blocks() {
         window_bytes,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9);
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9).expect("a valid config");
     for peer in 0..6 {
         engine.peer_status(0, peer, status(&blocks, 60));
     }
@@ -406,7 +406,7 @@ fn the_byte_window_bounds_buffered_blocks() {
 #[test]
 fn gossip_follows_the_head_and_looks_up_unknown_parents() {
     let blocks = chain(10, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 5), 10);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 5), 10).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 5));
     assert_eq!(engine.state(), SyncState::Synced);
     drain(&mut engine);
@@ -443,7 +443,7 @@ fn backfill_reaches_genesis_then_does_no_more_work() {
         lowest_parent_hash: blocks[29].hash(),
         floor_height: 0,
     });
-    let mut engine = SyncEngine::new(config(), start, 11);
+    let mut engine = SyncEngine::new(config(), start, 11).expect("a valid config");
     assert_eq!(engine.state(), SyncState::Backfilling);
     engine.peer_status(0, 1, status(&blocks, 40));
     engine.peer_status(0, 2, status(&blocks, 40));
@@ -500,7 +500,7 @@ fn backfill_charges_a_batch_that_does_not_chain_to_the_stored_history() {
         lowest_parent_hash: blocks[20].hash(),
         floor_height: 11,
     });
-    let mut engine = SyncEngine::new(config(), start, 12);
+    let mut engine = SyncEngine::new(config(), start, 12).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 40));
     let (_, id, start_height, count) = range_requests(&drain(&mut engine))[0];
     assert_eq!((start_height, count), (11, 10));
@@ -512,7 +512,7 @@ fn backfill_charges_a_batch_that_does_not_chain_to_the_stored_history() {
 #[test]
 fn invalid_shapes_are_the_responders_fault() {
     let blocks = chain(20, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 13);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 13).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 20));
     engine.peer_status(0, 2, status(&blocks, 20));
     let requests = range_requests(&drain(&mut engine));
@@ -538,7 +538,7 @@ fn invalid_shapes_are_the_responders_fault() {
 #[test]
 fn a_batch_above_a_target_that_dropped_shrinks_to_it() {
     let blocks = chain(40, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 14);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 14).expect("a valid config");
     // Peer 1 claims 40 but serves nothing above 30; peer 2 honestly has 35.
     engine.peer_status(0, 1, status(&blocks, 40));
     let requests = range_requests(&drain(&mut engine));
@@ -580,7 +580,7 @@ fn a_peer_with_a_stale_status_is_asked_for_a_fresh_one_before_it_gets_work() {
         status_stale_ms: 10_000,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 15);
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 15).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 30));
     let (_, id, _, _) = range_requests(&drain(&mut engine))[0];
     // It stays silent past its Status' freshness; the retry asks for a Status, not blocks.
@@ -611,7 +611,7 @@ fn arbitrary_event_sequences_never_panic() {
             });
         }
         let cfg = config();
-        let mut engine = SyncEngine::new(cfg.clone(), start, seed);
+        let mut engine = SyncEngine::new(cfg.clone(), start, seed).expect("a valid config");
         let mut now = 0u64;
         let mut sent: Vec<RequestId> = Vec::new();
         let mut imports: Vec<ImportId> = Vec::new();
@@ -704,7 +704,7 @@ fn a_peer_that_delivers_then_falls_silent_makes_the_state_stalled() {
     // Found end to end: a node that synced part of the chain, then whose only peer stopped
     // answering, stayed `syncing` forever.
     let blocks = chain(200, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7).expect("a valid config");
     let mut now = 700;
     engine.peer_status(now, 1, status(&blocks, 200));
     let first = range_requests(&drain(&mut engine));
@@ -734,7 +734,7 @@ fn a_peer_that_delivers_then_falls_silent_makes_the_state_stalled() {
 #[test]
 fn a_peer_that_timed_out_rests_while_a_brisk_peer_serves() {
     let blocks = chain(200, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 200));
     engine.peer_status(0, 2, status(&blocks, 200));
     let first = range_requests(&drain(&mut engine));
@@ -803,7 +803,7 @@ fn serve_peer_1(
 #[test]
 fn resting_peers_still_get_work_when_no_peer_is_brisk() {
     let blocks = chain(50, 8, 0);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 1).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 50));
     let first = range_requests(&drain(&mut engine));
     assert_eq!(first.len(), 1);
@@ -881,7 +881,7 @@ fn batches_fit_their_share_of_the_window_whatever_the_block_size() {
         window_bytes: 4 * 1024 * 1024,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 3);
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 3).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 300));
     let (imported, counts) = honest_forward(&mut engine, &blocks, 300, 10_000);
     assert_eq!(imported, (1..=300).collect::<Vec<_>>());
@@ -899,7 +899,7 @@ fn backfill_of_large_blocks_completes_with_batches_that_fit_its_window() {
         backfill_window_bytes: 4 * 1024 * 1024,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, backfill_from_head(&blocks), 5);
+    let mut engine = SyncEngine::new(cfg, backfill_from_head(&blocks), 5).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 200));
     let (complete, counts) = honest_backfill(&mut engine, &blocks, 20_000);
     assert!(complete, "backfill did not complete; requests {counts:?}");
@@ -918,7 +918,7 @@ fn a_batch_cut_for_small_blocks_that_meets_large_ones_is_split_and_sync_complete
         window_bytes: 2 * 1024 * 1024,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9);
+    let mut engine = SyncEngine::new(cfg, local(&blocks, 0), 9).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 200));
     let (imported, counts) = honest_forward(&mut engine, &blocks, 200, 20_000);
     assert_eq!(imported, (1..=200).collect::<Vec<_>>(), "requests {counts:?}");
@@ -938,8 +938,10 @@ fn a_backfill_batch_that_meets_large_blocks_is_split_and_backfill_completes() {
         backfill_window_bytes: 2 * 1024 * 1024,
         ..config()
     };
-    let mut engine = SyncEngine::new(cfg, backfill_from_head(&blocks), 11);
+    let mut engine = SyncEngine::new(cfg, backfill_from_head(&blocks), 11).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 200));
     let (complete, counts) = honest_backfill(&mut engine, &blocks, 40_000);
     assert!(complete, "backfill did not complete; requests {counts:?}");
 }
+
+mod wakeup;

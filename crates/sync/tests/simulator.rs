@@ -289,7 +289,7 @@ impl Sim {
                 floor_height: 0,
             }),
         };
-        let engine = SyncEngine::new(config.clone(), local, seed ^ 0x5eed);
+        let engine = SyncEngine::new(config.clone(), local, seed ^ 0x5eed).expect("a valid config");
         let mut sim = Sim {
             rng,
             now: 0,

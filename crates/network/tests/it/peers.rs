@@ -465,3 +465,30 @@ async fn loopback_is_exempt_from_the_per_ip_limits() {
         clients.push(client);
     }
 }
+
+/// `try_request_status` fetches a peer's Status at once, not at the next status interval.
+#[tokio::test]
+async fn a_status_requested_now_arrives_before_the_interval() {
+    let blocks = chain("ours", 5, 16);
+    let source = Arc::new(MemSource::new(blocks.clone()));
+    let mut cfg = test_config(blocks[0].hash());
+    cfg.status_interval = Duration::from_secs(3600);
+    let mut a = spawn_node(cfg, source.clone()).await;
+    let mut b = spawn_node(test_config(blocks[0].hash()), source).await;
+    connect(&mut a, &mut b).await;
+    // Both ends ask for a Status on connect: a hears b's twice (b's request, b's answer).
+    a.wait_status(b.peer_id).await;
+    b.status.send_modify(|s| s.head_height += 7);
+    let moved = b.status.borrow().head_height;
+    assert!(a.handle.try_request_status(b.peer_id));
+    let b_id = b.peer_id;
+    let fresh = a
+        .wait_event("b's fresh status", |e| match e {
+            NetworkEvent::PeerStatus { peer, status } if *peer == b_id && status.head_height == moved => {
+                Some(*status)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(fresh.head_height, moved);
+}

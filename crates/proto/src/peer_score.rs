@@ -1,7 +1,8 @@
 //! Peer scores: typed actions move a score that decays toward zero; thresholds disconnect, then ban.
 //!
 //! Pure bookkeeping with an explicit clock (`now_ms`), so the sync simulator and the network's peer
-//! manager apply exactly the same policy. A score starts at 0 and is clamped to
+//! manager apply exactly the same policy. It lives here, beside the protocol it polices, so that
+//! every crate that charges or ranks peers reaches it without depending on another. A score starts at 0 and is clamped to
 //! `[-100, max_score]`. Between two updates it decays toward 0 with the configured half-life. At or
 //! below `disconnect_threshold` the verdict is [`Verdict::Disconnect`]; at or below `ban_threshold`
 //! the peer is banned until `now + ban_duration_ms`, after which its entry restarts at half the

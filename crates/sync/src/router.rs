@@ -1,0 +1,377 @@
+//! The engine's routing desk: peers, requests in flight and imports in flight, the queue of actions,
+//! and the one path every chain of batches takes through them (assigning requests, taking answers,
+//! carrying out what the chain reports). It holds no chain: the engine lends it the one an event
+//! belongs to.
+
+use std::collections::{HashMap, VecDeque};
+
+use syncnode_types::{Block, Hash, Height};
+
+use crate::chain::{Answer, Chain, ChainDirection, Ctx, Effects, Response};
+use crate::config::SyncConfig;
+use crate::events::{Action, Direction, ImportId, RequestId};
+use crate::forward::ChainEnd;
+use crate::jitter::Jitter;
+use crate::lookup::RootRequest;
+use crate::peers::{PeerKey, Peers};
+use syncnode_proto::peer_score::PeerAction;
+
+/// Which chain of batches something belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChainId {
+    Forward,
+    Backfill,
+}
+
+/// What a request in flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestPurpose {
+    /// The missing blocks of the batch keyed `key` of chain `chain`.
+    Batch { chain: ChainId, key: Height },
+    /// The parent `hash` wanted by lookup `lookup`.
+    Lookup { lookup: u64, hash: Hash },
+}
+
+/// A request we sent and have not settled.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight<P> {
+    pub peer: P,
+    pub purpose: RequestPurpose,
+    pub start: Height,
+    pub count: u64,
+    pub deadline_ms: u64,
+    /// The peer answered; the caller is verifying the blocks. The peer is no longer busy with
+    /// it and the deadline no longer runs.
+    pub answered: bool,
+}
+
+/// What an import the node is performing is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ImportPurpose {
+    /// The batch keyed `key` of chain `chain`.
+    Batch { chain: ChainId, key: Height },
+    /// Gossiped blocks (and their looked-up ancestors) ending at `last`.
+    ForwardChain { last: ChainEnd },
+}
+
+/// Peers, requests and imports in flight, and the actions for the node.
+#[derive(Debug)]
+pub(crate) struct Router<P> {
+    pub config: SyncConfig,
+    pub jitter: Jitter,
+    pub peers: Peers<P>,
+    pub requests: HashMap<RequestId, InFlight<P>>,
+    pub imports: HashMap<ImportId, ImportPurpose>,
+    pub actions: VecDeque<Action<P>>,
+    next_request_id: u64,
+    next_import_id: u64,
+    /// Running totals of blocks accepted by any chain, for the block-size estimate.
+    seen_blocks: u64,
+    seen_bytes: u64,
+    /// Last time forward sync received or imported blocks (or fell behind).
+    pub last_progress_ms: u64,
+}
+
+impl<P: PeerKey> Router<P> {
+    pub(crate) fn new(config: SyncConfig, seed: u64) -> Self {
+        Router {
+            config,
+            jitter: Jitter::new(seed),
+            peers: Peers::new(),
+            requests: HashMap::new(),
+            imports: HashMap::new(),
+            actions: VecDeque::new(),
+            next_request_id: 0,
+            next_import_id: 0,
+            seen_blocks: 0,
+            seen_bytes: 0,
+            last_progress_ms: 0,
+        }
+    }
+
+    /// What a chain borrows for one event.
+    pub(crate) fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            config: &self.config,
+            jitter: &mut self.jitter,
+            next_import: &mut self.next_import_id,
+        }
+    }
+
+    /// The average size of the blocks received so far. Until blocks arrive it is unknown and the
+    /// largest possible is assumed, so that no batch can outgrow its window (one that did could
+    /// never complete).
+    pub(crate) fn block_size_estimate(&self) -> u64 {
+        self.seen_bytes
+            .checked_div(self.seen_blocks)
+            .unwrap_or(crate::config::MIN_WINDOW_BYTES as u64)
+    }
+
+    /// Removes a request and frees its peer from the busy set.
+    pub(crate) fn take_request(&mut self, id: RequestId) -> Option<InFlight<P>> {
+        let request = self.requests.remove(&id)?;
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer)
+            && entry.in_flight == Some(id)
+        {
+            entry.in_flight = None;
+        }
+        Some(request)
+    }
+
+    /// Emits a charge and applies it to the engine's own ranking. Data faults also stop the peer
+    /// from getting more work and from counting in the target.
+    pub(crate) fn penalise(&mut self, now_ms: u64, peer: &P, action: PeerAction, reason: &'static str) {
+        tracing::debug!(?peer, ?action, reason, "penalising peer");
+        self.peers.ranking.apply(peer, action, now_ms);
+        if let Some(entry) = self.peers.entries.get_mut(peer) {
+            if action == PeerAction::Timeout {
+                entry.slow_until_ms = now_ms.saturating_add(self.config.slow_peer_rest_ms());
+            }
+            if matches!(action, PeerAction::InvalidData | PeerAction::ProvenWrong) {
+                entry.proven_wrong = true;
+            }
+        }
+        self.actions.push_back(Action::Penalise {
+            peer: peer.clone(),
+            action,
+            reason,
+        });
+    }
+
+    fn new_request(
+        &mut self,
+        now_ms: u64,
+        peer: &P,
+        purpose: RequestPurpose,
+        range: (Height, u64),
+        timeout_ms: u64,
+    ) -> RequestId {
+        let id = RequestId(self.next_request_id);
+        self.next_request_id += 1;
+        if let Some(entry) = self.peers.entries.get_mut(peer) {
+            debug_assert!(entry.in_flight.is_none(), "two requests to one peer");
+            entry.in_flight = Some(id);
+        }
+        self.requests.insert(
+            id,
+            InFlight {
+                peer: peer.clone(),
+                purpose,
+                start: range.0,
+                count: range.1,
+                deadline_ms: now_ms.saturating_add(timeout_ms),
+                answered: false,
+            },
+        );
+        id
+    }
+
+    /// Sends a root request for a lookup and marks the peer busy.
+    pub(crate) fn send_root_request(&mut self, now_ms: u64, wanted: RootRequest<P>) -> RequestId {
+        let purpose = RequestPurpose::Lookup {
+            lookup: wanted.lookup,
+            hash: wanted.hash,
+        };
+        let id = self.new_request(
+            now_ms,
+            &wanted.peer,
+            purpose,
+            (wanted.height, 1),
+            wanted.timeout_ms,
+        );
+        self.actions.push_back(Action::SendRootRequest {
+            peer: wanted.peer,
+            id,
+            hashes: vec![wanted.hash],
+            timeout_ms: wanted.timeout_ms,
+        });
+        id
+    }
+
+    /// Asks `peer` for a fresh Status, at most once per a third of the staleness limit.
+    fn refresh_status(&mut self, now_ms: u64, peer: P) {
+        let interval = (self.config.status_stale_ms / 3).max(1);
+        if let Some(entry) = self.peers.entries.get_mut(&peer)
+            && entry
+                .status_requested_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= interval)
+        {
+            entry.status_requested_ms = Some(now_ms);
+            self.actions.push_back(Action::RequestStatus { peer });
+        }
+    }
+
+    /// Sends requests for `chain`'s ready batches, first to import first, while its byte window
+    /// (counting what the requests out are expected to bring) has room; the batch the import
+    /// waits for is always asked for.
+    pub(crate) fn assign<D: ChainDirection<P>>(
+        &mut self,
+        chain: &mut Chain<P, D>,
+        which: ChainId,
+        now_ms: u64,
+    ) {
+        let estimate = self.seen_bytes.checked_div(self.seen_blocks).unwrap_or(0) as usize;
+        let first_open = chain.first_open();
+        let mut reserved: usize = chain
+            .batches()
+            .filter(|b| b.is_downloading())
+            .map(|b| estimate.saturating_mul(b.missing() as usize))
+            .sum();
+        for key in chain.ready(now_ms) {
+            if chain.buffered_bytes().saturating_add(reserved) >= chain.window().bytes
+                && Some(key) != first_open
+            {
+                break;
+            }
+            let Some(batch) = chain.batch(key) else {
+                continue;
+            };
+            let (from, to, failures) = (batch.next_height(), batch.end(), batch.failures());
+            let pick = self.peers.pick(
+                &self.config,
+                &mut self.jitter,
+                now_ms,
+                (from, to),
+                batch.peer_failures(),
+            );
+            for peer in pick.stale {
+                self.refresh_status(now_ms, peer);
+            }
+            let Some(peer) = pick.peer else {
+                if pick.exhausted
+                    && let Some(batch) = chain.batch_mut(key)
+                {
+                    // Every peer that could serve it has failed it: start counting afresh.
+                    batch.forgive_peers();
+                }
+                continue;
+            };
+            let count = to - from + 1;
+            let timeout_ms = self.config.timeout_for(failures);
+            let id = self.new_request(
+                now_ms,
+                &peer,
+                RequestPurpose::Batch { chain: which, key },
+                (from, count),
+                timeout_ms,
+            );
+            self.actions.push_back(Action::SendRangeRequest {
+                peer,
+                id,
+                start_height: from,
+                count,
+                timeout_ms,
+            });
+            chain.download_started(key, id, now_ms);
+            reserved = reserved.saturating_add(estimate.saturating_mul(count as usize));
+        }
+    }
+
+    /// A range response for a batch of `chain`: the chain takes it in and the responder is
+    /// charged for what the answer shows.
+    pub(crate) fn batch_response<D: ChainDirection<P>>(
+        &mut self,
+        chain: &mut Chain<P, D>,
+        which: ChainId,
+        (id, key, request): (RequestId, Height, InFlight<P>),
+        blocks: Vec<Block>,
+        now_ms: u64,
+    ) {
+        let peer = request.peer;
+        let mut effects = Effects::default();
+        let response = Response {
+            id,
+            key,
+            start: request.start,
+            count: request.count,
+            peer: &peer,
+            blocks,
+        };
+        let answer = chain.answer(&mut self.ctx(), response, now_ms, &mut effects);
+        match answer {
+            Answer::Stale | Answer::Contested => {}
+            Answer::Invalid(reason) => self.penalise(now_ms, &peer, PeerAction::InvalidData, reason),
+            Answer::Empty { start } => {
+                self.charge_if_promised(now_ms, &peer, start, "empty range inside its status")
+            }
+            Answer::Stored {
+                short,
+                next,
+                got_bytes,
+            } => {
+                // A short answer (legal) is charged a little only when it stopped inside the
+                // peer's promised range and well below the frame limit (it was not cut to fit).
+                if short && got_bytes < syncnode_proto::MAX_RESPONSE_FRAME / 2 {
+                    self.charge_if_promised(now_ms, &peer, next, "short range inside its status");
+                }
+            }
+        }
+        self.apply(which, effects, now_ms);
+    }
+
+    /// An empty answer costs a little only when the peer's last Status promised `height`; either
+    /// way the peer is not believed above `height - 1` any more.
+    fn charge_if_promised(&mut self, now_ms: u64, peer: &P, height: Height, reason: &'static str) {
+        let Some(entry) = self.peers.entries.get_mut(peer) else {
+            return;
+        };
+        if entry.promises(height) {
+            entry.lacks(height);
+            self.penalise(now_ms, peer, PeerAction::BrokenPromise, reason);
+        }
+    }
+
+    /// Carries out what a chain reported.
+    pub(crate) fn apply(&mut self, which: ChainId, effects: Effects<P>, now_ms: u64) {
+        for (peer, action, reason) in effects.charges {
+            self.penalise(now_ms, &peer, action, reason);
+        }
+        for peer in effects.useful {
+            self.peers
+                .ranking
+                .apply(&peer, PeerAction::UsefulResponse, now_ms);
+        }
+        for id in effects.forgotten {
+            self.imports.remove(&id);
+        }
+        let (blocks, bytes) = effects.accepted;
+        self.seen_blocks = self.seen_blocks.saturating_add(blocks);
+        self.seen_bytes = self.seen_bytes.saturating_add(bytes);
+        if effects.progress && which == ChainId::Forward {
+            self.last_progress_ms = now_ms;
+        }
+        let direction = match which {
+            ChainId::Forward => Direction::Forward,
+            ChainId::Backfill => Direction::Backfill,
+        };
+        for (id, key, blocks) in effects.imports {
+            self.imports
+                .insert(id, ImportPurpose::Batch { chain: which, key });
+            self.actions.push_back(Action::Import {
+                id,
+                blocks,
+                direction,
+            });
+        }
+    }
+
+    /// Offers a chain of blocks (gossip, lookups) that links to the forward tip for import.
+    pub(crate) fn import_forward_chain(&mut self, blocks: Vec<Block>) {
+        let Some(last) = blocks.last() else {
+            return;
+        };
+        let id = ImportId(self.next_import_id);
+        self.next_import_id += 1;
+        self.imports.insert(
+            id,
+            ImportPurpose::ForwardChain {
+                last: ChainEnd::of(last),
+            },
+        );
+        self.actions.push_back(Action::Import {
+            id,
+            blocks,
+            direction: Direction::Forward,
+        });
+    }
+}
