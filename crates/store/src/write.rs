@@ -105,7 +105,9 @@ impl BlockStore {
     }
 
     /// Commits `changes` with the new reference counts of `counts`' files; then, once that
-    /// commit is durable, removes the files no block references any more.
+    /// commit is durable, removes the files no block references any more. Every
+    /// [`resident::RELEASE_EVERY_WRITES`](crate::resident::RELEASE_EVERY_WRITES) writes, drops
+    /// the tables' mapped pages from the resident set.
     pub(crate) fn commit_counted(
         &self,
         mut changes: Vec<Change>,
@@ -129,7 +131,14 @@ impl BlockStore {
                 unreferenced.push(file);
             }
         }
+        let writes = changes.len();
         self.db.commit(changes)?;
+        if self.release.wrote(writes)
+            && let Err(e) = self.db.release_pages()
+        {
+            // Only memory is at stake: the pages stay resident until the next release.
+            tracing::warn!(error = %e, "releasing the store's mapped pages failed");
+        }
         if !unreferenced.is_empty() {
             // Only once no crash can bring back the references may the files go.
             self.db.sync_commits()?;

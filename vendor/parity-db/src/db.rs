@@ -1655,7 +1655,6 @@ impl Db {
 		self.inner.commit_raw(commit)
 	}
 
-	/// Returns the number of columns in the database.
 	/// Blocks until every commit made before the call is written to a log file and, with
 	/// `sync_wal`, that file is synced: from then on no crash can undo them. Commits are
 	/// otherwise made durable in the background once a log reaches `min_log_size_bytes`.
@@ -1664,6 +1663,19 @@ impl Db {
 		self.inner.sync_commits()
 	}
 
+	/// Drops this process's resident pages of every column's memory-mapped tables now
+	/// (`MADV_DONTNEED`, as `Mmap::release` does): pages faulted in by reads and
+	/// pages written but not yet synced alike. The data stays in the files and the page cache
+	/// (dirty pages are still written back, and a later flush still syncs them); the next access
+	/// faults a page in again. (syncnode patch.)
+	pub fn release_pages(&self) -> Result<()> {
+		for column in self.inner.columns.iter() {
+			column.release_pages()?;
+		}
+		Ok(())
+	}
+
+	/// Returns the number of columns in the database.
 	pub fn num_columns(&self) -> u8 {
 		self.inner.columns.len() as u8
 	}
