@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz
+.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz soak
 
 ## make test: format check, clippy with -D warnings, then the whole test suite (nextest if present).
 test: lint build interop-deps
@@ -66,6 +66,12 @@ bench:
 
 bench-quick:
 	CARGO=$(CARGO) ./scripts/bench.sh --quick
+
+## make soak: a producer at 100 ms slots (SOAK_SLOT_MS), three followers and a /blocks/stream
+## subscriber for SOAK_MINUTES (default 60); RSS per node per minute, the slope over the second
+## half, the heads. Fails above SOAK_MAX_SLOPE_KIB (KiB/min, default 64) or when the heads differ.
+soak:
+	CARGO=$(CARGO) ./scripts/soak.sh
 
 ## make fuzz: each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 600) from its seeds.
 fuzz:
