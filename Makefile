@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db
+.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db soak
 
 ## make test: format check, clippy with -D warnings, the vendored parity-db's check and tests, then
 ## the whole test suite (nextest if present).
@@ -76,6 +76,12 @@ bench:
 
 bench-quick:
 	CARGO=$(CARGO) ./scripts/bench.sh --quick
+
+## make soak: a producer at 100 ms slots (SOAK_SLOT_MS), three followers and a /blocks/stream
+## subscriber for SOAK_MINUTES (default 60); RSS per node per minute, the slope over the second
+## half, the heads. Fails above SOAK_MAX_SLOPE_KIB (KiB/min, default 64) or when the heads differ.
+soak:
+	CARGO=$(CARGO) ./scripts/soak.sh
 
 ## make fuzz: each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 600) from its seeds.
 fuzz:

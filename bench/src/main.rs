@@ -23,7 +23,7 @@ use clap::Parser;
 use syncnode_types::ChainSpec;
 
 use crate::limits::Limits;
-use crate::proc::{Env, Run};
+use crate::proc::{Env, NodeProc, Run};
 use crate::report::{Row, int, mb_s, mib};
 use crate::scenarios::{Bench, Chain, remove_store};
 
@@ -83,6 +83,13 @@ const QUICK: Sizes = Sizes {
 
 const MIB_256: u64 = 256 * 1024 * 1024;
 
+/// The rows of the table and the curves of the plot, filled section by section.
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    plots: Vec<(String, Vec<(f64, u64)>)>,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let sizes = if args.quick { QUICK } else { FULL };
@@ -103,8 +110,63 @@ fn main() -> anyhow::Result<()> {
     };
     let load_before = loadavg();
     let started = std::time::Instant::now();
+    let bench = bench_with_spec(env, &work, &sizes)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut results = Results::default();
+    if args.cgroup_only {
+        cgroup::section(&bench, &mut results.rows, &mut results.plots)?;
+        return write_report(&args, &results, &load_before, started);
+    }
 
-    // One spec for every chain: four authorities, history ending an hour before now.
+    // 1. Limits, on the blocks of chains (a) and (b).
+    let (a, lim_a, b, lim_b) = limits_section(&bench, &runtime, &sizes, &mut results)?;
+    // 2a, 4, 6: forward sync, backfill and serving on chain (a).
+    chain_a_section(&bench, &runtime, &a, &lim_a, &mut results)?;
+    // 2b: 64 KiB blocks.
+    chain_b_section(&bench, &b, &lim_b, &mut results)?;
+    // 3: four rate-limited seeders against one.
+    paced_section(&bench, &sizes, &mut results)?;
+    // 5: memory scaling, and a restart on the large store.
+    memory_section(&bench, &sizes, &mut results)?;
+    remove_chain(&a);
+    // 7: the largest chain inside a memory limit (full mode only).
+    if !args.quick {
+        cgroup::section(&bench, &mut results.rows, &mut results.plots)?;
+    }
+    write_report(&args, &results, &load_before, started)
+}
+
+/// The table on stdout and in `OUT/results.md`, the plot in `OUT/sync.png`.
+fn write_report(
+    args: &Args,
+    results: &Results,
+    load_before: &str,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let heading = format!(
+        "## syncnode-bench{} — {}\n\n{}; load average {} at start, {} at end; {:.0} s",
+        if args.quick { " --quick" } else { "" },
+        chrono_like_now()?,
+        machine(),
+        load_before,
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    let table = report::markdown(&heading, &results.rows, args.quick);
+    println!("{table}");
+    std::fs::write(args.out.join("results.md"), &table)?;
+    report::plot(&args.out.join("sync.png"), &results.plots).context("drawing the plot")?;
+    eprintln!(
+        "wrote {} and {}",
+        args.out.join("results.md").display(),
+        args.out.join("sync.png").display()
+    );
+    Ok(())
+}
+
+/// One spec for every chain (four authorities, history ending an hour before now), written to
+/// `work`, and the scenarios on it.
+fn bench_with_spec(env: Env, work: &std::path::Path, sizes: &Sizes) -> anyhow::Result<Bench> {
     let genesis_ms = (now_s()? - sizes.mem_big.max(sizes.a).max(cgroup::CGROUP_BLOCKS) - 3600) * 1000;
     let spec_json = env.run_ok(&[
         "chain",
@@ -121,60 +183,70 @@ fn main() -> anyhow::Result<()> {
     let spec_path = work.join("spec.json");
     std::fs::write(&spec_path, &spec_json)?;
     let spec = ChainSpec::from_json(&spec_json)?;
-    let bench = Bench {
+    Ok(Bench {
         env,
         spec_path,
-        spec: spec.clone(),
-        work: work.clone(),
-    };
-    let runtime = tokio::runtime::Runtime::new()?;
-    let mut rows = Vec::new();
-    let mut plots: Vec<(String, Vec<(f64, u64)>)> = Vec::new();
-    if args.cgroup_only {
-        cgroup::section(&bench, &mut rows, &mut plots)?;
-        return write_report(&args, &rows, &plots, &load_before, started);
-    }
+        spec,
+        work: work.to_path_buf(),
+    })
+}
 
-    // 1. Limits, on the blocks of chains (a) and (b).
+/// Section 1: generates chains (a) and (b) and measures each stage's limit on their blocks.
+fn limits_section(
+    bench: &Bench,
+    runtime: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    results: &mut Results,
+) -> anyhow::Result<(Chain, Limits, Chain, Limits)> {
     eprintln!("generating chains (a) and (b)");
     let (a, gen_a) = bench.generate("a", sizes.a, 1024)?;
     let (b, _) = bench.generate("b", sizes.b, 65_536)?;
-    rows.push(Row::new(
+    results.rows.push(Row::new(
         "–",
         format!("generate (a): {} blocks of 1 KiB", int(a.blocks as f64)),
         format!("{} blocks/s", int(a.blocks as f64 / gen_a)),
     ));
     eprintln!("measuring limits");
     let lim_a = runtime.block_on(limits::measure(
-        &spec,
-        limits::load_blocks(&a.store, &spec, sizes.sample_a.min(a.blocks))?,
-        &work,
+        &bench.spec,
+        limits::load_blocks(&a.store, &bench.spec, sizes.sample_a.min(a.blocks))?,
+        &bench.work,
     ))?;
     let lim_b = runtime.block_on(limits::measure(
-        &spec,
-        limits::load_blocks(&b.store, &spec, sizes.sample_b.min(b.blocks))?,
-        &work,
+        &bench.spec,
+        limits::load_blocks(&b.store, &bench.spec, sizes.sample_b.min(b.blocks))?,
+        &bench.work,
     ))?;
-    limit_rows(&mut rows, "1 KiB", &lim_a);
-    limit_rows(&mut rows, "64 KiB", &lim_b);
+    limit_rows(&mut results.rows, "1 KiB", &lim_a);
+    limit_rows(&mut results.rows, "64 KiB", &lim_b);
+    Ok((a, lim_a, b, lim_b))
+}
 
-    // 2a, 4, 6: forward sync, backfill and serving on chain (a).
+/// Sections 2a, 4 and 6: forward sync, backfill and serving on chain (a).
+fn chain_a_section(
+    bench: &Bench,
+    runtime: &tokio::runtime::Runtime,
+    a: &Chain,
+    lim_a: &Limits,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let work = &bench.work;
     eprintln!("sync (a)");
-    let seeder = bench.seeder(&a, "seeder-a", &[])?;
-    let (fwd_a, node) = bench.sync_fresh(&a, std::slice::from_ref(&seeder), "fresh-a")?;
+    let seeder = bench.seeder(a, "seeder-a", &[])?;
+    let (fwd_a, node) = bench.sync_fresh(a, std::slice::from_ref(&seeder), "fresh-a")?;
     drop(node);
-    remove_store(&work, "fresh-a");
-    sync_rows(&mut rows, "2a", &a, &fwd_a, &lim_a, 30_000.0, None, 0.5);
-    plots.push((
+    remove_store(work, "fresh-a");
+    sync_rows(&mut results.rows, "2a", a, &fwd_a, lim_a, 30_000.0, None, 0.5);
+    results.plots.push((
         format!("(a) {} x 1 KiB", int(a.blocks as f64)),
         fwd_a.samples.clone(),
     ));
 
     eprintln!("backfill (a)");
-    let back = bench.backfill(&a, &seeder, "backfill-a")?;
-    remove_store(&work, "backfill-a");
+    let back = bench.backfill(a, &seeder, "backfill-a")?;
+    remove_store(work, "backfill-a");
     let ratio = back.blocks_per_sec() / fwd_a.blocks_per_sec();
-    rows.push(
+    results.rows.push(
         Row::new(
             "4",
             format!("backfill (a) from a checkpoint at {}", int(a.blocks as f64)),
@@ -182,33 +254,39 @@ fn main() -> anyhow::Result<()> {
         )
         .target("≥ 0.8 × forward", ratio >= 0.8),
     );
-    rss_check(&mut rows, "4", "backfill (a)", &back);
+    rss_check(&mut results.rows, "4", "backfill (a)", &back);
 
     eprintln!("serving (a) to four clients");
-    let served = runtime.block_on(bench.serve_four(&a, &seeder))?;
-    rows.push(Row::new(
+    let served = runtime.block_on(bench.serve_four(a, &seeder))?;
+    results.rows.push(Row::new(
         "6",
         "one node serving (a) to 4 concurrent clients (in-process, no verification)",
         format!("{} blocks/s", int(served)),
     ));
     drop(seeder);
-    remove_store(&work, "seeder-a");
+    remove_store(work, "seeder-a");
+    Ok(())
+}
 
-    // 2b: 64 KiB blocks.
+/// Section 2b: forward sync of 64 KiB blocks; removes chain (b) after.
+fn chain_b_section(bench: &Bench, b: &Chain, lim_b: &Limits, results: &mut Results) -> anyhow::Result<()> {
     eprintln!("sync (b)");
-    let seeder = bench.seeder(&b, "seeder-b", &[])?;
-    let (fwd_b, node) = bench.sync_fresh(&b, std::slice::from_ref(&seeder), "fresh-b")?;
+    let seeder = bench.seeder(b, "seeder-b", &[])?;
+    let (fwd_b, node) = bench.sync_fresh(b, std::slice::from_ref(&seeder), "fresh-b")?;
     drop((node, seeder));
-    remove_store(&work, "fresh-b");
-    remove_store(&work, "seeder-b");
-    sync_rows(&mut rows, "2b", &b, &fwd_b, &lim_b, 0.0, Some(150e6), 0.7);
-    plots.push((
+    remove_store(&bench.work, "fresh-b");
+    remove_store(&bench.work, "seeder-b");
+    sync_rows(&mut results.rows, "2b", b, &fwd_b, lim_b, 0.0, Some(150e6), 0.7);
+    results.plots.push((
         format!("(b) {} x 64 KiB", int(b.blocks as f64)),
         fwd_b.samples.clone(),
     ));
-    remove_chain(&b);
+    remove_chain(b);
+    Ok(())
+}
 
-    // 3: four rate-limited seeders against one.
+/// Section 3: one rate-limited seeder against four.
+fn paced_section(bench: &Bench, sizes: &Sizes, results: &mut Results) -> anyhow::Result<()> {
     eprintln!("rate-limited seeders");
     let (p, _) = bench.generate("paced", sizes.paced_chain, 1024)?;
     let rate = vec!["--serve-blocks-per-sec".to_string(), sizes.paced_rate.to_string()];
@@ -227,7 +305,7 @@ fn main() -> anyhow::Result<()> {
     // From 40% of the chain on: four seeders' one-second bursts are a fifth of the quick chain.
     let (one_rate, four_rate) = (one.steady_blocks_per_sec(0.4), four.steady_blocks_per_sec(0.4));
     let speedup = four_rate / one_rate;
-    rows.push(
+    results.rows.push(
         Row::new(
             "3",
             format!(
@@ -245,8 +323,12 @@ fn main() -> anyhow::Result<()> {
         )
         .target("four ≥ 3.5 × one", speedup >= 3.5),
     );
-    plots.push(("(3) one capped seeder".into(), one.samples.clone()));
-    plots.push(("(3) four capped seeders".into(), four.samples.clone()));
+    results
+        .plots
+        .push(("(3) one capped seeder".into(), one.samples.clone()));
+    results
+        .plots
+        .push(("(3) four capped seeders".into(), four.samples.clone()));
     for name in [
         "paced-1",
         "paced-4-1",
@@ -256,11 +338,15 @@ fn main() -> anyhow::Result<()> {
         "fresh-paced-1",
         "fresh-paced-4",
     ] {
-        remove_store(&work, name);
+        remove_store(&bench.work, name);
     }
     remove_chain(&p);
+    Ok(())
+}
 
-    // 5: memory scaling, and a restart on the large store.
+/// Section 5: peak RSS syncing a small and a large chain of 256 B blocks, and a restart on the
+/// large store.
+fn memory_section(bench: &Bench, sizes: &Sizes, results: &mut Results) -> anyhow::Result<()> {
     eprintln!("memory scaling");
     let mut mem = Vec::new();
     for (name, n) in [("m-small", sizes.mem_small), ("m-big", sizes.mem_big)] {
@@ -269,8 +355,10 @@ fn main() -> anyhow::Result<()> {
         let fresh = format!("fresh-{name}");
         let (run, node) = bench.sync_fresh(&chain, std::slice::from_ref(&seeder), &fresh)?;
         drop(seeder);
-        plots.push((format!("(5) {} x 256 B", int(n as f64)), run.samples.clone()));
-        rows.push(Row::new(
+        results
+            .plots
+            .push((format!("(5) {} x 256 B", int(n as f64)), run.samples.clone()));
+        results.rows.push(Row::new(
             "5",
             format!("sync {} × 256 B", int(n as f64)),
             format!(
@@ -279,31 +367,24 @@ fn main() -> anyhow::Result<()> {
                 run.cpu_percent()
             ),
         ));
-        rss_check(&mut rows, "5", &format!("{} × 256 B", int(n as f64)), &run);
+        rss_check(
+            &mut results.rows,
+            "5",
+            &format!("{} × 256 B", int(n as f64)),
+            &run,
+        );
         if name == "m-big" {
-            let (secs, restarted) = bench.restart(node, "restart-m-big")?;
-            rows.push(
-                Row::new(
-                    "5",
-                    format!(
-                        "restart on the {}-block store: /status answers after",
-                        int(n as f64)
-                    ),
-                    format!("{secs:.2} s"),
-                )
-                .target("≤ 1 s", secs <= 1.0),
-            );
-            drop(restarted);
+            restart_row(bench, node, n, results)?;
         } else {
             drop(node);
         }
-        remove_store(&work, &fresh);
-        remove_store(&work, &format!("seeder-{name}"));
+        remove_store(&bench.work, &fresh);
+        remove_store(&bench.work, &format!("seeder-{name}"));
         remove_chain(&chain);
         mem.push(run.peak_rss);
     }
     let rss_ratio = mem[1] as f64 / (mem[0] as f64).max(1.0);
-    rows.push(
+    results.rows.push(
         Row::new(
             "5",
             format!(
@@ -315,42 +396,24 @@ fn main() -> anyhow::Result<()> {
         )
         .target("≤ 1.2", rss_ratio <= 1.2),
     );
-    remove_chain(&a);
-
-    // 7: the largest chain inside a memory limit (full mode only).
-    if !args.quick {
-        cgroup::section(&bench, &mut rows, &mut plots)?;
-    }
-
-    write_report(&args, &rows, &plots, &load_before, started)
+    Ok(())
 }
 
-/// The table on stdout and in `OUT/results.md`, the plot in `OUT/sync.png`.
-fn write_report(
-    args: &Args,
-    rows: &[Row],
-    plots: &[(String, Vec<(f64, u64)>)],
-    load_before: &str,
-    started: std::time::Instant,
-) -> anyhow::Result<()> {
-    let heading = format!(
-        "## syncnode-bench{} — {}\n\n{}; load average {} at start, {} at end; {:.0} s",
-        if args.quick { " --quick" } else { "" },
-        chrono_like_now()?,
-        machine(),
-        load_before,
-        loadavg(),
-        started.elapsed().as_secs_f64()
+/// How long the synced `node` of `blocks` blocks takes, restarted, until /status answers.
+fn restart_row(bench: &Bench, node: NodeProc, blocks: u64, results: &mut Results) -> anyhow::Result<()> {
+    let (secs, restarted) = bench.restart(node, "restart-m-big")?;
+    results.rows.push(
+        Row::new(
+            "5",
+            format!(
+                "restart on the {}-block store: /status answers after",
+                int(blocks as f64)
+            ),
+            format!("{secs:.2} s"),
+        )
+        .target("≤ 1 s", secs <= 1.0),
     );
-    let table = report::markdown(&heading, rows, args.quick);
-    println!("{table}");
-    std::fs::write(args.out.join("results.md"), &table)?;
-    report::plot(&args.out.join("sync.png"), plots).context("drawing the plot")?;
-    eprintln!(
-        "wrote {} and {}",
-        args.out.join("results.md").display(),
-        args.out.join("sync.png").display()
-    );
+    drop(restarted);
     Ok(())
 }
 

@@ -53,6 +53,7 @@ mod check;
 pub mod payloads;
 mod prune;
 mod repair;
+mod resident;
 pub mod schema;
 mod write;
 
@@ -71,6 +72,7 @@ pub use write::{BackfillOutcome, ImportOutcome};
 use cache::BlockCache;
 use canon::{CanonEdits, CanonReader};
 use payloads::{PayloadFiles, Tail};
+use resident::PageRelease;
 use schema::*;
 
 /// What went wrong in the store.
@@ -209,6 +211,8 @@ pub struct BlockStore {
     pointers: RwLock<Pointers>,
     cache: Mutex<BlockCache>,
     writer: Mutex<()>,
+    /// When the memory-mapped pages of the tables are next dropped (`resident.rs`).
+    release: PageRelease,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -278,6 +282,7 @@ impl BlockStore {
             pointers: RwLock::new(pointers),
             cache: Mutex::new(BlockCache::new(config.cache_blocks, config.cache_bytes)),
             writer: Mutex::new(()),
+            release: PageRelease::default(),
         };
         let report = store.check_and_repair_recent(config.open_check_depth, config.repair_on_open)?;
         Ok((store, report))

@@ -106,7 +106,8 @@ impl BlockStore {
 
     /// Commits `changes` with the new reference counts of `counts`' files. A file no block
     /// references any more is removed at the next open (`PayloadFiles::open`), when no crash can
-    /// bring its references back.
+    /// bring its references back. Every [`resident::RELEASE_EVERY_WRITES`](crate::resident::RELEASE_EVERY_WRITES) writes, drops
+    /// the tables' mapped pages from the resident set.
     pub(crate) fn commit_counted(
         &self,
         mut changes: Vec<Change>,
@@ -128,7 +129,14 @@ impl BlockStore {
                 changes.push((COL_META, key, None));
             }
         }
+        let writes = changes.len();
         self.db.commit(changes)?;
+        if self.release.wrote(writes)
+            && let Err(e) = self.db.release_pages()
+        {
+            // Only memory is at stake: the pages stay resident until the next release.
+            tracing::warn!(error = %e, "releasing the store's mapped pages failed");
+        }
         Ok(())
     }
 

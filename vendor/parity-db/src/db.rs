@@ -1634,6 +1634,18 @@ impl Db {
 		self.inner.commit_raw(commit)
 	}
 
+	/// Drops this process's resident pages of every column's memory-mapped tables now
+	/// (`MADV_DONTNEED`, as `Mmap::release` does): pages faulted in by reads and
+	/// pages written but not yet synced alike. The data stays in the files and the page cache
+	/// (dirty pages are still written back, and a later flush still syncs them); the next access
+	/// faults a page in again. (syncnode patch.)
+	pub fn release_pages(&self) -> Result<()> {
+		for column in self.inner.columns.iter() {
+			column.release_pages()?;
+		}
+		Ok(())
+	}
+
 	/// Returns the number of columns in the database.
 	pub fn num_columns(&self) -> u8 {
 		self.inner.columns.len() as u8
