@@ -89,12 +89,10 @@ pub struct NetworkConfig {
     /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
     /// from the others. Our own sync asks a peer one request at a time.
     pub max_serving_per_peer: usize,
-    /// Most bytes of blocks read for responses and not yet fully written to their requesters
-    /// (default 128 MiB: room for each of the 8 serving permits to read a full 16 MiB frame).
-    /// A serving task waits for room before it reads (room for a response
-    /// frame, given back down to the response's size once read) and holds it until its response
-    /// is written; one that gets no room within the serving budget is answered
-    /// `RESOURCE_UNAVAILABLE`. A slow reader thus holds at most its own responses' room.
+    /// Most bytes of block responses handed to libp2p and not yet fully written to their
+    /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;
+    /// a finished response that would take the total over this is answered
+    /// `RESOURCE_UNAVAILABLE` instead (one is always let through when none is being written).
     pub max_serving_bytes: usize,
     /// Global cap on blocks served per second (all peers together); `None` for no cap.
     pub serve_blocks_per_sec: Option<u32>,
@@ -136,7 +134,7 @@ impl NetworkConfig {
             max_concurrent_serving: 8,
             max_queued_serving: 64,
             max_serving_per_peer: 8,
-            max_serving_bytes: 128 * 1024 * 1024,
+            max_serving_bytes: 64 * 1024 * 1024,
             serve_blocks_per_sec: None,
             event_buffer: 1024,
             command_buffer: 1024,

@@ -2,16 +2,13 @@
 //!
 //! The event loop validates a request (→ `INVALID_REQUEST`), applies the peer's rate limit
 //! (→ `RATE_LIMITED`) and the bound on queued work (→ `RESOURCE_UNAVAILABLE`), then hands the
-//! request to [`serve`], which runs on its own task: it asks the global pacer (if any) how many
-//! blocks it may send and waits for their turn *before* it reads anything, then waits for one of
-//! `max_concurrent_serving` permits and for room in the [`ByteBudget`], reads the blocks from the
-//! source on a blocking thread, and [`sanitize`]s the answer so that whatever the source returns,
-//! the response holds consecutive heights from the start (or requested hashes in request order)
-//! and fits both the response frame and the room it was given. The room (shrunk to the
-//! response's size) travels with the response until libp2p has written it, so the bytes of
-//! blocks read and not yet written never exceed `max_serving_bytes`, on every path. Every wait
-//! is bounded by the serving budget, a fraction of the response deadline; a request that cannot
-//! be served within it is answered `RESOURCE_UNAVAILABLE`, never left to time out.
+//! request to [`serve`], which runs on its own task: it waits for one of
+//! `max_concurrent_serving` permits, asks the global pacer (if any) how many blocks it may send
+//! and when, reads them from the source on a blocking thread, and [`sanitize`]s the answer so
+//! that whatever the source returns, the response holds consecutive heights from the start (or
+//! requested hashes in request order) and fits the response frame. Every wait is bounded by
+//! the serving budget, a fraction of the response deadline; a request that cannot be served
+//! within it is answered `RESOURCE_UNAVAILABLE`, never left to time out.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +18,7 @@ use syncnode_proto::convert::{
     BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ResponseCode, encoded_block_field_len,
 };
 use syncnode_types::{Block, Hash, Height};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::error::SourceError;
 use crate::rate_limit::GlobalPacer;
@@ -57,81 +54,30 @@ impl BlockQuery {
     }
 }
 
-/// Room for the bytes of blocks read for responses and not yet written, counted in KiB.
-pub struct ByteBudget {
-    room: Arc<Semaphore>,
-    total_kib: usize,
-}
-
-/// Room held in a [`ByteBudget`]; given back when dropped.
-pub type HeldBytes = OwnedSemaphorePermit;
-
-impl ByteBudget {
-    /// A budget of `max_bytes` (at least 1 KiB).
-    pub fn new(max_bytes: usize) -> Self {
-        let total_kib = (max_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
-        ByteBudget {
-            room: Arc::new(Semaphore::new(total_kib)),
-            total_kib,
-        }
-    }
-
-    /// Whether no room is left at all.
-    pub fn is_full(&self) -> bool {
-        self.room.available_permits() == 0
-    }
-
-    /// Waits for room for one response frame (or the whole budget, if smaller).
-    async fn reserve(&self) -> Option<HeldBytes> {
-        let kib = (MAX_RESPONSE_FRAME / 1024).min(self.total_kib);
-        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
-        self.room.clone().acquire_many_owned(kib).await.ok()
-    }
-}
-
-/// Bytes that `held` leaves room for.
-pub fn held_room(held: &HeldBytes) -> usize {
-    held.num_permits().saturating_mul(1024)
-}
-
-/// Gives back what `held` holds beyond `bytes` (rounded up to KiB, at least 1 KiB kept).
-pub fn shrink_to(held: &mut HeldBytes, bytes: usize) {
-    let keep = bytes.div_ceil(1024).max(1);
-    if let Some(excess) = held.num_permits().checked_sub(keep) {
-        drop(held.split(excess));
-    }
-}
-
 /// What serving tasks share.
 pub struct ServeContext {
     pub source: Arc<dyn BlockSource>,
     pub permits: Arc<Semaphore>,
-    /// Bytes of blocks read and not yet written to their requesters.
-    pub bytes: ByteBudget,
     pub pacer: Option<GlobalPacer>,
     /// How long a serving task may take from receipt of the request.
     pub budget: Duration,
 }
 
-/// Serves one validated request, with the room its blocks hold (`None` for an error
-/// answer). Never panics; every failure becomes a response code.
-pub async fn serve(
-    ctx: Arc<ServeContext>,
-    query: BlockQuery,
-    received: Instant,
-) -> (BlocksResponse, Option<HeldBytes>) {
+/// Serves one validated request. Never panics; every failure becomes a response code.
+pub async fn serve(ctx: Arc<ServeContext>, query: BlockQuery, received: Instant) -> BlocksResponse {
     let deadline = received + ctx.budget;
     let remaining = || deadline.saturating_duration_since(Instant::now());
-    let unavailable = |why: &str| {
-        (
-            BlocksResponse::error(ResponseCode::ResourceUnavailable, why),
-            None,
-        )
+    let unavailable = |why: &str| BlocksResponse::error(ResponseCode::ResourceUnavailable, why);
+
+    let permit = match tokio::time::timeout(remaining(), ctx.permits.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return unavailable("shutting down"),
+        Err(_) => return unavailable("busy"),
     };
 
     let mut query = query;
+    let mut send_at = None;
     if let Some(pacer) = &ctx.pacer {
-        // Paced first, holding nothing: a request waiting for its turn holds no blocks.
         let (allowed, at) = pacer.reserve(query.cost(), Instant::now(), remaining());
         if allowed == 0 {
             return unavailable("serving rate cap reached");
@@ -140,66 +86,49 @@ pub async fn serve(
             BlockQuery::Range(r) => r.count = r.count.min(allowed),
             BlockQuery::Root(r) => r.hashes.truncate(allowed as usize),
         }
-        tokio::time::sleep_until(at.into()).await;
+        send_at = Some(at);
     }
-    let permit = match tokio::time::timeout(remaining(), ctx.permits.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_)) => return unavailable("shutting down"),
-        Err(_) => return unavailable("busy"),
-    };
-    let held = match tokio::time::timeout(remaining(), ctx.bytes.reserve()).await {
-        Ok(Some(held)) => held,
-        Ok(None) => return unavailable("shutting down"),
-        Err(_) => return unavailable("busy"),
-    };
-    let max_bytes = held_room(&held).min(MAX_RESPONSE_FRAME);
+
     let source = ctx.source.clone();
     let q = query.clone();
     let read = tokio::task::spawn_blocking(move || {
-        // The permit and the room are held by the blocking call itself: a source call that
-        // outlives the budget still counts against both bounds until it returns.
+        // The permit is held by the blocking call itself: a source call that outlives the
+        // budget still counts against the concurrency bound until it returns.
         let _permit = permit;
-        let blocks = match &q {
-            BlockQuery::Range(r) => source.blocks_by_range(r.start_height, r.count, max_bytes),
-            BlockQuery::Root(r) => source.blocks_by_root(&r.hashes, max_bytes),
-        };
-        (blocks, held)
+        match &q {
+            BlockQuery::Range(r) => source.blocks_by_range(r.start_height, r.count, MAX_RESPONSE_FRAME),
+            BlockQuery::Root(r) => source.blocks_by_root(&r.hashes, MAX_RESPONSE_FRAME),
+        }
     });
-    let (blocks, held) = match tokio::time::timeout(remaining(), read).await {
-        Ok(Ok((Ok(blocks), held))) => (blocks, held),
-        Ok(Ok((Err(e), _))) => {
+    let blocks = match tokio::time::timeout(remaining(), read).await {
+        Ok(Ok(Ok(blocks))) => blocks,
+        Ok(Ok(Err(e))) => {
             tracing::warn!(error = %e, "block source failed");
-            return (
-                BlocksResponse::error(ResponseCode::ServerError, "block source failed"),
-                None,
-            );
+            return BlocksResponse::error(ResponseCode::ServerError, "block source failed");
         }
         Ok(Err(join)) => {
             tracing::error!(error = %join, "block source task failed");
-            return (
-                BlocksResponse::error(ResponseCode::ServerError, "block source failed"),
-                None,
-            );
+            return BlocksResponse::error(ResponseCode::ServerError, "block source failed");
         }
         Err(_) => return unavailable("block source too slow"),
     };
-    (
-        BlocksResponse::ok(sanitize(&query, blocks, max_bytes)),
-        Some(held),
-    )
+    let blocks = sanitize(&query, blocks);
+    if let Some(at) = send_at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+    BlocksResponse::ok(blocks)
 }
 
 /// Enforces the protocol on what the source returned: for a range, the longest prefix of
 /// consecutive heights from the start (at most `count`); for roots, the blocks that match the
-/// requested hashes in request order; in both cases cut before the blocks would exceed
-/// `max_bytes` (at most [`MAX_RESPONSE_FRAME`]).
-pub fn sanitize(query: &BlockQuery, blocks: Vec<Block>, max_bytes: usize) -> Vec<Block> {
-    let limit = max_bytes.min(MAX_RESPONSE_FRAME);
+/// requested hashes in request order; in both cases cut before the response frame would exceed
+/// [`MAX_RESPONSE_FRAME`].
+pub fn sanitize(query: &BlockQuery, blocks: Vec<Block>) -> Vec<Block> {
     let mut out = Vec::with_capacity(blocks.len());
     let mut bytes = 0usize;
     let mut fits = |block: &Block| {
         bytes = bytes.saturating_add(encoded_block_field_len(block));
-        bytes <= limit
+        bytes <= MAX_RESPONSE_FRAME
     };
     match query {
         BlockQuery::Range(r) => {
@@ -254,9 +183,9 @@ mod tests {
         let blocks = chain(10, 8);
         let q = BlockQuery::Range(BlocksByRangeRequest::new(2, 5).expect("valid"));
         let mut given: Vec<Block> = blocks[2..9].to_vec();
-        assert_eq!(sanitize(&q, given.clone(), MAX_RESPONSE_FRAME).len(), 5);
+        assert_eq!(sanitize(&q, given.clone()).len(), 5);
         given.remove(2); // heights 2,3,5,...
-        let out = sanitize(&q, given, MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, given);
         assert_eq!(out.iter().map(Block::height).collect::<Vec<_>>(), vec![2, 3]);
     }
 
@@ -265,11 +194,11 @@ mod tests {
         let blocks = chain(6, 8);
         let hashes = vec![blocks[1].hash(), blocks[3].hash(), blocks[4].hash()];
         let q = BlockQuery::Root(BlocksByRootRequest::new(hashes).expect("valid"));
-        let out = sanitize(&q, vec![blocks[1].clone(), blocks[4].clone()], MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, vec![blocks[1].clone(), blocks[4].clone()]);
         assert_eq!(out.len(), 2);
-        let out = sanitize(&q, vec![blocks[4].clone(), blocks[1].clone()], MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, vec![blocks[4].clone(), blocks[1].clone()]);
         assert_eq!(out.len(), 1, "out of order: cut at the first block out of order");
-        let out = sanitize(&q, vec![blocks[0].clone()], MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, vec![blocks[0].clone()]);
         assert!(out.is_empty());
     }
 
@@ -278,7 +207,7 @@ mod tests {
         let payload = syncnode_types::MAX_PAYLOAD_BYTES;
         let blocks = chain(20, payload);
         let q = BlockQuery::Range(BlocksByRangeRequest::new(0, 20).expect("valid"));
-        let out = sanitize(&q, blocks, MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, blocks);
         let total: usize = out.iter().map(encoded_block_field_len).sum();
         assert!(total <= MAX_RESPONSE_FRAME);
         assert_eq!(out.len(), 15);
