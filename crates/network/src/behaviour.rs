@@ -144,6 +144,34 @@ fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLim
         ))
 }
 
+/// Gossipsub with the node's peer score, subscribed to the chain's block topic.
+fn gossipsub_behaviour(
+    key: &Keypair,
+    config: &NetworkConfig,
+    registry: &mut Registry,
+) -> Result<gossipsub::Behaviour, NetworkError> {
+    let mut gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip::config(config.gossip_heartbeat)?,
+    )
+    .map_err(|e| NetworkError::Behaviour(format!("gossipsub: {e}")))?
+    .with_metrics(
+        registry.sub_registry_with_prefix("gossipsub"),
+        gossipsub::MetricsConfig::default(),
+    );
+    let topic = gossipsub::IdentTopic::new(syncnode_proto::gossip_topic(&config.genesis_hash));
+    gossipsub
+        .with_peer_score(
+            gossip::score_params(topic.hash(), config.gossip_slot),
+            gossip::score_thresholds(),
+        )
+        .map_err(|e| NetworkError::Behaviour(format!("gossipsub peer score: {e}")))?;
+    gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetworkError::Behaviour(format!("gossipsub subscribe: {e}")))?;
+    Ok(gossipsub)
+}
+
 fn behaviour(
     key: &Keypair,
     config: &NetworkConfig,
@@ -170,25 +198,7 @@ fn behaviour(
     } else {
         None
     };
-    let mut gossipsub = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(key.clone()),
-        gossip::config(config.gossip_heartbeat)?,
-    )
-    .map_err(|e| NetworkError::Behaviour(format!("gossipsub: {e}")))?
-    .with_metrics(
-        registry.sub_registry_with_prefix("gossipsub"),
-        gossipsub::MetricsConfig::default(),
-    );
-    let topic = gossipsub::IdentTopic::new(syncnode_proto::gossip_topic(&config.genesis_hash));
-    gossipsub
-        .with_peer_score(
-            gossip::score_params(topic.hash(), config.gossip_slot),
-            gossip::score_thresholds(),
-        )
-        .map_err(|e| NetworkError::Behaviour(format!("gossipsub peer score: {e}")))?;
-    gossipsub
-        .subscribe(&topic)
-        .map_err(|e| NetworkError::Behaviour(format!("gossipsub subscribe: {e}")))?;
+    let gossipsub = gossipsub_behaviour(key, config, registry)?;
 
     // The codec enforces the protocol deadline on each read; libp2p's own stream timeout is a
     // looser guard over the whole exchange (read, serve, write).

@@ -141,25 +141,11 @@ pub async fn run_with(
             .context("starting the network")?;
     tracing::info!(peer_id = %network.local_peer_id(), "network started");
 
-    let mut replay = Vec::new();
-    if let Some(cp) = config.checkpoint
-        && let checkpoint::Need::Fetch = checkpoint::need(&store, cp)?
-    {
-        replay = checkpoint::fetch_and_anchor(&store, &network, &mut events, cp).await?;
-        let anchored = store.clone();
-        tokio::task::spawn_blocking(move || retention::set_floor(&anchored, history_blocks))
-            .await?
-            .context("setting the history floor below the checkpoint")?;
-        metrics.observe_chain(&store.status());
-    }
-    tracing::info!(sync = ?config.sync, "sync configuration");
-    let engine = SyncEngine::new(config.sync.clone(), node::local_chain(&store), rand_seed())
-        .context("sync configuration")?;
-    let (sync_view, sync_rx) = watch::channel(http::SyncView {
-        state: engine.state(),
-        target: engine.target(),
-        backfill_complete: engine.backfill_complete().unwrap_or(true),
-    });
+    let replay = match config.checkpoint {
+        Some(cp) => anchor_checkpoint(cp, &store, &network, &mut events, history_blocks, &metrics).await?,
+        None => Vec::new(),
+    };
+    let (engine, sync_view, sync_rx) = sync_engine(&config.sync, &store)?;
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let api = http::ApiState {
@@ -191,18 +177,68 @@ pub async fn run_with(
     event_loop.run(replay, shutdown).await;
 
     tracing::info!("shutting down");
-    let _ = stop_http_tx.send(());
-    if let Some(task) = http_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
-    }
-    network.shutdown().await;
-    drop(network);
+    stop_serving(stop_http_tx, http_task, network).await;
     let _ = tokio::task::spawn_blocking(move || importer.join()).await;
     drop(chain);
     drop(subscriptions);
     close_store(store).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sync engine over the store's chain, and the watched view of it that the HTTP API reads.
+fn sync_engine(
+    sync: &SyncConfig,
+    store: &BlockStore,
+) -> anyhow::Result<(
+    SyncEngine<syncnode_network::PeerId>,
+    watch::Sender<http::SyncView>,
+    watch::Receiver<http::SyncView>,
+)> {
+    tracing::info!(?sync, "sync configuration");
+    let engine =
+        SyncEngine::new(sync.clone(), node::local_chain(store), rand_seed()).context("sync configuration")?;
+    let (view, rx) = watch::channel(http::SyncView {
+        state: engine.state(),
+        target: engine.target(),
+        backfill_complete: engine.backfill_complete().unwrap_or(true),
+    });
+    Ok((engine, view, rx))
+}
+
+/// Stops the HTTP API (giving it two seconds to finish) and then the network.
+async fn stop_serving(
+    stop_http: tokio::sync::oneshot::Sender<()>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+    network: syncnode_network::NetworkHandle,
+) {
+    let _ = stop_http.send(());
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    }
+    network.shutdown().await;
+}
+
+/// Fetches and anchors the trusted checkpoint, unless the store already holds it, then sets the
+/// history floor below it. Returns the network events that arrived meanwhile, for the event loop.
+async fn anchor_checkpoint(
+    cp: checkpoint::Checkpoint,
+    store: &Arc<BlockStore>,
+    network: &syncnode_network::NetworkHandle,
+    events: &mut mpsc::Receiver<syncnode_network::NetworkEvent>,
+    history_blocks: Option<u64>,
+    metrics: &metrics::NodeMetrics,
+) -> anyhow::Result<Vec<syncnode_network::NetworkEvent>> {
+    if let checkpoint::Need::Have = checkpoint::need(store, cp)? {
+        return Ok(Vec::new());
+    }
+    let replay = checkpoint::fetch_and_anchor(store, network, events, cp).await?;
+    let anchored = store.clone();
+    tokio::task::spawn_blocking(move || retention::set_floor(&anchored, history_blocks))
+        .await?
+        .context("setting the history floor below the checkpoint")?;
+    metrics.observe_chain(&store.status());
+    Ok(replay)
 }
 
 /// Opens (and repairs) the store, then applies the history limit.
