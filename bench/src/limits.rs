@@ -28,8 +28,6 @@ pub const BATCH: usize = 512;
 fn window() -> usize {
     NetworkConfig::new(Keypair::generate_ed25519(), Hash::ZERO).max_serving_per_peer
 }
-/// Largest response frame (PROTOCOL.md).
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// One limit: blocks per second and bytes per second.
 #[derive(Debug, Clone, Copy, Default)]
@@ -252,7 +250,7 @@ async fn start_node(
 /// Blocks per request so a response fits the response frame.
 pub fn request_count(sample: &Block) -> u64 {
     let per = encoded_block_field_len(sample) + 16;
-    (MAX_RESPONSE_BYTES / per).clamp(1, BATCH) as u64
+    (syncnode_proto::MAX_RESPONSE_FRAME / per).clamp(1, BATCH) as u64
 }
 
 /// Moves `blocks` from one swarm to another over loopback TCP, [`window`] requests in flight.
