@@ -468,7 +468,11 @@ impl EventLoop {
                     }
                 }
                 Action::Penalise { peer, action, reason } => {
-                    tracing::info!(%peer, ?action, reason, "penalising peer");
+                    if action == syncnode_sync::PeerAction::UsefulResponse {
+                        tracing::trace!(%peer, reason, "crediting peer");
+                    } else {
+                        tracing::info!(%peer, ?action, reason, "penalising peer");
+                    }
                     let network = self.network.clone();
                     tokio::spawn(async move { network.report(peer, action, reason).await });
                 }

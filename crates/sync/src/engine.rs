@@ -62,12 +62,7 @@ impl<P: PeerKey> SyncEngine<P> {
         self.now_ms = self.now_ms.max(now_ms);
         let peers = &mut self.router.peers.entries;
         match peers.get_mut(&peer) {
-            Some(entry) => {
-                entry.status = status;
-                entry.status_at_ms = now_ms;
-                entry.status_requested_ms = None;
-                entry.claimed_head = entry.claimed_head.max(status.head_height);
-            }
+            Some(entry) => entry.refresh(status, now_ms),
             None => {
                 if peers.len() >= self.router.config.max_peers {
                     tracing::debug!(?peer, "peer table full; status ignored");
@@ -168,6 +163,18 @@ impl<P: PeerKey> SyncEngine<P> {
         let Some(request) = self.router.take_request(id) else {
             return;
         };
+        let refusal = matches!(
+            failure,
+            RequestFailure::ResourceUnavailable | RequestFailure::Disconnected
+        );
+        if refusal
+            && let RequestPurpose::Batch {
+                chain: ChainId::Forward,
+                ..
+            } = request.purpose
+        {
+            self.router.refused(&request.peer, request.start);
+        }
         let charge = match failure {
             RequestFailure::Timeout => Some((PeerAction::Timeout, "request timed out")),
             RequestFailure::RateLimited => Some((PeerAction::RateLimited, "rate limited")),

@@ -135,7 +135,9 @@ pub enum Action<P> {
         blocks: Vec<Block>,
         direction: Direction,
     },
-    /// Apply `action` to `peer`'s score (and disconnect or ban per its verdict).
+    /// Apply `action` to `peer`'s score in the network's score book (and disconnect or ban per
+    /// its verdict): a charge, or the credit [`PeerAction::UsefulResponse`] for blocks imported.
+    /// The engine keeps no score of its own.
     Penalise {
         peer: P,
         action: PeerAction,
