@@ -14,8 +14,9 @@
 //!
 //! A peer is capped (believed no higher than just below a height) when it shows it lacks a block
 //! its claim covers: it answered empty at that height, or it refused, erred or reset the stream on
-//! [`CLAIM_REFUSALS`] range requests in a row that started inside its claim. Neither refusing nor
-//! erring is charged (the protocol allows both); it is the claim that gets capped. A cap holds for
+//! [`CLAIM_REFUSALS`] range requests in a row that started inside its claim (it is then capped
+//! below the lowest of them; meanwhile it rests: it gets work only when no peer free of refusals
+//! and timeouts serves the range). Neither refusing nor erring is charged (the protocol allows both); it is the claim that gets capped. A cap holds for
 //! the head it was made under: a Status naming another head (the peer moved) lifts it, the same
 //! head keeps it. So a peer claiming a fixed head it never serves stays capped for the connection,
 //! while an honest peer that lacked a block a moment (a restart, a busy spell) is believed again
@@ -60,8 +61,10 @@ pub(crate) struct PeerEntry {
     /// It answered empty to a backfill request at this height: not asked at or below it until its
     /// next Status.
     pub floor: Option<Height>,
-    /// Range requests inside its claim refused, erred on or reset in a row.
+    /// Range requests inside its claim refused, erred on or reset in a row, and the lowest
+    /// height one of them started at.
     pub refusals: u32,
+    pub refused_from: Height,
     /// Data it sent was contradicted by data we imported: no more work, no say in the target.
     pub proven_wrong: bool,
     /// The one request of ours it is serving (the busy set).
@@ -82,6 +85,7 @@ impl PeerEntry {
             cap: None,
             floor: None,
             refusals: 0,
+            refused_from: Height::MAX,
             proven_wrong: false,
             in_flight: None,
             status_requested_ms: None,
@@ -94,6 +98,7 @@ impl PeerEntry {
         if self.cap.is_some_and(|c| c.under != status.head_hash) {
             self.cap = None;
             self.refusals = 0;
+            self.refused_from = Height::MAX;
         }
         self.floor = None;
         self.status = status;
@@ -147,9 +152,10 @@ impl PeerEntry {
         self.serves(from) && self.believed_head() >= to
     }
 
-    /// Whether it timed out recently and has not answered since.
+    /// Whether it timed out recently, or refused, erred or reset its last request, and has not
+    /// answered since: it gets work only when no other peer serving the range is free of both.
     pub(crate) fn resting(&self, now_ms: u64) -> bool {
-        now_ms < self.slow_until_ms
+        now_ms < self.slow_until_ms || self.refusals > 0
     }
 
     /// Whether its latest Status promises the block at `height`.
@@ -166,26 +172,31 @@ impl PeerEntry {
             under: self.status.head_hash,
         });
         self.refusals = 0;
+        self.refused_from = Height::MAX;
     }
 
     /// It delivered blocks up to `height`: it serves, so its run of refusals ends.
     pub(crate) fn delivered(&mut self, height: Height) {
         self.served = self.served.max(height);
         self.refusals = 0;
+        self.refused_from = Height::MAX;
     }
 
     /// It refused, erred on or reset a forward request from `start`. Inside its claim, the
-    /// [`CLAIM_REFUSALS`]th in a row caps it below `start`; returns whether it did.
-    pub(crate) fn refused(&mut self, start: Height) -> bool {
+    /// [`CLAIM_REFUSALS`]th in a row caps it below the lowest start of the run; returns the cap
+    /// if it made one.
+    pub(crate) fn refused(&mut self, start: Height) -> Option<Height> {
         if !self.promises(start) || self.believed_head() < start {
-            return false;
+            return None;
         }
         self.refusals += 1;
+        self.refused_from = self.refused_from.min(start);
         if self.refusals < CLAIM_REFUSALS {
-            return false;
+            return None;
         }
-        self.lacks(start);
-        true
+        let from = self.refused_from;
+        self.lacks(from);
+        Some(from.saturating_sub(1))
     }
 }
 

@@ -138,16 +138,13 @@ impl<P: PeerKey> Router<P> {
     }
 
     /// A forward request from `start` was refused, erred on or reset: after a few in a row inside
-    /// its claim, the peer's claim is capped below `start` (not charged; see `peers.rs`).
+    /// its claim, the peer's claim is capped below where they started (not charged; see
+    /// `peers.rs`).
     pub(crate) fn refused(&mut self, peer: &P, start: Height) {
         if let Some(entry) = self.peers.entries.get_mut(peer)
-            && entry.refused(start)
+            && let Some(cap) = entry.refused(start)
         {
-            tracing::debug!(
-                ?peer,
-                below = start,
-                "claim capped: it will not serve what it claims"
-            );
+            tracing::debug!(?peer, cap, "claim capped: it will not serve what it claims");
         }
     }
 
