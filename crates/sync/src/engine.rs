@@ -7,7 +7,8 @@ use crate::backfill::Backfill;
 use crate::chain::{Chain, Window};
 use crate::config::SyncConfig;
 use crate::events::{
-    Action, EngineStats, ImportError, ImportId, LocalChain, PeerStatus, RequestFailure, RequestId, SyncState,
+    Action, EngineStats, ImportError, ImportId, LocalChain, PeerStatus, PeerView, RequestFailure, RequestId,
+    SyncState,
 };
 use crate::forward::{ChainEnd, Forward};
 use crate::lookup::Lookups;
@@ -275,6 +276,19 @@ impl<P: PeerKey> SyncEngine<P> {
     /// The confirmed local head height.
     pub fn head_height(&self) -> Height {
         self.forward.direction().head.height
+    }
+
+    /// Every peer with a Status, with what it counts for in the target: the one record of a
+    /// peer's Status (the network keeps none; `/peers` shows this).
+    pub fn peers(&self) -> impl Iterator<Item = (&P, PeerView)> + '_ {
+        let (config, now) = (&self.router.config, self.now_ms);
+        self.router.peers.entries.iter().map(move |(peer, e)| {
+            let view = PeerView {
+                status: e.status,
+                counts_for: e.target_head(config, now),
+            };
+            (peer, view)
+        })
     }
 
     /// Whether backfill reached its floor (`None` when there is no backfill).

@@ -22,6 +22,15 @@ pub struct PeerStatus {
     pub earliest_height: Height,
 }
 
+/// What the engine holds of one peer: the node's only record of a peer's Status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Its latest Status.
+    pub status: PeerStatus,
+    /// The head it counts for in the sync target (`None`: its data was proven wrong).
+    pub counts_for: Option<Height>,
+}
+
 /// Where backfill starts and where it stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackfillStart {

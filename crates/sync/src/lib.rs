@@ -54,7 +54,8 @@
 //! verifies the last one, and no deadline runs during that verification. A peer whose request timed
 //! out rests for three request timeouts (until it answers again): it gets no batch while another
 //! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
-//! holds up in-order import; with only resting peers, work still goes to them.
+//! holds up in-order import; with only resting peers, work still goes to them. A peer whose last
+//! request was refused, erred or reset rests the same way until it delivers blocks again.
 //!
 //! A short answer is legal (a server may pace its output): the batch keeps what came and asks for
 //! the rest, and nothing is charged or capped. An empty forward answer inside the range the
@@ -130,7 +131,7 @@ mod router;
 pub use config::{ConfigError, SyncConfig};
 pub use engine::SyncEngine;
 pub use events::{
-    Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus,
+    Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus, PeerView,
     RequestFailure, RequestId, SyncState,
 };
 pub use peers::PeerKey;
