@@ -50,8 +50,11 @@ fn progress(node: &Node) -> Option<(String, u64, u64)> {
     ))
 }
 
-/// Every liar reached the node, was asked for blocks, and stands uncharged and unbanned.
-fn check_liars(node: &Node, liars: &[HostilePeer]) {
+/// Every liar reached the node, was asked for blocks, and stands uncharged and unbanned; `/peers`
+/// shows its claim (a thousand times the head `head` of the chain it was given, from the
+/// engine's record of its Status) and that it counts for no more than the node's own head.
+fn check_liars(node: &Node, liars: &[HostilePeer], head: u64) {
+    let ours = node.status_u64("head_height").expect("head");
     let peers = http_json(node.http, "/peers")
         .and_then(|v| v.as_array().cloned())
         .expect("/peers");
@@ -74,6 +77,11 @@ fn check_liars(node: &Node, liars: &[HostilePeer]) {
         );
         let seen = seen.expect("the liar in /peers");
         assert_eq!(seen["banned"], false, "refusing is not charged: {seen}");
+        assert_eq!(seen["head_height"], head * 1000, "its claim: {seen}");
+        assert!(
+            seen["counts_for"].as_u64().is_some_and(|h| h <= ours),
+            "its claim is capped at or below our head {ours}: {seen}"
+        );
     }
 }
 
@@ -124,7 +132,7 @@ fn liars_that_refuse_err_or_reset_cannot_hold_a_syncing_node() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    check_liars(&node, &liars);
+    check_liars(&node, &liars, HEAD);
 }
 
 #[test]
@@ -170,5 +178,5 @@ fn an_authority_with_liars_connected_keeps_producing() {
         "produced only {} blocks in 10 s (target {target})",
         head - produced
     );
-    check_liars(&authority, &liars);
+    check_liars(&authority, &liars, HISTORY);
 }
