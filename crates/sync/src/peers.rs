@@ -15,8 +15,9 @@
 //! A peer is capped (believed no higher than just below a height) when it shows it lacks a block
 //! its claim covers: it answered empty at that height, or it refused, erred or reset the stream on
 //! [`CLAIM_REFUSALS`] range requests in a row that started inside its claim (it is then capped
-//! below the lowest of them; meanwhile it rests: it gets work only when no peer free of refusals
-//! and timeouts serves the range). Neither refusing nor erring is charged (the protocol allows both); it is the claim that gets capped. A cap holds for
+//! below the lowest of them, and once capped, one more refusal below the cap lowers it again;
+//! meanwhile it rests: it gets work only when no peer free of refusals and timeouts serves the
+//! range). Neither refusing nor erring is charged (the protocol allows both); it is the claim that gets capped. A cap holds for
 //! the head it was made under: a Status naming another head (the peer moved) lifts it, the same
 //! head keeps it. So a peer claiming a fixed head it never serves stays capped for the connection,
 //! while an honest peer that lacked a block a moment (a restart, a busy spell) is believed again
@@ -183,15 +184,17 @@ impl PeerEntry {
     }
 
     /// It refused, erred on or reset a forward request from `start`. Inside its claim, the
-    /// [`CLAIM_REFUSALS`]th in a row caps it below the lowest start of the run; returns the cap
-    /// if it made one.
+    /// [`CLAIM_REFUSALS`]th in a row (the first, once it is capped) caps it below the lowest
+    /// start of the run; returns the cap if it made one.
     pub(crate) fn refused(&mut self, start: Height) -> Option<Height> {
         if !self.promises(start) || self.believed_head() < start {
             return None;
         }
         self.refusals += 1;
         self.refused_from = self.refused_from.min(start);
-        if self.refusals < CLAIM_REFUSALS {
+        // Once caught under this head, it gets no second run of tries.
+        let tries = if self.cap.is_some() { 1 } else { CLAIM_REFUSALS };
+        if self.refusals < tries {
             return None;
         }
         let from = self.refused_from;

@@ -244,3 +244,31 @@ fn an_empty_backfill_answer_after_pruning_costs_nothing_and_caps_no_head() {
     run(&mut engine, &blocks, &peers, (3_000, 8_000));
     assert_eq!(engine.backfill_complete(), Some(true));
 }
+
+/// Liars asked for several batches at once refuse some above the import point first and are
+/// capped above it; the next refusal below such a cap lowers it at once (no second run of tries),
+/// so the node soon says `Synced` at its own head.
+#[test]
+fn a_capped_liar_refusing_lower_is_capped_lower_at_once() {
+    let blocks = chain(20, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 20), 38).expect("a valid config");
+    let peers: Vec<_> = (1..=3)
+        .map(|p| (p, Serves::Fails(refuse), Some(liar_status(20_000))))
+        .collect();
+    for (peer, _, status) in &peers {
+        engine.peer_status(0, *peer, status.expect("listed"));
+    }
+    let mut asked = 0;
+    let mut now = 0;
+    while engine.state() != SyncState::Synced && now < 5_000 {
+        asked += range_requests(&run(&mut engine, &blocks, &peers, (now, now + 10))).len();
+        now += 10;
+    }
+    assert_eq!((engine.target(), engine.state()), (20, SyncState::Synced));
+    // Three tries each and one more below the first cap: well under a second of backoffs
+    // (a second run of three tries each took about two).
+    assert!(
+        now <= 1_000,
+        "synced only at {now} ms, after {asked} refused requests"
+    );
+}
