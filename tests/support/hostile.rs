@@ -70,6 +70,13 @@ pub enum Misbehaviour {
     Flood,
     /// Sends blocks with bad signatures and comes back under a new identity after each ban.
     Reincarnating,
+    /// Claims a head a thousand times its own and answers every range request
+    /// `RESOURCE_UNAVAILABLE` (not in [`Misbehaviour::ALL`]: the claims scenarios use it).
+    ClaimsAndRefuses,
+    /// Claims a head a thousand times its own and answers every range request `SERVER_ERROR`.
+    ClaimsAndErrs,
+    /// Claims a head a thousand times its own and resets every range request's stream.
+    ClaimsAndResets,
 }
 
 impl Misbehaviour {
@@ -99,6 +106,14 @@ impl Misbehaviour {
         !matches!(
             self,
             Misbehaviour::Silent | Misbehaviour::Trickle | Misbehaviour::LyingStatus | Misbehaviour::Flood
+        ) && !self.claims_and_refuses()
+    }
+
+    /// Whether it claims a head a thousand times its own and serves no range at all.
+    pub fn claims_and_refuses(self) -> bool {
+        matches!(
+            self,
+            Misbehaviour::ClaimsAndRefuses | Misbehaviour::ClaimsAndErrs | Misbehaviour::ClaimsAndResets
         )
     }
 
@@ -272,6 +287,17 @@ enum Answer {
     Frame(Vec<u8>),
     Silence,
     Trickle(Vec<u8>),
+    /// Drops the stream unanswered (yamux resets it).
+    Reset,
+}
+
+/// A response frame that refuses with `code` (`pb::ResponseCode`).
+fn refusal_frame(code: pb::ResponseCode) -> Vec<u8> {
+    encode_frame(&pb::BlocksResponse {
+        code: code as i32,
+        blocks: Vec::new(),
+        error_message: "no".to_owned(),
+    })
 }
 
 fn ok_frame(blocks: &[Block]) -> Vec<u8> {
@@ -334,6 +360,12 @@ fn answer(chain: &Chain, how: Misbehaviour, start: Height, count: u64) -> (Answe
             (Answer::Frame(bytes), true)
         }
         Misbehaviour::Silent => (Answer::Silence, true),
+        Misbehaviour::ClaimsAndRefuses => (
+            Answer::Frame(refusal_frame(pb::ResponseCode::ResourceUnavailable)),
+            true,
+        ),
+        Misbehaviour::ClaimsAndErrs => (Answer::Frame(refusal_frame(pb::ResponseCode::ServerError)), true),
+        Misbehaviour::ClaimsAndResets => (Answer::Reset, true),
         Misbehaviour::Trickle => (Answer::Trickle(ok_frame(&honest())), true),
         Misbehaviour::LyingStatus | Misbehaviour::Flood => {
             let blocks = honest();
@@ -383,6 +415,7 @@ async fn serve_range(
                     let _ = stream.write_all(&bytes).await;
                     let _ = stream.close().await;
                 }
+                Answer::Reset => drop(stream),
                 Answer::Silence => {
                     let mut held = held.lock().expect("held streams");
                     held.push_back(stream);
@@ -574,6 +607,10 @@ impl Life {
         if self.how == Misbehaviour::LyingStatus {
             status.head_height += 1_000_000;
             status.head_hash = Bytes::copy_from_slice(&Hash::of(b"a head nobody has").0);
+        }
+        if self.how.claims_and_refuses() {
+            status.head_height = status.head_height.saturating_mul(1000);
+            status.head_hash = Bytes::copy_from_slice(&Hash::of(b"a head nobody serves").0);
         }
         let tasks = [
             tokio::spawn(serve_status(

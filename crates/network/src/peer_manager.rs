@@ -1,9 +1,13 @@
-//! The peer manager: who is connected, what each peer said in its Status, and its score.
+//! The peer manager: who is connected, and its score.
 //!
-//! Scores live in the protocol crate's [`PeerScores`] (one policy for the engine's simulator and the
-//! network); this module only adds a clock (milliseconds since the manager was made), the
-//! connection bookkeeping, and the list of bans it must lift when they expire. It decides
-//! nothing about libp2p: the event loop turns its [`Verdict`]s into disconnects and blocks.
+//! This is the node's one score book: the sync engine keeps none and reports what it saw
+//! (charges, and credits for imported blocks) to be applied here. The policy is the protocol
+//! crate's [`PeerScores`] (which the engine's simulator applies the same way); this module only
+//! adds a clock (milliseconds since the manager was made), the
+//! connection bookkeeping, and the list of bans it must lift when they expire. A peer's Status is
+//! not kept here: it goes to the node as [`crate::NetworkEvent::PeerStatus`], and the sync engine
+//! holds it. It decides nothing about libp2p: the event loop turns its [`Verdict`]s into
+//! disconnects and blocks.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -11,7 +15,6 @@ use std::time::Instant;
 use crate::ban_book::{BanBook, MAX_BANS};
 
 use libp2p::PeerId;
-use syncnode_proto::Status;
 use syncnode_proto::peer_score::{PeerAction, PeerScores, ScoreConfig, Verdict};
 
 /// One peer as seen from the outside (`/peers`, metrics, tests).
@@ -23,10 +26,6 @@ pub struct PeerSummary {
     pub connections: u32,
     pub score: f64,
     pub banned: bool,
-    /// The peer's last Status, if it sent one.
-    pub status: Option<Status>,
-    pub head_height: Option<u64>,
-    pub earliest_height: Option<u64>,
     /// Identify agent string.
     pub agent: Option<String>,
 }
@@ -34,12 +33,10 @@ pub struct PeerSummary {
 #[derive(Debug, Default, Clone)]
 struct PeerInfo {
     connections: u32,
-    status: Option<Status>,
-    status_at: Option<Instant>,
     agent: Option<String>,
 }
 
-/// Connected peers, their Status, scores and bans.
+/// Connected peers, their scores and bans.
 #[derive(Debug)]
 pub struct PeerManager {
     scores: PeerScores<PeerId>,
@@ -136,19 +133,6 @@ impl PeerManager {
         self.peers.len()
     }
 
-    /// Records a connected peer's Status.
-    pub fn set_status(&mut self, peer: &PeerId, status: Status) {
-        if let Some(info) = self.peers.get_mut(peer) {
-            info.status = Some(status);
-            info.status_at = Some(Instant::now());
-        }
-    }
-
-    /// When the peer's Status was last received.
-    pub fn status_at(&self, peer: &PeerId) -> Option<Instant> {
-        self.peers.get(peer).and_then(|i| i.status_at)
-    }
-
     /// Records a connected peer's identify agent string (truncated to 128 bytes).
     pub fn set_agent(&mut self, peer: &PeerId, agent: &str) {
         if let Some(info) = self.peers.get_mut(peer) {
@@ -189,9 +173,6 @@ impl PeerManager {
                 connections: info.connections,
                 score: self.scores.score(peer, now),
                 banned: self.bans.contains(peer),
-                status: info.status,
-                head_height: info.status.map(|s| s.head_height),
-                earliest_height: info.status.map(|s| s.earliest_height),
                 agent: info.agent.clone(),
             })
             .collect();
@@ -204,9 +185,6 @@ impl PeerManager {
                     connections: 0,
                     score,
                     banned,
-                    status: None,
-                    head_height: None,
-                    earliest_height: None,
                     agent: None,
                 });
             }

@@ -105,7 +105,6 @@ impl Service {
             }
             return;
         }
-        self.manager.set_status(&peer, status);
         self.emit(NetworkEvent::PeerStatus { peer, status });
     }
 

@@ -46,8 +46,12 @@ pub struct PeerJson {
     pub connected: bool,
     pub score: f64,
     pub banned: bool,
+    /// From its latest Status, as the sync engine holds it.
     pub head_height: Option<u64>,
     pub earliest_height: Option<u64>,
+    /// The head it counts for in the sync target (see `/status`'s `target_height`).
+    #[serde(default)]
+    pub counts_for: Option<u64>,
     pub agent: Option<String>,
 }
 

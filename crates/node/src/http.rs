@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use syncnode_network::NetworkHandle;
+use syncnode_network::{NetworkHandle, PeerId};
 use syncnode_store::BlockStore;
-use syncnode_sync::SyncState;
+use syncnode_sync::{PeerView, SyncState};
 use syncnode_types::{Block, Hash};
 use tokio::sync::watch;
 
@@ -27,6 +27,7 @@ pub struct ApiState {
     pub network: NetworkHandle,
     pub chain: ChainWatch,
     pub sync: watch::Receiver<SyncView>,
+    pub peers: watch::Receiver<PeersView>,
     pub registry: Arc<Registry>,
     pub subscriptions: crate::subscribe::Subscriptions,
     pub streams: crate::stream::BlockStreams,
@@ -40,6 +41,9 @@ pub struct SyncView {
     pub target: u64,
     pub backfill_complete: bool,
 }
+
+/// The engine's record of each peer with a Status, as the event loop last published it.
+pub type PeersView = Arc<std::collections::HashMap<PeerId, PeerView>>;
 
 /// The lowercase name of a sync state, as `/status` shows it.
 pub fn state_name(state: SyncState) -> &'static str {
@@ -113,18 +117,24 @@ async fn status(State(s): State<ApiState>) -> Json<StatusJson> {
     })
 }
 
+/// The network's peers and scores, with each one's Status from the engine.
 async fn peers(State(s): State<ApiState>) -> Json<Vec<PeerJson>> {
     let list = s.network.peers().await;
+    let engine = s.peers.borrow().clone();
     Json(
         list.into_iter()
-            .map(|p| PeerJson {
-                peer_id: p.peer_id.to_string(),
-                connected: p.connected,
-                score: p.score,
-                banned: p.banned,
-                head_height: p.head_height,
-                earliest_height: p.earliest_height,
-                agent: p.agent,
+            .map(|p| {
+                let view = engine.get(&p.peer_id).filter(|_| p.connected);
+                PeerJson {
+                    peer_id: p.peer_id.to_string(),
+                    connected: p.connected,
+                    score: p.score,
+                    banned: p.banned,
+                    head_height: view.map(|v| v.status.head_height),
+                    earliest_height: view.map(|v| v.status.earliest_height),
+                    counts_for: view.and_then(|v| v.counts_for),
+                    agent: p.agent,
+                }
             })
             .collect(),
     )

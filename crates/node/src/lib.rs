@@ -146,6 +146,7 @@ pub async fn run_with(
         None => Vec::new(),
     };
     let (engine, sync_view, sync_rx) = sync_engine(&config.sync, &store)?;
+    let (peers_view, peers_rx) = watch::channel(http::PeersView::default());
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let api = http::ApiState {
@@ -153,6 +154,7 @@ pub async fn run_with(
         network: network.clone(),
         chain: chain.clone(),
         sync: sync_rx,
+        peers: peers_rx,
         streams: stream::BlockStreams::register(&mut registry, stream::MAX_BLOCK_STREAMS),
         registry: Arc::new(registry),
         subscriptions: subscriptions.clone(),
@@ -170,6 +172,7 @@ pub async fn run_with(
         imports,
         import_done: done_rx,
         sync_view,
+        peers_view,
         metrics,
         producer: config.producer.clone(),
         gossip: gossip::GossipGate::new(config.sync.max_lookup_depth),

@@ -24,7 +24,7 @@ use syncnode_types::{Block, BlockHeader, DevChain, SigningKey};
 use tokio::sync::{mpsc, watch};
 
 use crate::gossip::{GossipGate, Judgement, LocalView, check_with_store};
-use crate::http::SyncView;
+use crate::http::{PeersView, SyncView};
 use crate::import::{ImportDone, ImportJob};
 use crate::metrics::NodeMetrics;
 use crate::verify::{Verified, Verifier};
@@ -73,6 +73,8 @@ pub struct EventLoop {
     pub imports: mpsc::Sender<ImportJob>,
     pub import_done: mpsc::Receiver<ImportDone>,
     pub sync_view: watch::Sender<SyncView>,
+    /// The engine's record of each peer (its Status), for `/peers`.
+    pub peers_view: watch::Sender<PeersView>,
     pub metrics: NodeMetrics,
     pub producer: Option<ProducerConfig>,
     /// Gossip checking: blocks accepted by gossip (gossipsub forwards them on Accept, so they
@@ -181,6 +183,13 @@ impl EventLoop {
         tracing::info!("event loop stopped");
     }
 
+    /// Publishes the engine's record of its peers for `/peers` (on a Status, a departure, or a
+    /// change of the target, which is when what a peer counts for moves).
+    fn publish_peers(&self) {
+        let view = self.engine.peers().map(|(p, v)| (*p, v)).collect();
+        self.peers_view.send_replace(Arc::new(view));
+    }
+
     /// When the engine's clock (milliseconds since `started`) next needs a tick.
     fn next_wakeup(&self, started: Instant) -> tokio::time::Instant {
         let at = match self.engine.next_wakeup() {
@@ -192,17 +201,20 @@ impl EventLoop {
 
     fn on_network_event(&mut self, now: u64, event: NetworkEvent, inbox: &mpsc::Sender<Inbox>) {
         match event {
-            NetworkEvent::PeerStatus { peer, status } => self.engine.peer_status(
-                now,
-                peer,
-                PeerStatus {
+            NetworkEvent::PeerStatus { peer, status } => {
+                let status = PeerStatus {
                     head_height: status.head_height,
                     head_hash: status.head_hash,
                     finalized_height: status.finalized_height,
                     earliest_height: status.earliest_height,
-                },
-            ),
-            NetworkEvent::PeerDisconnected { peer } => self.engine.peer_disconnected(now, &peer),
+                };
+                self.engine.peer_status(now, peer, status);
+                self.publish_peers();
+            }
+            NetworkEvent::PeerDisconnected { peer } => {
+                self.engine.peer_disconnected(now, &peer);
+                self.publish_peers();
+            }
             NetworkEvent::GossipBlock {
                 peer,
                 message_id,
@@ -468,7 +480,11 @@ impl EventLoop {
                     }
                 }
                 Action::Penalise { peer, action, reason } => {
-                    tracing::info!(%peer, ?action, reason, "penalising peer");
+                    if action == syncnode_sync::PeerAction::UsefulResponse {
+                        tracing::trace!(%peer, reason, "crediting peer");
+                    } else {
+                        tracing::info!(%peer, ?action, reason, "penalising peer");
+                    }
                     let network = self.network.clone();
                     tokio::spawn(async move { network.report(peer, action, reason).await });
                 }
@@ -479,6 +495,7 @@ impl EventLoop {
                 Action::TargetChanged(target) => {
                     tracing::debug!(target, "sync target changed");
                     self.sync_view.send_modify(|v| v.target = target);
+                    self.publish_peers();
                 }
                 Action::BackfillComplete { lowest_height } => {
                     tracing::info!(lowest_height, "backfill complete");

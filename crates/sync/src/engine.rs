@@ -7,7 +7,8 @@ use crate::backfill::Backfill;
 use crate::chain::{Chain, Window};
 use crate::config::SyncConfig;
 use crate::events::{
-    Action, EngineStats, ImportError, ImportId, LocalChain, PeerStatus, RequestFailure, RequestId, SyncState,
+    Action, EngineStats, ImportError, ImportId, LocalChain, PeerStatus, PeerView, RequestFailure, RequestId,
+    SyncState,
 };
 use crate::forward::{ChainEnd, Forward};
 use crate::lookup::Lookups;
@@ -62,12 +63,7 @@ impl<P: PeerKey> SyncEngine<P> {
         self.now_ms = self.now_ms.max(now_ms);
         let peers = &mut self.router.peers.entries;
         match peers.get_mut(&peer) {
-            Some(entry) => {
-                entry.status = status;
-                entry.status_at_ms = now_ms;
-                entry.status_requested_ms = None;
-                entry.claimed_head = entry.claimed_head.max(status.head_height);
-            }
+            Some(entry) => entry.refresh(status, now_ms),
             None => {
                 if peers.len() >= self.router.config.max_peers {
                     tracing::debug!(?peer, "peer table full; status ignored");
@@ -168,6 +164,18 @@ impl<P: PeerKey> SyncEngine<P> {
         let Some(request) = self.router.take_request(id) else {
             return;
         };
+        let refusal = matches!(
+            failure,
+            RequestFailure::ResourceUnavailable | RequestFailure::Disconnected
+        );
+        if refusal
+            && let RequestPurpose::Batch {
+                chain: ChainId::Forward,
+                ..
+            } = request.purpose
+        {
+            self.router.refused(&request.peer, request.start);
+        }
         let charge = match failure {
             RequestFailure::Timeout => Some((PeerAction::Timeout, "request timed out")),
             RequestFailure::RateLimited => Some((PeerAction::RateLimited, "rate limited")),
@@ -268,6 +276,19 @@ impl<P: PeerKey> SyncEngine<P> {
     /// The confirmed local head height.
     pub fn head_height(&self) -> Height {
         self.forward.direction().head.height
+    }
+
+    /// Every peer with a Status, with what it counts for in the target: the one record of a
+    /// peer's Status (the network keeps none; `/peers` shows this).
+    pub fn peers(&self) -> impl Iterator<Item = (&P, PeerView)> + '_ {
+        let (config, now) = (&self.router.config, self.now_ms);
+        self.router.peers.entries.iter().map(move |(peer, e)| {
+            let view = PeerView {
+                status: e.status,
+                counts_for: e.target_head(config, now),
+            };
+            (peer, view)
+        })
     }
 
     /// Whether backfill reached its floor (`None` when there is no backfill).

@@ -22,6 +22,15 @@ pub struct PeerStatus {
     pub earliest_height: Height,
 }
 
+/// What the engine holds of one peer: the node's only record of a peer's Status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Its latest Status.
+    pub status: PeerStatus,
+    /// The head it counts for in the sync target (`None`: its data was proven wrong).
+    pub counts_for: Option<Height>,
+}
+
 /// Where backfill starts and where it stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackfillStart {
@@ -135,7 +144,9 @@ pub enum Action<P> {
         blocks: Vec<Block>,
         direction: Direction,
     },
-    /// Apply `action` to `peer`'s score (and disconnect or ban per its verdict).
+    /// Apply `action` to `peer`'s score in the network's score book (and disconnect or ban per
+    /// its verdict): a charge, or the credit [`PeerAction::UsefulResponse`] for blocks imported.
+    /// The engine keeps no score of its own.
     Penalise {
         peer: P,
         action: PeerAction,

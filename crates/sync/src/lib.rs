@@ -25,10 +25,14 @@
 //! (`lookup.rs`) that owns it. Modules depend downward only: engine → router → chains → batch.
 //!
 //! # Forward sync
-//! The *target* is the highest head a peer credibly claims: each peer counts for the highest head it
-//! ever announced on its connection (so one peer lying low cannot drag the target back), capped
-//! below a height it answered empty for, and not at all once its data was proven wrong. The target
-//! drops only when the peers that claimed it leave or are discredited.
+//! The *target* is the highest head a peer credibly claims (the rule is in `peers.rs`): each peer
+//! counts for the larger of what it served us on this connection and its latest Status's head,
+//! the latter only while that Status is fresh and only up to its *cap*. A peer is capped below a
+//! height when it answered empty there, or refused, erred or reset three range requests in a row
+//! inside its claim (not charged: refusing is allowed; it is the claim that is capped); a Status
+//! naming another head lifts the cap. A peer refreshing its Status lower, or letting it go
+//! stale, no longer holds the target up; a lower claim never lowers another peer's count, nor
+//! the target below what a peer served. A peer whose data was proven wrong does not count.
 //!
 //! Heights `tip + 1 ..= target` are cut into batches of `batch_size` blocks, or fewer when blocks
 //! are large: a batch holds about `window_bytes / window_batches` at the average block size seen
@@ -39,18 +43,25 @@
 //! At most `window_batches` batches exist at once and their downloaded blocks never exceed
 //! `window_bytes`: download runs ahead of import by a bounded amount, whatever the chain's length.
 //! Each waiting batch is
-//! requested from the best idle peer whose Status covers it (`earliest_height <= start`,
-//! `head_height >= end`): the one that failed it least, then the best score, ties broken at random.
+//! requested from the best idle peer believed to hold its first missing height (`earliest_height
+//! <= start <= head_height`, less its cap): the one that failed it least, then one that holds all
+//! of it, ties broken at random. A peer holding only the bottom of a batch answers that part and
+//! the batch keeps it. The engine ranks by what it saw, not by scores: the one score book is the
+//! network's, moved by the engine's [`Action::Penalise`] (charges, and a credit for each
+//! imported batch's suppliers).
 //! A peer serves at most one request of ours at a time (the busy set); it leaves the set when its
 //! answer arrives ([`SyncEngine::response_received`]), so it serves the next batch while the caller
 //! verifies the last one, and no deadline runs during that verification. A peer whose request timed
 //! out rests for three request timeouts (until it answers again): it gets no batch while another
 //! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
-//! holds up in-order import; with only resting peers, work still goes to them.
+//! holds up in-order import; with only resting peers, work still goes to them. A peer whose last
+//! request was refused, erred or reset rests the same way until it delivers blocks again.
 //!
-//! A short answer is legal: the batch keeps what came and asks for the rest. An empty or short
-//! answer inside the range the peer's own Status promises costs it a small `BrokenPromise` (never a
-//! ban alone); outside it, nothing. A failed request (timeout, error, invalid data) charges what the
+//! A short answer is legal (a server may pace its output): the batch keeps what came and asks for
+//! the rest, and nothing is charged or capped. An empty forward answer inside the range the
+//! peer's own Status promises costs it a small `BrokenPromise` (never a ban alone); outside it,
+//! nothing. An empty backfill answer (the peer's earliest height rose) costs nothing and caps no
+//! head: the peer is not asked that low until its fresh Status, which is asked for. A failed request (timeout, error, invalid data) charges what the
 //! peer did, and the batch waits an exponential backoff with jitter (at least `retry_min_delay_ms`)
 //! before it is asked again, of another peer where one exists; each retry's deadline is longer, and a
 //! peer that failed a batch `max_attempts_per_peer` times is not asked for it again. Every request
@@ -120,7 +131,7 @@ mod router;
 pub use config::{ConfigError, SyncConfig};
 pub use engine::SyncEngine;
 pub use events::{
-    Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus,
+    Action, BackfillStart, Direction, EngineStats, ImportError, ImportId, LocalChain, PeerStatus, PeerView,
     RequestFailure, RequestId, SyncState,
 };
 pub use peers::PeerKey;

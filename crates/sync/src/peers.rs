@@ -1,17 +1,53 @@
 //! What the engine knows of each peer: its last Status, what it credibly claims, whether it is busy.
+//!
+//! # Whose claim sets the target
+//! A peer counts toward the sync target for the larger of two heights:
+//! - what it *served*: the highest block it delivered to us on this connection (proven to exist,
+//!   so no later word of its own drags the target below it); and
+//! - what it *claims*: its latest Status's head, but only while that Status is fresh (younger than
+//!   `status_stale_ms`) and only up to its cap.
+//!
+//! The claim is its latest word, not the highest it ever made: a peer that refreshes its Status
+//! lower, or stops refreshing it, no longer holds the target up with its old claim. A lower claim
+//! of one peer never lowers what another peer counts for (the target is the highest of all), nor
+//! below what that peer itself served.
+//!
+//! A peer is capped (believed no higher than just below a height) when it shows it lacks a block
+//! its claim covers: it answered empty at that height, or it refused, erred or reset the stream on
+//! [`CLAIM_REFUSALS`] range requests in a row that started inside its claim (it is then capped
+//! below the lowest of them, and once capped, one more refusal below the cap lowers it again;
+//! meanwhile it rests: it gets work only when no peer free of refusals and timeouts serves the
+//! range). Neither refusing nor erring is charged (the protocol allows both); it is the claim that gets capped. A cap holds for
+//! the head it was made under: a Status naming another head (the peer moved) lifts it, the same
+//! head keeps it. So a peer claiming a fixed head it never serves stays capped for the connection,
+//! while an honest peer that lacked a block a moment (a restart, a busy spell) is believed again
+//! as soon as its head moves. A short but non-empty answer proves nothing missing (a server may
+//! pace its output) and caps nothing; an empty answer to a backfill request shows only that the
+//! peer's history no longer reaches that low (its earliest height rose): it raises the floor the
+//! engine asks it from until its next Status, and leaves its head alone.
 
 use std::collections::BTreeMap;
 
-use syncnode_types::Height;
+use syncnode_types::{Hash, Height};
 
 use crate::config::SyncConfig;
 use crate::events::{PeerStatus, RequestId};
 use crate::jitter::Jitter;
-use syncnode_proto::peer_score::{PeerScores, ScoreConfig};
+
+/// Range requests inside its claim a peer may refuse, err on or reset in a row before its claim
+/// is capped below the height it would not serve.
+pub(crate) const CLAIM_REFUSALS: u32 = 3;
 
 /// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
 pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
 impl<T: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug> PeerKey for T {}
+
+/// A peer is not believed above `height` while its Status names the head `under`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cap {
+    pub height: Height,
+    pub under: Hash,
+}
 
 /// One connected peer that sent a Status.
 #[derive(Debug, Clone)]
@@ -19,11 +55,17 @@ pub(crate) struct PeerEntry {
     /// Its latest Status: what it says it serves now.
     pub status: PeerStatus,
     pub status_at_ms: u64,
-    /// Highest head it ever claimed on this connection. A later, lower Status does not lower it:
-    /// one peer lying low cannot drag the sync target back.
-    pub claimed_head: Height,
-    /// Its own empty answer showed it lacks blocks above this height: it is not believed beyond it.
-    pub cap: Option<Height>,
+    /// Highest height of a block it delivered on this connection (0: none yet).
+    pub served: Height,
+    /// It showed it lacks a block its claim covers: not believed above the cap (see the module).
+    pub cap: Option<Cap>,
+    /// It answered empty to a backfill request at this height: not asked at or below it until its
+    /// next Status.
+    pub floor: Option<Height>,
+    /// Range requests inside its claim refused, erred on or reset in a row, and the lowest
+    /// height one of them started at.
+    pub refusals: u32,
+    pub refused_from: Height,
     /// Data it sent was contradicted by data we imported: no more work, no say in the target.
     pub proven_wrong: bool,
     /// The one request of ours it is serving (the busy set).
@@ -40,8 +82,11 @@ impl PeerEntry {
         PeerEntry {
             status,
             status_at_ms: now_ms,
-            claimed_head: status.head_height,
+            served: 0,
             cap: None,
+            floor: None,
+            refusals: 0,
+            refused_from: Height::MAX,
             proven_wrong: false,
             in_flight: None,
             status_requested_ms: None,
@@ -49,25 +94,69 @@ impl PeerEntry {
         }
     }
 
-    /// The head this peer counts for in the sync target, if it counts at all.
-    pub(crate) fn credible_head(&self) -> Option<Height> {
+    /// A fresh Status: it replaces the last, lifts a cap made under another head and the floor.
+    pub(crate) fn refresh(&mut self, status: PeerStatus, now_ms: u64) {
+        if self.cap.is_some_and(|c| c.under != status.head_hash) {
+            self.cap = None;
+            self.refusals = 0;
+            self.refused_from = Height::MAX;
+        }
+        self.floor = None;
+        self.status = status;
+        self.status_at_ms = now_ms;
+        self.status_requested_ms = None;
+    }
+
+    /// The highest height it is believed to serve: its Status's head, less its cap.
+    fn believed_head(&self) -> Height {
+        self.cap
+            .map_or(self.status.head_height, |c| c.height.min(self.status.head_height))
+    }
+
+    /// The lowest height it is believed to serve: its Status's earliest, above its floor.
+    fn believed_earliest(&self) -> Height {
+        self.floor.map_or(self.status.earliest_height, |f| {
+            f.saturating_add(1).max(self.status.earliest_height)
+        })
+    }
+
+    /// Whether its Status is too old to set the target or get work.
+    pub(crate) fn is_stale(&self, config: &SyncConfig, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.status_at_ms) > config.status_stale_ms
+    }
+
+    /// The head this peer counts for in the sync target, if it counts at all (see the module).
+    pub(crate) fn target_head(&self, config: &SyncConfig, now_ms: u64) -> Option<Height> {
         if self.proven_wrong {
             return None;
         }
-        Some(self.cap.map_or(self.claimed_head, |c| c.min(self.claimed_head)))
+        let claim = if self.is_stale(config, now_ms) {
+            0
+        } else {
+            self.believed_head()
+        };
+        Some(claim.max(self.served))
     }
 
-    /// Whether its latest Status (less what it proved it lacks) covers `from..=to`.
-    pub(crate) fn serves(&self, from: Height, to: Height) -> bool {
-        let head = self
-            .cap
-            .map_or(self.status.head_height, |c| c.min(self.status.head_height));
-        !self.proven_wrong && self.status.earliest_height <= from && head >= to
+    /// The head it is believed to serve, if its data was not proven wrong (for parent lookups).
+    pub(crate) fn credible_head(&self) -> Option<Height> {
+        (!self.proven_wrong).then(|| self.believed_head())
     }
 
-    /// Whether it timed out recently and has not answered since.
+    /// Whether it is believed to serve `from` (it answers the part of `from..=to` it has).
+    pub(crate) fn serves(&self, from: Height) -> bool {
+        !self.proven_wrong && self.believed_earliest() <= from && self.believed_head() >= from
+    }
+
+    /// Whether it is believed to serve all of `from..=to`.
+    fn serves_all(&self, from: Height, to: Height) -> bool {
+        self.serves(from) && self.believed_head() >= to
+    }
+
+    /// Whether it timed out recently, or refused, erred or reset its last request, and has not
+    /// answered since: it gets work only when no other peer serving the range is free of both.
     pub(crate) fn resting(&self, now_ms: u64) -> bool {
-        now_ms < self.slow_until_ms
+        now_ms < self.slow_until_ms || self.refusals > 0
     }
 
     /// Whether its latest Status promises the block at `height`.
@@ -75,27 +164,55 @@ impl PeerEntry {
         self.status.earliest_height <= height && height <= self.status.head_height
     }
 
-    /// Marks that it lacks `height`: it is not believed above `height - 1` any more.
+    /// Marks that it lacks `height`: it is not believed above `height - 1` while its head stays.
     pub(crate) fn lacks(&mut self, height: Height) {
         let below = height.saturating_sub(1);
-        self.cap = Some(self.cap.map_or(below, |c| c.min(below)));
+        let height = self.cap.map_or(below, |c| c.height.min(below));
+        self.cap = Some(Cap {
+            height,
+            under: self.status.head_hash,
+        });
+        self.refusals = 0;
+        self.refused_from = Height::MAX;
+    }
+
+    /// It delivered blocks up to `height`: it serves, so its run of refusals ends.
+    pub(crate) fn delivered(&mut self, height: Height) {
+        self.served = self.served.max(height);
+        self.refusals = 0;
+        self.refused_from = Height::MAX;
+    }
+
+    /// It refused, erred on or reset a forward request from `start`. Inside its claim, the
+    /// [`CLAIM_REFUSALS`]th in a row (the first, once it is capped) caps it below the lowest
+    /// start of the run; returns the cap if it made one.
+    pub(crate) fn refused(&mut self, start: Height) -> Option<Height> {
+        if !self.promises(start) || self.believed_head() < start {
+            return None;
+        }
+        self.refusals += 1;
+        self.refused_from = self.refused_from.min(start);
+        // Once caught under this head, it gets no second run of tries.
+        let tries = if self.cap.is_some() { 1 } else { CLAIM_REFUSALS };
+        if self.refusals < tries {
+            return None;
+        }
+        let from = self.refused_from;
+        self.lacks(from);
+        Some(from.saturating_sub(1))
     }
 }
 
-/// All peers with a Status, plus the engine's own ranking of them.
+/// All peers with a Status.
 #[derive(Debug, Clone)]
 pub(crate) struct Peers<P> {
     pub entries: BTreeMap<P, PeerEntry>,
-    /// The engine's private copy of the score policy, used only to prefer good peers. The
-    /// authoritative book lives in the network layer, moved by [`crate::Action::Penalise`].
-    pub ranking: PeerScores<P>,
 }
 
 impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
     pub(crate) fn new() -> Self {
         Peers {
             entries: BTreeMap::new(),
-            ranking: PeerScores::new(ScoreConfig::default()),
         }
     }
 
@@ -115,16 +232,23 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         })
     }
 
-    /// Highest credible head among peers.
-    pub(crate) fn best_head(&self) -> Option<Height> {
-        self.entries.values().filter_map(PeerEntry::credible_head).max()
+    /// The highest head any peer counts for in the target (see the module).
+    pub(crate) fn best_head(&self, config: &SyncConfig, now_ms: u64) -> Option<Height> {
+        self.entries
+            .values()
+            .filter_map(|e| e.target_head(config, now_ms))
+            .max()
     }
 
-    /// The best idle peer whose Status covers `from..=to`, preferring peers that failed this range
-    /// least (`failures`), then higher scores, ties broken at random. A peer resting after a
-    /// timeout is passed over while some other peer serving the range is not resting, even a busy
-    /// one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in front of
-    /// in-order import. Peers with a stale Status are listed to be asked for a fresh one instead.
+    /// The best idle peer believed to serve `from` (the first height of `from..=to` still
+    /// missing), preferring peers that failed this range least (`failures`), then peers believed
+    /// to serve all of it (a peer that has only the bottom part answers that part, and the batch
+    /// keeps it), ties broken at random. Scores play no part: they are the network's book, which
+    /// disconnects and bans; the engine ranks by what it saw of this range. A peer resting after
+    /// a timeout is passed over while some other peer serving the range is not resting, even a
+    /// busy one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in
+    /// front of in-order import. Peers with a stale Status are listed to be asked for a fresh one
+    /// instead.
     pub(crate) fn pick(
         &self,
         config: &SyncConfig,
@@ -133,7 +257,7 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         (from, to): (Height, Height),
         failures: &BTreeMap<P, u32>,
     ) -> Pick<P> {
-        let mut best: Option<((u32, i64, u64), P)> = None;
+        let mut best: Option<((u32, bool, u64), P)> = None;
         let mut pick = Pick {
             peer: None,
             exhausted: false,
@@ -142,12 +266,12 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         let some_brisk = self
             .entries
             .values()
-            .any(|e| e.serves(from, to) && !e.resting(now_ms));
+            .any(|e| e.serves(from) && !e.resting(now_ms));
         for (peer, entry) in &self.entries {
-            if entry.in_flight.is_some() || !entry.serves(from, to) || (some_brisk && entry.resting(now_ms)) {
+            if entry.in_flight.is_some() || !entry.serves(from) || (some_brisk && entry.resting(now_ms)) {
                 continue;
             }
-            if now_ms.saturating_sub(entry.status_at_ms) > config.status_stale_ms {
+            if entry.is_stale(config, now_ms) {
                 pick.stale.push(peer.clone());
                 continue;
             }
@@ -156,9 +280,8 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
                 pick.exhausted = true;
                 continue;
             }
-            // Lower is better: fewer failures, higher score (rounded to a tenth), random tie-break.
-            let score = -(self.ranking.score(peer, now_ms) * 10.0).round() as i64;
-            let key = (failed, score, jitter.next_u64());
+            // Lower is better: fewer failures, the whole range, random tie-break.
+            let key = (failed, !entry.serves_all(from, to), jitter.next_u64());
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, peer.clone()));
             }

@@ -118,11 +118,10 @@ impl<P: PeerKey> Router<P> {
         Some(request)
     }
 
-    /// Emits a charge and applies it to the engine's own ranking. Data faults also stop the peer
-    /// from getting more work and from counting in the target.
+    /// Emits a charge for the network's score book. Data faults also stop the peer from getting
+    /// more work and from counting in the target; a timeout rests it.
     pub(crate) fn penalise(&mut self, now_ms: u64, peer: &P, action: PeerAction, reason: &'static str) {
         tracing::debug!(?peer, ?action, reason, "penalising peer");
-        self.peers.ranking.apply(peer, action, now_ms);
         if let Some(entry) = self.peers.entries.get_mut(peer) {
             if action == PeerAction::Timeout {
                 entry.slow_until_ms = now_ms.saturating_add(self.config.slow_peer_rest_ms());
@@ -136,6 +135,17 @@ impl<P: PeerKey> Router<P> {
             action,
             reason,
         });
+    }
+
+    /// A forward request from `start` was refused, erred on or reset: after a few in a row inside
+    /// its claim, the peer's claim is capped below where they started (not charged; see
+    /// `peers.rs`).
+    pub(crate) fn refused(&mut self, peer: &P, start: Height) {
+        if let Some(entry) = self.peers.entries.get_mut(peer)
+            && let Some(cap) = entry.refused(start)
+        {
+            tracing::debug!(?peer, cap, "claim capped: it will not serve what it claims");
+        }
     }
 
     fn new_request(
@@ -189,7 +199,7 @@ impl<P: PeerKey> Router<P> {
     }
 
     /// Asks `peer` for a fresh Status, at most once per a third of the staleness limit.
-    fn refresh_status(&mut self, now_ms: u64, peer: P) {
+    pub(crate) fn refresh_status(&mut self, now_ms: u64, peer: P) {
         let interval = (self.config.status_stale_ms / 3).max(1);
         if let Some(entry) = self.peers.entries.get_mut(&peer)
             && entry
@@ -198,6 +208,21 @@ impl<P: PeerKey> Router<P> {
         {
             entry.status_requested_ms = Some(now_ms);
             self.actions.push_back(Action::RequestStatus { peer });
+        }
+    }
+
+    /// Asks every peer whose Status turned stale for a fresh one: a stale Status no longer sets
+    /// the target, so no batch would come to need that peer and ask.
+    pub(crate) fn refresh_stale(&mut self, now_ms: u64) {
+        let stale: Vec<P> = self
+            .peers
+            .entries
+            .iter()
+            .filter(|(_, e)| e.is_stale(&self.config, now_ms))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in stale {
+            self.refresh_status(now_ms, peer);
         }
     }
 
@@ -291,34 +316,54 @@ impl<P: PeerKey> Router<P> {
         match answer {
             Answer::Stale | Answer::Contested => {}
             Answer::Invalid(reason) => self.penalise(now_ms, &peer, PeerAction::InvalidData, reason),
-            Answer::Empty { start } => {
-                self.charge_if_promised(now_ms, &peer, start, "empty range inside its status")
-            }
+            Answer::Empty { start } if which == ChainId::Backfill => self.lacks_history(now_ms, &peer, start),
+            Answer::Empty { start } => self.lacks_block(now_ms, &peer, start),
             Answer::Stored {
                 short,
                 next,
                 got_bytes,
             } => {
-                // A short answer (legal) is charged a little only when it stopped inside the
-                // peer's promised range and well below the frame limit (it was not cut to fit).
-                if short && got_bytes < syncnode_proto::MAX_RESPONSE_FRAME / 2 {
-                    self.charge_if_promised(now_ms, &peer, next, "short range inside its status");
+                if let Some(entry) = self.peers.entries.get_mut(&peer)
+                    && next > request.start
+                {
+                    entry.delivered(next - 1);
+                }
+                // A short answer is legal (a server may pace its output or keep its frame small):
+                // the batch keeps what came and asks for the rest; nothing is charged or capped.
+                if short {
+                    tracing::trace!(?peer, next, got_bytes, "short answer");
                 }
             }
         }
         self.apply(which, effects, now_ms);
     }
 
-    /// An empty answer costs a little only when the peer's last Status promised `height`; either
-    /// way the peer is not believed above `height - 1` any more.
-    fn charge_if_promised(&mut self, now_ms: u64, peer: &P, height: Height, reason: &'static str) {
+    /// A forward answer was empty at `height`: the peer lacks it. Inside its Status that costs a
+    /// small `BrokenPromise`; either way it is not believed above `height - 1` while its head stays.
+    fn lacks_block(&mut self, now_ms: u64, peer: &P, height: Height) {
         let Some(entry) = self.peers.entries.get_mut(peer) else {
             return;
         };
         if entry.promises(height) {
             entry.lacks(height);
-            self.penalise(now_ms, peer, PeerAction::BrokenPromise, reason);
+            self.penalise(
+                now_ms,
+                peer,
+                PeerAction::BrokenPromise,
+                "empty range inside its status",
+            );
         }
+    }
+
+    /// A backfill answer was empty at `height`: the peer's history no longer reaches that low (its
+    /// earliest height rose since its Status). No charge and no cap on its head: it is not asked
+    /// at or below `height` until its fresh Status, which is asked for.
+    fn lacks_history(&mut self, now_ms: u64, peer: &P, height: Height) {
+        let Some(entry) = self.peers.entries.get_mut(peer) else {
+            return;
+        };
+        entry.floor = Some(entry.floor.map_or(height, |f| f.max(height)));
+        self.refresh_status(now_ms, peer.clone());
     }
 
     /// Carries out what a chain reported.
@@ -327,9 +372,11 @@ impl<P: PeerKey> Router<P> {
             self.penalise(now_ms, &peer, action, reason);
         }
         for peer in effects.useful {
-            self.peers
-                .ranking
-                .apply(&peer, PeerAction::UsefulResponse, now_ms);
+            self.actions.push_back(Action::Penalise {
+                peer,
+                action: PeerAction::UsefulResponse,
+                reason: "blocks imported",
+            });
         }
         for id in effects.forgotten {
             self.imports.remove(&id);

@@ -468,7 +468,9 @@ impl Sim {
                 self.schedule(3, Event::ImportDone { id, result });
             }
             Action::Penalise { peer, action, .. } => {
-                self.charges.push((peer, action));
+                if action != PeerAction::UsefulResponse {
+                    self.charges.push((peer, action));
+                }
                 match self.scores.apply(&peer, action, self.now) {
                     Verdict::Keep => {}
                     Verdict::Disconnect => self.disconnect(peer, false),

@@ -49,7 +49,6 @@ async fn status_is_exchanged_on_connect_and_repeated() {
 
     let summary = b.wait_peer("a's summary", a.peer_id, |s| s.agent.is_some()).await;
     assert!(summary.connected);
-    assert_eq!(summary.head_height, Some(31));
     assert_eq!(
         summary.agent.as_deref(),
         Some(concat!("syncnode/", env!("CARGO_PKG_VERSION")))

@@ -147,6 +147,7 @@ impl<P: PeerKey> SyncEngine<P> {
 
     /// The step after every event: target, batches, imports, requests, lookups, state.
     pub(super) fn drive(&mut self, now_ms: u64) {
+        self.router.refresh_stale(now_ms);
         self.update_target();
         let config = &self.router.config;
         let estimate = self.router.block_size_estimate();
@@ -213,7 +214,12 @@ impl<P: PeerKey> SyncEngine<P> {
     fn update_target(&mut self) {
         let forward = self.forward.direction_mut();
         let head = forward.head.height;
-        let target = self.router.peers.best_head().unwrap_or(0).max(head);
+        let target = self
+            .router
+            .peers
+            .best_head(&self.router.config, self.now_ms)
+            .unwrap_or(0)
+            .max(head);
         if target != forward.target {
             tracing::debug!(from = forward.target, to = target, "sync target changed");
             if target > head && forward.target <= head {
