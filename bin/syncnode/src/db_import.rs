@@ -310,3 +310,43 @@ fn name_store_error(e: StoreError, batch: &Batch) -> anyhow::Error {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncnode_proto::encode_frame;
+
+    #[test]
+    fn frames_end_cleanly_or_are_named_when_cut_or_oversized() {
+        let one = encode_frame(&pb::Block {
+            payload: bytes::Bytes::from_static(b"payload"),
+            ..Default::default()
+        });
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        let mut input = &two[..];
+        assert_eq!(
+            read_frame(&mut input, 0).expect("first").expect("frame").1,
+            one.len()
+        );
+        assert!(read_frame(&mut input, 1).expect("second").is_some());
+        assert!(read_frame(&mut input, 2).expect("end").is_none());
+
+        let mut cut = &two[..two.len() - 1];
+        read_frame(&mut cut, 0).expect("first");
+        let err = read_frame(&mut cut, 1).expect_err("cut").to_string();
+        assert_eq!(err, "frame 1 of the input: the input ends inside it");
+
+        let mut huge = Vec::new();
+        prost::encoding::encode_varint(MAX_FRAME as u64 + 1, &mut huge);
+        let err = read_frame(&mut &huge[..], 7).expect_err("huge").to_string();
+        assert!(
+            err.starts_with("frame 7 of the input: 16777217 bytes, over the"),
+            "{err}"
+        );
+        let err = read_frame(&mut &[0x80u8][..], 3)
+            .expect_err("torn length")
+            .to_string();
+        assert_eq!(err, "frame 3 of the input: the input ends inside its length");
+    }
+}
