@@ -51,7 +51,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let start_head = store.head();
     let bar = match size {
         Some(bytes) => crate::progress::bar(bytes, "import"),
-        None => crate::progress::bar(0, "import"),
+        None => crate::progress::bytes_counter("import"),
     };
     let (tx, rx) = sync_channel::<Item>(QUEUED_BATCHES);
     let reader = {
