@@ -373,6 +373,7 @@ fn memory_section(bench: &Bench, sizes: &Sizes, results: &mut Results) -> anyhow
             &format!("{} × 256 B", int(n as f64)),
             &run,
         );
+        import_row(bench, &chain, run.blocks_per_sec(), results)?;
         if name == "m-big" {
             restart_row(bench, node, n, results)?;
         } else {
@@ -395,6 +396,25 @@ fn memory_section(bench: &Bench, sizes: &Sizes, results: &mut Results) -> anyhow
             format!("{rss_ratio:.2}"),
         )
         .target("≤ 1.2", rss_ratio <= 1.2),
+    );
+    Ok(())
+}
+
+/// `db import` of an export of `chain`, next to the sync of the same chain from a local peer.
+fn import_row(bench: &Bench, chain: &Chain, sync_rate: f64, results: &mut Results) -> anyhow::Result<()> {
+    eprintln!("import of {}", chain.name);
+    let rate = bench.import(chain, &format!("import-{}", chain.name))?;
+    let ratio = rate / sync_rate.max(1e-9);
+    results.rows.push(
+        Row::new(
+            "5",
+            format!(
+                "`db import` of the export of the same {} × 256 B",
+                int(chain.blocks as f64)
+            ),
+            format!("{} blocks/s = {ratio:.2} × the sync", int(rate)),
+        )
+        .target("≥ 1 × the sync", ratio >= 1.0),
     );
     Ok(())
 }

@@ -66,6 +66,37 @@ impl Bench {
         Ok((chain, started.elapsed().as_secs_f64()))
     }
 
+    /// `db export` of `chain` to a file, then `db import` of it into a new store called `name`:
+    /// the import's blocks/s, from the start of the process to its end (as a sync's run is timed
+    /// from the node's start). The file and the store are removed after.
+    pub fn import(&self, chain: &Chain, name: &str) -> anyhow::Result<f64> {
+        let file = self.work.join(format!("{name}.blocks"));
+        let out = std::fs::File::create(&file)?;
+        let status = std::process::Command::new(&self.env.bin)
+            .args(["db", "export", "--data-dir", &chain.store.to_string_lossy()])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("running db export")?;
+        anyhow::ensure!(status.success(), "db export of {} failed", chain.name);
+        let dir = self.work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let started = Instant::now();
+        self.env.run_ok(&[
+            "db",
+            "import",
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--chain",
+            &self.spec_path.to_string_lossy(),
+            &file.to_string_lossy(),
+        ])?;
+        let secs = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&file);
+        remove_store(&self.work, name);
+        Ok(chain.blocks as f64 / secs.max(1e-9))
+    }
+
     /// A fresh copy of `chain`'s store for a seeder called `name`.
     fn seeder_dir(&self, chain: &Chain, name: &str) -> anyhow::Result<PathBuf> {
         let dir = self.work.join(name);

@@ -182,6 +182,9 @@ pub enum DbCommand {
     Check(DataDirArgs),
     /// Write canonical blocks, ascending, as varint-framed protobuf `Block` messages to stdout.
     Export(ExportArgs),
+    /// Import what `db export` wrote, verifying every block as sync does; re-running after a
+    /// kill continues from the store's head.
+    Import(ImportArgs),
     /// Check the recent chain and roll back pointers whose blocks are missing or do not link.
     Repair(DataDirArgs),
 }
@@ -204,6 +207,21 @@ pub struct ExportArgs {
     /// Last height, inclusive [default: the head].
     #[arg(long)]
     pub to: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Data directory of the store (created when it does not exist and --chain is given).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Chain spec JSON file: needed to create a new store; an existing store must be of this chain.
+    #[arg(long)]
+    pub chain: Option<PathBuf>,
+    /// Verification threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub verify_threads: usize,
+    /// The file `db export` wrote, or `-` for standard input.
+    pub file: PathBuf,
 }
 
 #[cfg(test)]

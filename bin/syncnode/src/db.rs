@@ -11,7 +11,7 @@ use syncnode_store::{BlockStore, Pointers, StoreConfig, StoreError};
 
 use crate::cli::{DataDirArgs, ExportArgs};
 
-fn open(dir: &Path, repair: bool) -> anyhow::Result<(BlockStore, syncnode_store::RepairReport)> {
+pub(crate) fn open(dir: &Path, repair: bool) -> anyhow::Result<(BlockStore, syncnode_store::RepairReport)> {
     anyhow::ensure!(
         dir.is_dir(),
         "no store at {}: there is no such directory",

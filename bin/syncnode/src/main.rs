@@ -5,6 +5,7 @@
 mod chain;
 mod cli;
 mod db;
+mod db_import;
 mod devnet;
 mod http_client;
 mod progress;
@@ -36,6 +37,7 @@ fn run(command: cli::Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Chain(ChainCommand::Generate(args)) => chain::generate(args),
         Command::Db(DbCommand::Check(args)) => db::check(args),
         Command::Db(DbCommand::Export(args)) => db::export(args),
+        Command::Db(DbCommand::Import(args)) => db_import::import(args),
         Command::Db(DbCommand::Repair(args)) => db::repair(args),
         Command::Run(args) => run::run(*args),
         Command::Devnet(args) => devnet::devnet(args),

@@ -13,6 +13,12 @@
 //! writes every value twice, which made the import of large blocks several times slower than the
 //! disk, and of 1 KiB blocks half as fast.
 //!
+//! ## Schema versions
+//! The layout's version is stored under `schema` ([`schema::SCHEMA_VERSION`]). A store of an
+//! older version from 3 on is migrated in place at open, before anything else reads it; a kill
+//! during a migration leaves a store the next open migrates (see `migrate.rs`). A newer version
+//! is refused by name ([`StoreError::NewerSchema`]).
+//!
 //! ## History retention
 //! [`BlockStore::prune_below`] deletes canonical blocks from the bottom of the unbroken range, never
 //! at or above the finalized block, keeping genesis, in bounded commits that each move the low
@@ -50,6 +56,7 @@
 mod cache;
 pub mod canon;
 mod check;
+pub mod migrate;
 pub mod payloads;
 mod prune;
 mod repair;
@@ -71,6 +78,7 @@ pub use write::{BackfillOutcome, ImportOutcome};
 
 use cache::BlockCache;
 use canon::{CanonEdits, CanonReader};
+use migrate::OLDEST_MIGRATED;
 use payloads::{PayloadFiles, Tail};
 use resident::PageRelease;
 use schema::*;
@@ -87,10 +95,25 @@ pub enum StoreError {
         expected: Hash,
     },
     #[error(
-        "store schema version {0} is not supported (this build reads {SCHEMA_VERSION}): sync into \
-         a new --data-dir"
+        "store schema version {0} is older than the oldest this build migrates \
+         ({OLDEST_MIGRATED}): sync into a new --data-dir"
     )]
     Schema(u32),
+    #[error(
+        "store schema version {0} is newer than this build's ({SCHEMA_VERSION}): it was written by \
+         a later syncnode and is not converted back; run that version or a later one, or sync into \
+         a new --data-dir"
+    )]
+    NewerSchema(u32),
+    #[error("{what} {path}: {source}")]
+    MigrationIo {
+        path: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
+    /// A migration stopped on purpose after that many commits (tests stand it in for a kill).
+    #[error("migration stopped after {0} commits")]
+    MigrationStopped(usize),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
     #[error("payload file {path}: {what}: {source}")]
@@ -236,6 +259,7 @@ impl BlockStore {
     ) -> Result<(Self, RepairReport), StoreError> {
         std::fs::create_dir_all(path).map_err(parity_db::Error::Io)?;
         let db = open_db(path, parity_db::Db::open_or_create)?;
+        migrate::to_current(&db, path, migrate::Plan::default())?;
         let genesis = spec.genesis();
         let genesis_ptr = Pointer::at(&genesis);
         if db.get(COL_META, META_GENESIS)?.is_none() {
@@ -498,6 +522,11 @@ fn load_pointers(db: &parity_db::Db, path: &Path, expected: &Hash) -> Result<Poi
     let missing = |name: &[u8]| StoreError::Corrupt(format!("pointer {} is missing", show(name)));
     if let Some(v) = db.get(COL_META, META_SCHEMA)? {
         let version = decode_u64("schema", &v)?;
+        if version > u64::from(SCHEMA_VERSION) {
+            return Err(StoreError::NewerSchema(
+                u32::try_from(version).unwrap_or(u32::MAX),
+            ));
+        }
         if version != u64::from(SCHEMA_VERSION) {
             return Err(StoreError::Schema(version as u32));
         }
@@ -528,6 +557,8 @@ fn load_pointers(db: &parity_db::Db, path: &Path, expected: &Hash) -> Result<Poi
     })
 }
 
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod payload_tests;
 #[cfg(test)]
