@@ -69,6 +69,9 @@ pub struct NetworkConfig {
     pub max_connections_per_peer: u32,
     /// Per-IP limits on inbound connections and identities (loopback and trusted IPs exempt).
     pub ip_limits: crate::ip_limit::IpLimits,
+    /// Bounds on inbound handshakes: their deadline and how many may be in progress, in all and
+    /// per subnet (see [`crate::door`]).
+    pub handshake: crate::door::HandshakeLimits,
     /// The genesis hash of our chain; peers on another chain are disconnected and banned.
     pub genesis_hash: Hash,
     /// How often Status is re-exchanged with each peer (default 30 s).
@@ -126,6 +129,7 @@ impl NetworkConfig {
             max_peers: 50,
             max_connections_per_peer: 2,
             ip_limits: crate::ip_limit::IpLimits::default(),
+            handshake: crate::door::HandshakeLimits::default(),
             genesis_hash,
             status_interval: syncnode_proto::STATUS_INTERVAL,
             request_timeout: syncnode_proto::RESPONSE_DEADLINE,

@@ -73,6 +73,7 @@ pub mod ban_book;
 pub mod behaviour;
 pub mod codec;
 pub mod config;
+pub mod door;
 pub mod error;
 pub mod gossip;
 pub mod handle;
