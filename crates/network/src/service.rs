@@ -611,6 +611,8 @@ impl Service {
         self.redial_bootnodes_if_alone();
         self.metrics
             .set_peers(self.manager.connected_count(), self.manager.banned_count());
+        let bytes = &self.serve_ctx.bytes;
+        self.metrics.set_serving_bytes(bytes.held(), bytes.peak());
         let (lo, hi) = self.manager.score_range();
         self.metrics.set_score_range(lo, hi);
     }
