@@ -170,7 +170,9 @@ async function main () {
 async function interop (node, args, spec, gen, ownStatus, inboundStatusSeen, signal) {
   // Transport: TCP + Noise + Yamux. Noise authenticates the remote key against the peer id in
   // the multiaddr, so reaching here means the node is who the address says.
+  const dialed = performance.now()
   const connection = await node.dial(multiaddr(args.addr), { signal })
+  const connectMs = Math.round(performance.now() - dialed)
   check(connection.remotePeer.toString() === args.peerId, `connected to ${connection.remotePeer}, not ${args.peerId}`)
   check(connection.multiplexer === '/yamux/1.0.0', `muxer is ${connection.multiplexer}, not yamux`)
   check(connection.encryption === '/noise', `encryption is ${connection.encryption}, not noise`)
@@ -270,6 +272,7 @@ async function interop (node, args, spec, gen, ownStatus, inboundStatusSeen, sig
     agent_version: id.agentVersion,
     protocol_version: id.protocolVersion,
     rtt_ms: rttMs,
+    connect_ms: connectMs,
     genesis_hash: bytesToHex(gen.hash),
     remote_status: statusJson(remote),
     inbound_status: statusJson(inbound),

@@ -1,6 +1,7 @@
 //! The libp2p side: the composed behaviour and the swarm (TCP + Noise + Yamux, QUIC-v1).
 //!
-//! Connection policy is layered: `allow_block_list` refuses and closes banned peers,
+//! Connection policy is layered: the [`Door`] bounds inbound TCP handshakes under the transport,
+//! `allow_block_list` refuses and closes banned peers,
 //! `connection_limits` caps connections per peer, [`IpLimit`](crate::ip_limit::IpLimit) caps
 //! inbound connections and identities per remote IP, and [`PeerLimit`] caps distinct peers at
 //! `max_peers` (a new peer's connection is denied once the node is full; more connections to a
@@ -10,8 +11,10 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use libp2p::core::Endpoint;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Transport, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{
@@ -30,6 +33,7 @@ use syncnode_proto::{
 
 use crate::codec::{RangeCodec, RootCodec, StatusCodec};
 use crate::config::NetworkConfig;
+use crate::door::{Door, DoorBook};
 use crate::error::NetworkError;
 use crate::gossip;
 use crate::ip_limit::{IpLimit, IpLimits, ip_of};
@@ -138,10 +142,17 @@ impl NetworkBehaviour for PeerLimit {
 fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLimits {
     connection_limits::ConnectionLimits::default()
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
-        .with_max_pending_incoming(Some(config.max_peers.saturating_mul(2)))
+        // The door bounds handshakes by closing the least progressed; this is only a backstop
+        // for the moment between its closing one and the swarm reaping it.
+        .with_max_pending_incoming(Some(backstop(config.handshake.max_pending)))
         .with_max_established(Some(
             config.max_peers.saturating_mul(config.max_connections_per_peer),
         ))
+}
+
+/// Twice the door's bound, as a `u32`.
+fn backstop(max_pending: usize) -> u32 {
+    u32::try_from(max_pending.saturating_mul(2)).unwrap_or(u32::MAX)
 }
 
 /// Gossipsub with the node's peer score, subscribed to the chain's block topic.
@@ -236,6 +247,29 @@ fn behaviour(
     })
 }
 
+/// TCP (nodelay) behind the [`Door`] that bounds inbound handshakes, upgraded with Noise and
+/// Yamux; an inbound upgrade must complete within `handshake.timeout`.
+fn tcp_transport(
+    key: &Keypair,
+    config: &NetworkConfig,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let book = DoorBook::new(config.handshake);
+    let raw = Door::new(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+        book.clone(),
+    );
+    Ok(raw
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .inbound_timeout(config.handshake.timeout)
+        .map(move |(peer, muxer), endpoint| {
+            book.handshake_completed(&endpoint);
+            (peer, StreamMuxerBox::new(muxer))
+        })
+        .boxed())
+}
+
 /// Builds the swarm: TCP (nodelay) + Noise + Yamux, QUIC-v1, DNS; the behaviour; metrics.
 pub fn build_swarm(
     config: &NetworkConfig,
@@ -244,13 +278,9 @@ pub fn build_swarm(
     let mut built = None;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| NetworkError::Transport(e.to_string()))?
         .with_quic()
+        .with_other_transport(|key| tcp_transport(key, config))
+        .map_err(|e| NetworkError::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| NetworkError::Transport(e.to_string()))?
         .with_bandwidth_metrics(registry)

@@ -69,6 +69,9 @@ pub struct NetworkConfig {
     pub max_connections_per_peer: u32,
     /// Per-IP limits on inbound connections and identities (loopback and trusted IPs exempt).
     pub ip_limits: crate::ip_limit::IpLimits,
+    /// Bounds on inbound handshakes: their deadline and how many may be in progress, in all and
+    /// per subnet (see [`crate::door`]).
+    pub handshake: crate::door::HandshakeLimits,
     /// The genesis hash of our chain; peers on another chain are disconnected and banned.
     pub genesis_hash: Hash,
     /// How often Status is re-exchanged with each peer (default 30 s).
@@ -89,10 +92,11 @@ pub struct NetworkConfig {
     /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
     /// from the others. Our own sync asks a peer one request at a time.
     pub max_serving_per_peer: usize,
-    /// Most bytes of block responses handed to libp2p and not yet fully written to their
-    /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;
-    /// a finished response that would take the total over this is answered
-    /// `RESOURCE_UNAVAILABLE` instead (one is always let through when none is being written).
+    /// Most bytes of blocks read for responses and not yet fully written to their requesters
+    /// (default 64 MiB), on every path: a serving task takes room before it reads (its
+    /// requester's fair share of this, at least one block of the largest payload), keeps it
+    /// while the pacer holds its response, and gives it back once the response is written. A
+    /// task that gets no room within the serving budget is answered `RESOURCE_UNAVAILABLE`.
     pub max_serving_bytes: usize,
     /// Global cap on blocks served per second (all peers together); `None` for no cap.
     pub serve_blocks_per_sec: Option<u32>,
@@ -126,6 +130,7 @@ impl NetworkConfig {
             max_peers: 50,
             max_connections_per_peer: 2,
             ip_limits: crate::ip_limit::IpLimits::default(),
+            handshake: crate::door::HandshakeLimits::default(),
             genesis_hash,
             status_interval: syncnode_proto::STATUS_INTERVAL,
             request_timeout: syncnode_proto::RESPONSE_DEADLINE,
