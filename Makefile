@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db soak
+.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db soak image image-test
 
 ## make test: format check, clippy with -D warnings, the vendored parity-db's check and tests, then
 ## the whole test suite (nextest if present).
@@ -86,3 +86,14 @@ soak:
 ## make fuzz: each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 600) from its seeds.
 fuzz:
 	CARGO=$(CARGO) ./fuzz/run.sh
+
+## make image: the container image IMAGE (default syncnode:dev): a static binary (cargo profile
+## IMAGE_PROFILE, default release) on an empty base, user 10001, a /data volume, P2P and HTTP
+## ports, a health check on /status. make image-test:
+## builds it, runs a seeder and two nodes from it on 127.0.0.1 and checks that they sync, turn
+## healthy and stop with exit code 0 (needs a docker daemon; not part of make test).
+image:
+	CARGO=$(CARGO) ./scripts/image.sh
+
+image-test:
+	CARGO=$(CARGO) ./scripts/image-test.sh

@@ -103,11 +103,15 @@ pub fn parse_http_addr(text: &str) -> Result<std::net::SocketAddr, String> {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The node's HTTP API address (its --http), HOST:PORT.
-    #[arg(long, value_parser = parse_http_addr)]
+    #[arg(long, env = "SYNCNODE_HTTP", value_parser = parse_http_addr)]
     pub http: std::net::SocketAddr,
     /// Print JSON ({"status": ..., "peers": [...]}) instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "health")]
     pub json: bool,
+    /// A health check (a container's): read only /status, print one line, and exit 0 when the
+    /// node answers and is neither stalled nor paused by a full disk, 1 otherwise.
+    #[arg(long)]
+    pub health: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,9 @@ use crate::cli::StatusArgs;
 use crate::http_client::get_json;
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.health {
+        return Ok(health(args.http));
+    }
     let status = get_json(args.http, "/status")?;
     let peers = get_json(args.http, "/peers")?;
     if args.json {
@@ -60,4 +63,63 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `syncnode status --health`: whether the node answers `/status` and is neither stalled nor
+/// paused by a full disk. A scratch image has no curl: its health check is this.
+fn health(http: std::net::SocketAddr) -> ExitCode {
+    let verdict = get_json(http, "/status").and_then(|status| judge(&status));
+    match verdict {
+        Ok(line) => {
+            println!("healthy: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("unhealthy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The one-line summary of a healthy `/status`, or why it is not healthy.
+fn judge(status: &serde_json::Value) -> anyhow::Result<String> {
+    let state = status["sync_state"].as_str().unwrap_or("?");
+    let disk = status["disk"]["state"].as_str().unwrap_or("ok");
+    anyhow::ensure!(
+        state != "stalled",
+        "sync stalled at head {}",
+        status["head_height"]
+    );
+    anyhow::ensure!(disk != "disk_full", "imports paused: the disk is full");
+    anyhow::ensure!(status["head_height"].is_u64(), "/status has no head height");
+    Ok(format!(
+        "{state}, head {}, {} peers",
+        status["head_height"], status["peers"]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalled_or_disk_full_is_unhealthy() {
+        let ok = serde_json::json!({"sync_state": "syncing", "head_height": 7, "peers": 2, "disk": {"state": "ok"}});
+        assert_eq!(judge(&ok).expect("healthy"), "syncing, head 7, 2 peers");
+        let mut stalled = ok.clone();
+        stalled["sync_state"] = "stalled".into();
+        assert!(judge(&stalled).is_err());
+        let mut full = ok.clone();
+        full["disk"]["state"] = "disk_full".into();
+        assert!(judge(&full).is_err());
+        assert!(judge(&serde_json::json!({"error": "x"})).is_err());
+    }
+
+    #[test]
+    fn a_node_that_does_not_answer_is_unhealthy() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        assert_eq!(health(addr), ExitCode::FAILURE);
+    }
 }

@@ -68,6 +68,11 @@ impl BanBook {
         lifted
     }
 
+    /// Each banned peer with the end of its ban.
+    pub fn iter(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
+        self.by_end.iter().map(|&(end, peer)| (peer, end))
+    }
+
     /// Number of bans held.
     pub fn len(&self) -> usize {
         self.until.len()

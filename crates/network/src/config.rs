@@ -59,6 +59,12 @@ pub struct NetworkConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers dialled at start; a `/p2p/<peer id>` suffix also seeds Kademlia.
     pub bootnodes: Vec<Multiaddr>,
+    /// Peers remembered from an earlier run (the node's peers file): dialled at start and
+    /// redialled while the node has no peer, like the bootnodes, but not trusted by the per-IP
+    /// limits.
+    pub known_peers: Vec<Multiaddr>,
+    /// Bans carried over from an earlier run, each with what was left of it.
+    pub restored_bans: Vec<(libp2p::PeerId, Duration)>,
     /// Local-network discovery by mDNS. Off by default.
     pub mdns: bool,
     /// Kademlia discovery (`/syncnode/kad/1.0.0`). On by default.
@@ -125,6 +131,8 @@ impl NetworkConfig {
             keypair,
             listen: Vec::new(),
             bootnodes: Vec::new(),
+            known_peers: Vec::new(),
+            restored_bans: Vec::new(),
             mdns: false,
             kademlia: true,
             max_peers: 50,

@@ -63,6 +63,9 @@ pub(crate) enum Command {
     Peers {
         reply: Reply<Vec<PeerSummary>>,
     },
+    KnownPeers {
+        reply: Reply<Vec<crate::peer_book::KnownPeer>>,
+    },
     GossipScore {
         peer: PeerId,
         reply: Reply<Option<f64>>,
@@ -98,6 +101,7 @@ impl std::fmt::Debug for Command {
             Command::RequestStatus { .. } => "RequestStatus",
             Command::ReportGossip { .. } => "ReportGossip",
             Command::Peers { .. } => "Peers",
+            Command::KnownPeers { .. } => "KnownPeers",
             Command::GossipScore { .. } => "GossipScore",
             Command::ListenAddrs { .. } => "ListenAddrs",
             Command::Dial { .. } => "Dial",
@@ -190,6 +194,14 @@ impl NetworkHandle {
     /// Connected peers and every peer the score book remembers (scored or banned).
     pub async fn peers(&self) -> Vec<PeerSummary> {
         self.ask(|reply| Command::Peers { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The connected peers and the banned ones, with where to dial them and what is left of
+    /// each ban: what the node's peers file remembers across a restart.
+    pub async fn known_peers(&self) -> Vec<crate::peer_book::KnownPeer> {
+        self.ask(|reply| Command::KnownPeers { reply })
             .await
             .unwrap_or_default()
     }

@@ -65,7 +65,7 @@
 //!
 //! # Modules
 //! [`config`], [`behaviour`] (swarm and connection policy), [`codec`], [`serve`],
-//! [`rate_limit`], [`peer_manager`], [`gossip`], [`metrics`], [`handle`], and the network task
+//! [`rate_limit`], [`peer_manager`], [`peer_book`] (what the peers file is made of), [`gossip`], [`metrics`], [`handle`], and the network task
 //! in `service` and `rpc`.
 
 #![forbid(unsafe_code)]
@@ -80,6 +80,7 @@ pub mod gossip;
 pub mod handle;
 pub mod ip_limit;
 pub mod metrics;
+pub mod peer_book;
 pub mod peer_manager;
 pub mod rate_limit;
 mod rpc;
@@ -93,6 +94,7 @@ pub use handle::{NetworkEvent, NetworkHandle};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
+pub use peer_book::KnownPeer;
 pub use peer_manager::PeerSummary;
 pub use serve::BlockSource;
 pub use service::start;

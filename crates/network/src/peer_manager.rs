@@ -80,6 +80,22 @@ impl PeerManager {
         until
     }
 
+    /// Bans a peer until `until_ms` in the manager's clock: a ban carried over from an earlier
+    /// run, for what was left of it.
+    pub fn restore_ban(&mut self, peer: &PeerId, until_ms: u64) {
+        let now = self.now_ms();
+        self.scores.ban(peer, now);
+        self.bans.insert(*peer, until_ms);
+    }
+
+    /// Each banned peer with what is left of its ban, in milliseconds.
+    pub fn bans_left(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
+        let now = self.now_ms();
+        self.bans
+            .iter()
+            .map(move |(peer, end)| (peer, end.saturating_sub(now)))
+    }
+
     /// Whether the peer is banned: from the ban until the maintenance tick lifts it (the same
     /// span in which the swarm's block list refuses it).
     pub fn is_banned(&self, peer: &PeerId) -> bool {

@@ -86,8 +86,11 @@ pub(crate) struct Service {
     pub closing: VecDeque<(Instant, PeerId)>,
     pub metrics: NetworkMetrics,
     pub libp2p_metrics: Libp2pMetrics,
-    /// Bootnodes, redialled with backoff while the node has no peer at all.
+    /// Bootnodes and the peers remembered from an earlier run, redialled with backoff while the
+    /// node has no peer at all.
     pub bootnodes: Vec<Multiaddr>,
+    /// Where the peers we met can be dialled, for the node's peers file.
+    pub addrs: crate::peer_book::PeerAddrs,
     pub next_redial: Instant,
     pub redial_backoff: Duration,
 }
@@ -129,7 +132,8 @@ pub async fn start(
     };
     let mut service = Service::new(&config, swarm, source, channels, metrics, libp2p_metrics);
     service.wait_for_listeners(waiting).await?;
-    for addr in &config.bootnodes {
+    service.restore_bans(&config.restored_bans);
+    for addr in config.bootnodes.iter().chain(&config.known_peers) {
         service.add_bootnode(addr.clone());
     }
     let handle = NetworkHandle {
@@ -216,7 +220,13 @@ impl Service {
             closing: VecDeque::new(),
             metrics,
             libp2p_metrics,
-            bootnodes: config.bootnodes.clone(),
+            bootnodes: config
+                .bootnodes
+                .iter()
+                .chain(&config.known_peers)
+                .cloned()
+                .collect(),
+            addrs: crate::peer_book::PeerAddrs::default(),
             next_redial: Instant::now() + REDIAL_MIN,
             redial_backoff: REDIAL_MIN,
         }
@@ -333,6 +343,9 @@ impl Service {
                 peer_id, endpoint, ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    self.addrs.note(peer_id, endpoint.get_remote_address(), true);
+                }
                 if self.manager.connection_opened(peer_id) {
                     self.send_status(peer_id);
                 }
@@ -369,6 +382,13 @@ impl Service {
                 self.libp2p_metrics.record(&event);
                 if let identify::Event::Received { peer_id, info, .. } = event {
                     self.manager.set_agent(&peer_id, &info.agent_version);
+                    for addr in info
+                        .listen_addrs
+                        .iter()
+                        .take(crate::peer_book::MAX_ADDRS_PER_PEER)
+                    {
+                        self.addrs.note(peer_id, addr, false);
+                    }
                     let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
                     if let (true, Some(kad)) = (speaks_kad, self.swarm.behaviour_mut().kad.as_mut()) {
                         for addr in info.listen_addrs.into_iter().take(16) {
@@ -492,6 +512,9 @@ impl Service {
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.manager.summaries());
+            }
+            Command::KnownPeers { reply } => {
+                let _ = reply.send(self.known_peers());
             }
             Command::GossipScore { peer, reply } => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));

@@ -24,7 +24,9 @@
 //!   never wait on each other.
 //! - Every queue is bounded: the inbox, the import queue, the network's channels; the engine's
 //!   window bounds what is downloaded ahead of import.
-//! - At shutdown the loop stops, the network stops, the importer drains its queue, and the store
+//! - The peers that worked well and the bans in force are kept in the [`peer_file`] across
+//!   restarts: dialled and restored at start, written every minute and at shutdown.
+//! - At shutdown the loop stops, the peers file is written, the network stops, the importer drains its queue, and the store
 //!   is dropped (flushed) before `run` returns.
 
 #![forbid(unsafe_code)]
@@ -38,6 +40,7 @@ pub mod http_client;
 pub mod import;
 pub mod metrics;
 pub mod node;
+pub mod peer_file;
 pub mod retention;
 pub mod source;
 pub mod stream;
@@ -131,6 +134,9 @@ pub async fn run_with(
     config.network.keypair = load_or_create_keypair(&config.data_dir)?;
     config.network.genesis_hash = store.status().genesis_hash;
     config.network.gossip_slot = std::time::Duration::from_millis(config.spec.slot_ms);
+    let peers = peer_file::PeerFile::load(&config.data_dir.join(peer_file::FILE_NAME));
+    config.network.known_peers = peers.dial_addrs();
+    config.network.restored_bans = peers.bans_left(peer_file::now_ms());
     let source = Arc::new(source::StoreSource {
         store: store.clone(),
         below_earliest: metrics.range_requests_below_earliest.clone(),
@@ -139,7 +145,8 @@ pub async fn run_with(
         syncnode_network::start(config.network, source, chain.status.clone(), &mut registry)
             .await
             .context("starting the network")?;
-    tracing::info!(peer_id = %network.local_peer_id(), "network started");
+    tracing::info!(peer_id = %network.local_peer_id(), remembered_peers = peers.peer_count(), "network started");
+    let peer_keeper = peer_file::keep(peers, network.clone(), peer_file::SAVE_INTERVAL);
 
     let replay = match config.checkpoint {
         Some(cp) => anchor_checkpoint(cp, &store, &network, &mut events, history_blocks, &metrics).await?,
@@ -180,6 +187,7 @@ pub async fn run_with(
     event_loop.run(replay, shutdown).await;
 
     tracing::info!("shutting down");
+    peer_keeper.finish().await;
     stop_serving(stop_http_tx, http_task, network).await;
     let _ = tokio::task::spawn_blocking(move || importer.join()).await;
     drop(chain);
