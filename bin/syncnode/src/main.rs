@@ -7,6 +7,7 @@ mod cli;
 mod db;
 mod devnet;
 mod http_client;
+mod link_args;
 mod progress;
 mod run;
 mod run_config;

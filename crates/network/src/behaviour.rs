@@ -20,7 +20,7 @@ use libp2p::swarm::{
 };
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad,
-    mdns, noise, ping, request_response, tcp, yamux,
+    mdns, ping, request_response,
 };
 use prometheus_client::registry::Registry;
 use syncnode_proto::{
@@ -236,21 +236,20 @@ fn behaviour(
     })
 }
 
-/// Builds the swarm: TCP (nodelay) + Noise + Yamux, QUIC-v1, DNS; the behaviour; metrics.
+/// Builds the swarm: the transports of [`crate::transport`], DNS; the behaviour; metrics.
 pub fn build_swarm(
     config: &NetworkConfig,
     registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
+    let tcp = crate::transport::tcp_transport(&config.keypair, config)?;
+    let quic = crate::transport::quic_transport(&config.keypair, config);
     let mut built = None;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|_| tcp)
         .map_err(|e| NetworkError::Transport(e.to_string()))?
-        .with_quic()
+        .with_other_transport(|_| quic)
+        .map_err(|e| NetworkError::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| NetworkError::Transport(e.to_string()))?
         .with_bandwidth_metrics(registry)
