@@ -22,6 +22,21 @@ pub struct LinkArgs {
 }
 
 impl LinkArgs {
+    /// These flags as `syncnode run` reads them back.
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(delay) = self.link_delay {
+            flags.extend(["--link-delay".into(), format!("{}us", delay.as_micros())]);
+        }
+        if let Some(rate) = self.link_bandwidth {
+            flags.extend(["--link-bandwidth".into(), format!("{rate}byte")]);
+        }
+        if let Some(loss) = self.link_loss {
+            flags.extend(["--link-loss".into(), loss.to_string()]);
+        }
+        flags
+    }
+
     /// The emulated link these flags ask for, if any.
     pub fn link(&self) -> Option<LinkConfig> {
         if self.link_delay.is_none() && self.link_bandwidth.is_none() && self.link_loss.is_none() {
@@ -53,7 +68,7 @@ pub fn parse_delay(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// `20mbit`, `512kbit`, `1gbit`, `2mbyte`, `100kbyte`, in bytes per second.
+/// `20mbit`, `512kbit`, `1gbit`, `2mbyte`, `100kbyte`, `2500byte`, in bytes per second.
 pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
     let (number, unit) = split_unit(text);
     let value: f64 = number
@@ -63,6 +78,7 @@ pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
         "kbit" => value * 1e3 / 8.0,
         "mbit" => value * 1e6 / 8.0,
         "gbit" => value * 1e9 / 8.0,
+        "byte" => value,
         "kbyte" => value * 1e3,
         "mbyte" => value * 1e6,
         _ => {
@@ -122,5 +138,23 @@ mod tests {
         let link = args.link().expect("a link");
         assert_eq!(link.delay, Duration::from_millis(50));
         assert_eq!(link.upload_bytes_per_sec, None);
+    }
+
+    #[test]
+    fn flags_read_back_to_the_same_link() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            link: LinkArgs,
+        }
+        let args = LinkArgs {
+            link_delay: Some(Duration::from_micros(50_500)),
+            link_bandwidth: Some(2_500_000),
+            link_loss: Some(0.01),
+        };
+        let flags = args.to_flags();
+        let back = Cmd::try_parse_from(std::iter::once("x".to_string()).chain(flags)).expect("parses");
+        assert_eq!(back.link.link(), args.link());
     }
 }
