@@ -4,6 +4,7 @@
 gossip, join), memory and load. Prints a table and writes OUT/results.json.
 
 Usage: scripts/lab.py --bin target/debug/syncnode --out target/lab [--quick] [--keep DIR]
+       [--sections wan,network] [--sync-args "--batch-size 1024"]
 """
 
 import argparse
@@ -163,7 +164,7 @@ def wait_head(node, height, timeout):
     raise RuntimeError(f"{node.name} did not reach {height} in {timeout} s (at {node.head()})")
 
 
-def wan_sync(lab, cfg, seed_dir, hostile, tag):
+def wan_sync(lab, cfg, seed_dir, hostile, tag, sync_args):
     """A fresh node at 50 ms syncs cfg.wan_blocks from the seeders; returns blocks/s, bytes/block."""
     seeders = []
     for i in range(cfg["seeders"]):
@@ -178,7 +179,7 @@ def wan_sync(lab, cfg, seed_dir, hostile, tag):
     if hostile:
         seeders[0].proc.send_signal(signal.SIGSTOP)  # silent: connections open, nothing answered
     boot = sum((["--bootnode", s.addr] for s in seeders), [])
-    fresh = lab.node(f"{tag}-fresh", link_flags(bandwidth=False) + boot)
+    fresh = lab.node(f"{tag}-fresh", link_flags(bandwidth=False) + boot + sync_args)
     t0 = time.monotonic()
     fresh.start()
     t1 = wait_head(fresh, cfg["wan_blocks"], 1800)
@@ -306,12 +307,31 @@ def join(lab, cfg, producer, members):
     return dict(blocks=target, seconds=t1 - t0, blocks_per_sec=target / (t1 - t0), peers_connected=used)
 
 
+def wan(lab, cfg, results, sync_args):
+    """wan_sync and wan_sync_hostile from the same seeders' history."""
+    seed_dir = lab.generate("seed-history", cfg["wan_blocks"])
+    honest = wan_sync(lab, cfg, seed_dir, False, "wan", sync_args)
+    bound = cfg["seeders"] * BANDWIDTH_BYTES / honest["bytes_per_block"]
+    results["wan_sync"] = honest["blocks_per_sec"]
+    results["wan_sync_bound"] = bound
+    results["wan_sync_ratio"] = honest["blocks_per_sec"] / bound
+    results["wan_sync_detail"] = honest
+    log(f"wan_sync {honest}")
+    hostile = wan_sync(lab, cfg, seed_dir, True, "hostile", sync_args)
+    results["wan_sync_hostile"] = hostile["blocks_per_sec"]
+    results["wan_hostile_slowdown"] = hostile["seconds"] / honest["seconds"]
+    log(f"wan_sync_hostile {hostile}")
+    shutil.rmtree(seed_dir, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--keep", help="directory for stores and logs (kept)")
+    ap.add_argument("--sections", default="wan,network", help="comma-separated: wan, network")
+    ap.add_argument("--sync-args", default="", help="more `run` flags for the syncing node of wan_sync")
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
     root = a.keep or tempfile.mkdtemp(prefix="syncnode-lab.")
@@ -321,21 +341,12 @@ def main():
                    load_before=os.getloadavg()[0])
     ok = False
     try:
-        seed_dir = lab.generate("seed-history", cfg["wan_blocks"])
-        honest = wan_sync(lab, cfg, seed_dir, False, "wan")
-        bound = cfg["seeders"] * BANDWIDTH_BYTES / honest["bytes_per_block"]
-        results["wan_sync"] = honest["blocks_per_sec"]
-        results["wan_sync_bound"] = bound
-        results["wan_sync_ratio"] = honest["blocks_per_sec"] / bound
-        results["wan_sync_detail"] = honest
-        log(f"wan_sync {honest}")
-        hostile = wan_sync(lab, cfg, seed_dir, True, "hostile")
-        results["wan_sync_hostile"] = hostile["blocks_per_sec"]
-        results["wan_hostile_slowdown"] = hostile["seconds"] / honest["seconds"]
-        log(f"wan_sync_hostile {hostile}")
-        shutil.rmtree(seed_dir, ignore_errors=True)
-        network(lab, cfg, results)
-        results["gossip_p95_ms"] = results["gossip"]["p95_ms"]
+        sections = a.sections.split(",")
+        if "wan" in sections:
+            wan(lab, cfg, results, a.sync_args.split())
+        if "network" in sections:
+            network(lab, cfg, results)
+            results["gossip_p95_ms"] = results["gossip"]["p95_ms"]
         ok = True
     finally:
         lab.stop_all()

@@ -2,8 +2,9 @@
 //! the node makes or accepts, in user space inside the transport (docs/lab.md says why).
 //!
 //! Each connection's writes go into a delay line: a chunk written at `t` leaves the node's
-//! upload link once the link has sent everything written before it (a FIFO shared by all the
-//! node's connections, at `upload_bytes_per_sec`), and reaches the socket `delay` later. A task
+//! upload link once the connection's earlier chunks have left, at the connection's share of
+//! `upload_bytes_per_sec` (the rate divided by the connections with bytes waiting: flows share
+//! the link fairly, as under Linux's default `fq_codel`), and reaches the socket `delay` later. A task
 //! per connection writes the chunks to the socket when they are due, so the muxer above sees
 //! its writes accepted at once, as a kernel socket buffer would, and the receiver sees them late.
 //! The bytes a connection has in its line are bounded ([`line_capacity`]); a full line makes
@@ -18,6 +19,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -69,11 +71,12 @@ pub fn retransmission_timeout(config: &LinkConfig) -> Duration {
     Duration::from_millis(200).max(config.delay.saturating_mul(4))
 }
 
-/// The node's upload link: when it is next free, shared by all its connections.
+/// The node's upload link, shared fairly by its connections with bytes waiting.
 #[derive(Debug)]
 pub struct Uplink {
     config: LinkConfig,
-    free_at: Mutex<Instant>,
+    /// Connections with bytes in their line.
+    active: AtomicUsize,
     runtime: tokio::runtime::Handle,
 }
 
@@ -89,23 +92,22 @@ impl Uplink {
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         Ok(Arc::new(Uplink {
             config,
-            free_at: Mutex::new(Instant::now()),
+            active: AtomicUsize::new(0),
             runtime,
         }))
     }
 
-    /// When `len` bytes written now reach the other end, loss aside.
-    fn arrival(&self, len: usize, now: Instant) -> Instant {
-        let sent = match self.config.upload_bytes_per_sec {
-            None => now,
+    /// When `len` bytes written now on a connection whose earlier bytes leave the node at
+    /// `free_at` have left it: at the connection's share of the rate.
+    fn departure(&self, len: usize, now: Instant, free_at: Instant) -> Instant {
+        let start = free_at.max(now);
+        match self.config.upload_bytes_per_sec {
+            None => start,
             Some(rate) => {
-                let mut free_at = lock(&self.free_at);
-                let start = (*free_at).max(now);
-                *free_at = start + Duration::from_secs_f64(len as f64 / rate as f64);
-                *free_at
+                let sharing = self.active.load(Ordering::Relaxed).max(1);
+                start + Duration::from_secs_f64(len as f64 * sharing as f64 / rate as f64)
             }
-        };
-        sent + self.config.delay
+        }
     }
 
     /// Whether a chunk of `len` bytes loses a segment.
@@ -125,12 +127,13 @@ impl Uplink {
             state: Mutex::new(LineState::default()),
             due: Notify::new(),
         });
-        self.runtime.spawn(run_writer(line.clone(), write));
+        self.runtime.spawn(run_writer(line.clone(), write, self.clone()));
         ShapedStream {
             read,
             line,
             uplink: self.clone(),
             capacity: line_capacity(&self.config),
+            free_at: Instant::now(),
             last_arrival: Instant::now(),
         }
     }
@@ -165,6 +168,8 @@ pub struct ShapedStream {
     line: Arc<DelayLine>,
     uplink: Arc<Uplink>,
     capacity: usize,
+    /// When this connection's bytes written so far have left the node.
+    free_at: Instant,
     /// Arrival of this connection's last chunk: TCP delivers in order, so a chunk delayed by a
     /// loss holds back the ones after it.
     last_arrival: Instant,
@@ -200,8 +205,12 @@ impl AsyncWrite for ShapedStream {
             return Poll::Pending;
         }
         let len = buf.len().min(room).min(MAX_CHUNK);
+        if state.bytes == 0 {
+            this.uplink.active.fetch_add(1, Ordering::Relaxed);
+        }
         let now = Instant::now();
-        let mut arrival = this.uplink.arrival(len, now);
+        this.free_at = this.uplink.departure(len, now, this.free_at);
+        let mut arrival = this.free_at + this.uplink.config.delay;
         if this.uplink.loses(len) {
             arrival += retransmission_timeout(&this.uplink.config);
         }
@@ -237,7 +246,7 @@ impl Drop for ShapedStream {
 
 /// Writes a line's chunks to the socket as they fall due; on close, what is left (for at most
 /// [`DRAIN_LIMIT`]), then shuts the socket's write side.
-async fn run_writer(line: Arc<DelayLine>, mut socket: OwnedWriteHalf) {
+async fn run_writer(line: Arc<DelayLine>, mut socket: OwnedWriteHalf, uplink: Arc<Uplink>) {
     let mut drain_deadline = None;
     loop {
         let (next, closed) = {
@@ -263,11 +272,15 @@ async fn run_writer(line: Arc<DelayLine>, mut socket: OwnedWriteHalf) {
             None => socket.write_all(&due).await,
         };
         let mut state = lock(&line.state);
+        let was_active = state.bytes > 0;
         state.bytes = state.bytes.saturating_sub(due.len());
         if let Err(e) = written {
             state.failed = Some(e.kind());
             state.chunks.clear();
             state.bytes = 0;
+        }
+        if was_active && state.bytes == 0 {
+            uplink.active.fetch_sub(1, Ordering::Relaxed);
         }
         let failed = state.failed.is_some();
         if let Some(waker) = state.waiting.take() {
@@ -310,16 +323,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_uplink_is_shared_and_delays_every_chunk() {
+    async fn busy_connections_share_the_uplink() {
         let uplink = Uplink::new(link(50, Some(1_000_000))).expect("uplink");
         let now = Instant::now();
-        let first = uplink.arrival(100_000, now);
-        let second = uplink.arrival(100_000, now);
-        assert_eq!(first - now, Duration::from_millis(150));
+        let alone = uplink.departure(100_000, now, now);
+        assert_eq!(alone - now, Duration::from_millis(100));
+        let after = uplink.departure(100_000, now, alone);
         assert_eq!(
-            second - now,
-            Duration::from_millis(250),
-            "the second waits for the first"
+            after - now,
+            Duration::from_millis(200),
+            "a connection's bytes leave in order"
+        );
+        uplink.active.store(4, Ordering::Relaxed);
+        let shared = uplink.departure(100_000, now, now);
+        assert_eq!(
+            shared - now,
+            Duration::from_millis(400),
+            "a quarter of the link each"
         );
     }
 
