@@ -4,7 +4,7 @@
 gossip, join), memory and load. Prints a table and writes OUT/results.json.
 
 Usage: scripts/lab.py --bin target/debug/syncnode --out target/lab [--quick] [--keep DIR]
-       [--sections wan,network] [--sync-args "--batch-size 1024"]
+       [--sections wan,network] [--sync-args "--batch-size 1024"] [--wan-blocks N] [--net-nodes N]
 """
 
 import argparse
@@ -331,9 +331,15 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--keep", help="directory for stores and logs (kept)")
     ap.add_argument("--sections", default="wan,network", help="comma-separated: wan, network")
+    ap.add_argument("--wan-blocks", type=int, help="blocks of wan_sync (overrides the mode's)")
+    ap.add_argument("--net-nodes", type=int, help="nodes of the network section (overrides the mode's)")
     ap.add_argument("--sync-args", default="", help="more `run` flags for the syncing node of wan_sync")
     a = ap.parse_args()
-    cfg = QUICK if a.quick else FULL
+    cfg = dict(QUICK if a.quick else FULL)
+    if a.wan_blocks:
+        cfg["wan_blocks"] = a.wan_blocks
+    if a.net_nodes:
+        cfg["net_nodes"] = a.net_nodes
     root = a.keep or tempfile.mkdtemp(prefix="syncnode-lab.")
     os.makedirs(root, exist_ok=True)
     lab = Lab(os.path.abspath(a.bin), root)
