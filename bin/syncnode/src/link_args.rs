@@ -1,5 +1,5 @@
-//! The lab's link-emulation flags of `syncnode run` (hidden from `--help`: they make a node
-//! slower on purpose). docs/lab.md describes the emulation.
+//! The lab's link-emulation flags of `syncnode run` and `syncnode devnet`, marked LAB ONLY in
+//! `--help`: they make a node slower on purpose. docs/lab.md describes the emulation.
 
 use std::time::Duration;
 
@@ -10,14 +10,14 @@ use syncnode_network::LinkConfig;
 #[derive(Debug, Clone, Default, Args)]
 pub struct LinkArgs {
     /// LAB ONLY: one-way delay added to everything this node sends (e.g. `50ms`, `0.1s`).
-    #[arg(long, hide = true, value_parser = parse_delay)]
+    #[arg(long, value_parser = parse_delay)]
     pub link_delay: Option<Duration>,
     /// LAB ONLY: this node's upload bandwidth, shared by all its connections (e.g. `20mbit`,
     /// `512kbit`, `2mbyte`).
-    #[arg(long, hide = true, value_parser = parse_bandwidth)]
+    #[arg(long, value_parser = parse_bandwidth)]
     pub link_bandwidth: Option<u64>,
     /// LAB ONLY: probability that a TCP segment is lost (0..1), paid as a retransmission timeout.
-    #[arg(long, hide = true, value_parser = parse_loss)]
+    #[arg(long, value_parser = parse_loss)]
     pub link_loss: Option<f64>,
 }
 

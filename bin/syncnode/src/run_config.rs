@@ -89,7 +89,7 @@ pub struct RunArgs {
     /// (`disk_full` in /status); importing resumes by itself once there is room [default: 256].
     #[arg(long, value_name = "MIB")]
     pub min_free_space: Option<u64>,
-    /// Lab-only link emulation (hidden flags; not in the config file).
+    /// Lab-only link emulation (flags marked LAB ONLY; not in the config file).
     #[command(flatten)]
     #[serde(skip)]
     pub link: crate::link_args::LinkArgs,
