@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db soak image image-test
+.PHONY: test lint build fmt clean devnet interop-deps chaos adversarial bench bench-quick fuzz parity-db soak image image-test lab lab-quick
 
 ## make test: format check, clippy with -D warnings, the vendored parity-db's check and tests, then
 ## the whole test suite (nextest if present).
@@ -97,3 +97,15 @@ image:
 
 image-test:
 	CARGO=$(CARGO) ./scripts/image-test.sh
+
+## make lab: syncnode over emulated links (docs/lab.md): wan_sync from 8 seeders at 50 ms and
+## 20 Mbit/s, the same with 2 hostile seeders, a 50-node network (churn, gossip, join), memory and
+## load; a table on stdout and target/lab/results.json. lab-quick: every section smaller.
+## Uses the debug build (its hot dependencies are optimised; see Cargo.toml). LAB_ARGS adds flags.
+lab:
+	CARGO_INCREMENTAL=0 $(CARGO) build -p syncnode
+	python3 scripts/lab.py --bin target/debug/syncnode --out target/lab $(LAB_ARGS)
+
+lab-quick:
+	CARGO_INCREMENTAL=0 $(CARGO) build -p syncnode
+	python3 scripts/lab.py --bin target/debug/syncnode --out target/lab --quick $(LAB_ARGS)

@@ -117,8 +117,20 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct DevnetArgs {
     /// Syncing nodes besides the producer (the last starts from a checkpoint and backfills).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    /// Each knows the producer and the two nodes started before it; the rest it finds through
+    /// Kademlia.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub nodes: u32,
+    /// Most peers of each node [default: the node's default].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_peers: Option<u32>,
+    /// Restart this many syncing nodes, one at a time at random, while they sync (SIGKILL or
+    /// SIGTERM, then the same command on the same store and ports).
+    #[arg(long, default_value_t = 0)]
+    pub churn: u32,
+    /// Every node's emulated link (lab only; docs/lab.md).
+    #[command(flatten)]
+    pub link: crate::link_args::LinkArgs,
     /// Blocks of pre-generated history.
     #[arg(long, default_value_t = 50_000)]
     pub blocks: u64,

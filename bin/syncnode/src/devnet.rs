@@ -26,6 +26,8 @@ struct Member {
     child: Child,
     http: SocketAddr,
     p2p: String,
+    /// The flags after `run --chain --data-dir --listen --http`, for a restart.
+    extra: Vec<String>,
     started: Instant,
     done_after: Option<Duration>,
     start_height: u64,
@@ -73,6 +75,33 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Starts `syncnode run` for a member's store and ports.
+fn launch(
+    name: &str,
+    spec: &Path,
+    root: &Path,
+    listen: (&str, SocketAddr),
+    extra: &[String],
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join(format!("{name}.log")))?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .args(["run", "--chain"])
+        .arg(spec)
+        .arg("--data-dir")
+        .arg(root.join(name))
+        .args(["--listen", listen.0, "--http", &listen.1.to_string()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting node {name}"))
+}
+
 fn spawn_node(
     name: &str,
     role: &'static str,
@@ -83,21 +112,7 @@ fn spawn_node(
 ) -> anyhow::Result<Member> {
     let http = free_addr()?;
     let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_addr()?.port());
-    let data = root.join(name);
-    let log = std::fs::File::create(root.join(format!("{name}.log")))?;
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["run", "--chain"])
-        .arg(spec)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &p2p, "--http", &http.to_string()])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting node {name}"))?;
+    let child = launch(name, spec, root, (&p2p, http), extra)?;
     let bar = bars.add(ProgressBar::new(1));
     bar.set_style(
         ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos:>7}/{len:7} {msg}")
@@ -111,21 +126,47 @@ fn spawn_node(
         child,
         http,
         p2p,
+        extra: extra.to_vec(),
         started: Instant::now(),
         done_after: None,
         start_height: 0,
         bar,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while member.status().is_none() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "node {name} did not answer on {http}; see {}/{name}.log",
-            root.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    member.wait_for_api(root)?;
     Ok(member)
+}
+
+impl Member {
+    /// Waits (up to 120 s: a checkpoint node opens it once a peer served the checkpoint block,
+    /// which in a busy 50-node devnet takes a while) until the node answers on its HTTP API.
+    fn wait_for_api(&self, root: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.status().is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {} did not answer on {}; see {}/{}.log",
+                self.name,
+                self.http,
+                root.display(),
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Churn: stops the node (SIGKILL when `kill`, else SIGTERM) and starts it again with the
+    /// same store, ports and flags.
+    fn restart(&mut self, spec: &Path, root: &Path, kill: bool) -> anyhow::Result<()> {
+        if kill {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        } else {
+            self.stop();
+        }
+        self.child = launch(&self.name, spec, root, (&self.p2p, self.http), &self.extra)?;
+        self.wait_for_api(root)
+    }
 }
 
 pub fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
@@ -236,7 +277,10 @@ fn start_members(
 ) -> anyhow::Result<(Vec<Member>, u64)> {
     let payload = args.payload_bytes.to_string();
     let mut members = Vec::new();
-    let producer_args = ["--produce", "--dev-key", "0", "--payload-bytes", &payload].map(String::from);
+    let mut producer_args = ["--produce", "--dev-key", "0", "--payload-bytes", &payload]
+        .map(String::from)
+        .to_vec();
+    producer_args.extend(args.link.to_flags());
     members.push(spawn_node(
         "producer",
         "producer",
@@ -253,8 +297,11 @@ fn start_members(
     let syncing = args.nodes.max(1);
     for i in 0..syncing {
         let last = i + 1 == syncing && syncing > 1;
-        let mut extra = Vec::new();
-        for m in &members {
+        let mut extra = args.link.to_flags();
+        if let Some(max) = args.max_peers {
+            extra.extend(["--max-peers".to_string(), max.to_string()]);
+        }
+        for m in bootnodes(&members) {
             extra.extend(["--bootnode".to_string(), m.p2p.clone()]);
         }
         let (name, role) = if last {
@@ -275,6 +322,13 @@ fn start_members(
     Ok((members, checkpoint_height))
 }
 
+/// A new node's bootnodes: the producer and the two members started last (the others are
+/// found through Kademlia).
+fn bootnodes(members: &[Member]) -> impl Iterator<Item = &Member> {
+    let recent = members.len().saturating_sub(2).max(1);
+    members.iter().take(1).chain(members.iter().skip(recent))
+}
+
 /// Shows progress until every node is synced with full history (true), or Ctrl-C (false); an
 /// error when a node exits or the timeout passes.
 fn watch(
@@ -287,7 +341,9 @@ fn watch(
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut last_line = Instant::now();
     let mut rates: Vec<HeadRate> = members.iter().map(|_| HeadRate::default()).collect();
+    let mut churn = Churn::new(args.churn);
     loop {
+        churn.step(members, root)?;
         let target = members[0]
             .status()
             .and_then(|s| s["head_height"].as_u64())
@@ -318,6 +374,64 @@ fn watch(
             root.display()
         );
         std::thread::sleep(Duration::from_millis(if tty { 200 } else { 500 }));
+    }
+}
+
+/// `--churn`: restarts of syncing nodes, one at a time, 1 to 4 s apart, chosen at random.
+struct Churn {
+    left: u32,
+    next_at: Instant,
+    rng: u64,
+}
+
+impl Churn {
+    fn new(restarts: u32) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Churn {
+            left: restarts,
+            next_at: Instant::now() + Duration::from_secs(1),
+            rng: seed | 1,
+        }
+    }
+
+    /// xorshift64: enough to pick victims and pauses.
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Restarts one node still syncing when the next restart is due; gives up the rest once
+    /// every node is synced.
+    fn step(&mut self, members: &mut [Member], root: &Path) -> anyhow::Result<()> {
+        if self.left == 0 || Instant::now() < self.next_at {
+            return Ok(());
+        }
+        let syncing: Vec<usize> = (1..members.len())
+            .filter(|&i| members[i].done_after.is_none())
+            .collect();
+        if syncing.is_empty() {
+            println!(
+                "devnet: churn: every node synced with {} restarts left",
+                self.left
+            );
+            self.left = 0;
+            return Ok(());
+        }
+        let victim = syncing[(self.next() % syncing.len() as u64) as usize];
+        let kill = self.next().is_multiple_of(2);
+        members[victim].restart(&root.join("spec.json"), root, kill)?;
+        println!(
+            "devnet: churn: restarted {} after {}",
+            members[victim].name,
+            if kill { "SIGKILL" } else { "SIGTERM" }
+        );
+        self.left -= 1;
+        self.next_at = Instant::now() + Duration::from_millis(1000 + self.next() % 3000);
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ mod db;
 mod db_import;
 mod devnet;
 mod http_client;
+mod link_args;
 mod progress;
 mod run;
 mod run_config;

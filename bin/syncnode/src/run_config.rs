@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// (`disk_full` in /status); importing resumes by itself once there is room [default: 256].
     #[arg(long, value_name = "MIB")]
     pub min_free_space: Option<u64>,
+    /// Lab-only link emulation (flags marked LAB ONLY; not in the config file).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub link: crate::link_args::LinkArgs,
 }
 
 /// The default listen addresses.
@@ -128,6 +132,7 @@ impl RunArgs {
             backfill_window_mib: self.backfill_window_mib.or(file.backfill_window_mib),
             stall_after_secs: self.stall_after_secs.or(file.stall_after_secs),
             min_free_space: self.min_free_space.or(file.min_free_space),
+            link: self.link,
         }
     }
 

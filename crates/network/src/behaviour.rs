@@ -1,7 +1,7 @@
-//! The libp2p side: the composed behaviour and the swarm (TCP + Noise + Yamux, QUIC-v1).
+//! The libp2p side: the composed behaviour and the swarm (the transports of [`crate::transport`]).
 //!
-//! Connection policy is layered: the [`Door`] bounds inbound TCP handshakes under the transport,
-//! `allow_block_list` refuses and closes banned peers,
+//! Connection policy is layered: the [`Door`](crate::door::Door) bounds inbound TCP handshakes
+//! under the transport, `allow_block_list` refuses and closes banned peers,
 //! `connection_limits` caps connections per peer, [`IpLimit`](crate::ip_limit::IpLimit) caps
 //! inbound connections and identities per remote IP, and [`PeerLimit`] caps distinct peers at
 //! `max_peers` (a new peer's connection is denied once the node is full; more connections to a
@@ -11,10 +11,8 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::Boxed;
+use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
-use libp2p::core::{Endpoint, Transport, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{
@@ -23,7 +21,7 @@ use libp2p::swarm::{
 };
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad,
-    mdns, noise, ping, request_response, tcp, yamux,
+    mdns, ping, request_response,
 };
 use prometheus_client::registry::Registry;
 use syncnode_proto::{
@@ -33,7 +31,6 @@ use syncnode_proto::{
 
 use crate::codec::{RangeCodec, RootCodec, StatusCodec};
 use crate::config::NetworkConfig;
-use crate::door::{Door, DoorBook};
 use crate::error::NetworkError;
 use crate::gossip;
 use crate::ip_limit::{IpLimit, IpLimits, ip_of};
@@ -247,39 +244,19 @@ fn behaviour(
     })
 }
 
-/// TCP (nodelay) behind the [`Door`] that bounds inbound handshakes, upgraded with Noise and
-/// Yamux; an inbound upgrade must complete within `handshake.timeout`.
-fn tcp_transport(
-    key: &Keypair,
-    config: &NetworkConfig,
-) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    let book = DoorBook::new(config.handshake);
-    let raw = Door::new(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
-        book.clone(),
-    );
-    Ok(raw
-        .upgrade(upgrade::Version::V1Lazy)
-        .authenticate(noise::Config::new(key)?)
-        .multiplex(yamux::Config::default())
-        .inbound_timeout(config.handshake.timeout)
-        .map(move |(peer, muxer), endpoint| {
-            book.handshake_completed(&endpoint);
-            (peer, StreamMuxerBox::new(muxer))
-        })
-        .boxed())
-}
-
-/// Builds the swarm: TCP (nodelay) + Noise + Yamux, QUIC-v1, DNS; the behaviour; metrics.
+/// Builds the swarm: the transports of [`crate::transport`], DNS; the behaviour; metrics.
 pub fn build_swarm(
     config: &NetworkConfig,
     registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
+    let tcp = crate::transport::tcp_transport(&config.keypair, config)?;
+    let quic = crate::transport::quic_transport(&config.keypair, config);
     let mut built = None;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_quic()
-        .with_other_transport(|key| tcp_transport(key, config))
+        .with_other_transport(|_| tcp)
+        .map_err(|e| NetworkError::Transport(e.to_string()))?
+        .with_other_transport(|_| quic)
         .map_err(|e| NetworkError::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| NetworkError::Transport(e.to_string()))?

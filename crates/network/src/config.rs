@@ -122,6 +122,8 @@ pub struct NetworkConfig {
     pub maintenance_interval: Duration,
     /// How often a Kademlia random walk looks for more peers while below `max_peers`.
     pub discovery_interval: Duration,
+    /// Lab only: the emulated link every TCP connection goes through (QUIC is then off).
+    pub link: Option<crate::link::LinkConfig>,
 }
 
 impl NetworkConfig {
@@ -157,6 +159,7 @@ impl NetworkConfig {
             agent_version: format!("syncnode/{}", env!("CARGO_PKG_VERSION")),
             maintenance_interval: Duration::from_secs(1),
             discovery_interval: Duration::from_secs(30),
+            link: None,
         }
     }
 }

@@ -100,8 +100,6 @@ pub struct KnownPeer {
     pub score: f64,
     /// Connected now.
     pub connected: bool,
-    /// It sent a Status with our genesis (only peers on our chain reach that point).
-    pub on_our_chain: bool,
     /// What is left of its ban, if it is banned.
     pub ban_left: Option<Duration>,
 }
@@ -120,7 +118,6 @@ impl crate::service::Service {
                 addrs: self.addrs.dialable(&s.peer_id),
                 score: s.score,
                 connected: s.connected,
-                on_our_chain: s.status.is_some(),
                 ban_left: bans.get(&s.peer_id).map(|&ms| Duration::from_millis(ms)),
             })
             .collect();
@@ -133,7 +130,6 @@ impl crate::service::Service {
                     addrs: Vec::new(),
                     score: 0.0,
                     connected: false,
-                    on_our_chain: false,
                     ban_left: Some(Duration::from_millis(ms)),
                 });
             }

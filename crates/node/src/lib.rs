@@ -146,7 +146,6 @@ pub async fn run_with(
             .await
             .context("starting the network")?;
     tracing::info!(peer_id = %network.local_peer_id(), remembered_peers = peers.peer_count(), "network started");
-    let peer_keeper = peer_file::keep(peers, network.clone(), peer_file::SAVE_INTERVAL);
 
     let replay = match config.checkpoint {
         Some(cp) => anchor_checkpoint(cp, &store, &network, &mut events, history_blocks, &metrics).await?,
@@ -154,6 +153,7 @@ pub async fn run_with(
     };
     let (engine, sync_view, sync_rx) = sync_engine(&config.sync, &store)?;
     let (peers_view, peers_rx) = watch::channel(http::PeersView::default());
+    let peer_keeper = peer_file::keep(peers, network.clone(), peers_rx.clone(), peer_file::SAVE_INTERVAL);
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let api = http::ApiState {

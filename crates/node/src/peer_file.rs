@@ -20,6 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use syncnode_network::{KnownPeer, Multiaddr, NetworkHandle, PeerId};
 
+use crate::http::PeersView;
+
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "peers.json";
 /// Most peers remembered.
@@ -187,8 +189,9 @@ impl PeerFile {
         self.peers.len()
     }
 
-    /// Takes in what the network says of its peers at `now_ms`.
-    pub fn update(&mut self, known: &[KnownPeer], now_ms: u64) {
+    /// Takes in what the network says of its peers at `now_ms`; `on_our_chain` tells the peers
+    /// whose Status on our chain the sync engine holds (only those are remembered).
+    pub fn update(&mut self, known: &[KnownPeer], on_our_chain: &dyn Fn(&PeerId) -> bool, now_ms: u64) {
         for k in known {
             if let Some(left) = k.ban_left {
                 let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
@@ -196,7 +199,7 @@ impl PeerFile {
                 self.peers.remove(&k.peer_id);
             } else if k.connected && k.score < 0.0 {
                 self.peers.remove(&k.peer_id);
-            } else if k.connected && k.on_our_chain && !k.addrs.is_empty() {
+            } else if k.connected && on_our_chain(&k.peer_id) && !k.addrs.is_empty() {
                 let addrs = k.addrs.iter().take(MAX_ADDRS).cloned().collect();
                 let remembered = Remembered {
                     addrs,
@@ -276,8 +279,14 @@ pub struct Keeper {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts keeping `file` from what `network` says of its peers.
-pub fn keep(file: PeerFile, network: NetworkHandle, every: Duration) -> Keeper {
+/// Starts keeping `file` from what `network` says of its peers and which of them the sync
+/// engine holds a Status of (`peers`, the view `/peers` serves).
+pub fn keep(
+    file: PeerFile,
+    network: NetworkHandle,
+    peers: tokio::sync::watch::Receiver<PeersView>,
+    every: Duration,
+) -> Keeper {
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut file = file;
@@ -285,11 +294,11 @@ pub fn keep(file: PeerFile, network: NetworkHandle, every: Duration) -> Keeper {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => file = save_now(file, &network).await,
+                _ = tick.tick() => file = save_now(file, &network, &peers).await,
                 _ = &mut stopped => break,
             }
         }
-        let file = save_now(file, &network).await;
+        let file = save_now(file, &network, &peers).await;
         tracing::info!(peers = file.peer_count(), "peers file written");
     });
     Keeper { stop, task }
@@ -304,9 +313,14 @@ impl Keeper {
 }
 
 /// Updates `file` from the network and writes it on a blocking thread.
-async fn save_now(mut file: PeerFile, network: &NetworkHandle) -> PeerFile {
+async fn save_now(
+    mut file: PeerFile,
+    network: &NetworkHandle,
+    peers: &tokio::sync::watch::Receiver<PeersView>,
+) -> PeerFile {
     let known = network.known_peers().await;
-    file.update(&known, now_ms());
+    let on_our_chain = peers.borrow().clone();
+    file.update(&known, &|p| on_our_chain.contains_key(p), now_ms());
     let path = file.path.clone();
     match tokio::task::spawn_blocking(move || {
         let written = file.save();

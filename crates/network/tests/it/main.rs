@@ -3,6 +3,7 @@
 
 mod common;
 mod limits;
+mod link;
 mod memory;
 mod outbound;
 mod peers;

@@ -12,7 +12,6 @@ fn good(peer: PeerId, port: u16, score: f64) -> KnownPeer {
         addrs: vec![addr(port, peer)],
         score,
         connected: true,
-        on_our_chain: true,
         ban_left: None,
     }
 }
@@ -23,7 +22,6 @@ fn banned(peer: PeerId, left: Duration) -> KnownPeer {
         addrs: Vec::new(),
         score: -100.0,
         connected: false,
-        on_our_chain: false,
         ban_left: Some(left),
     }
 }
@@ -38,10 +36,8 @@ fn only_peers_that_worked_well_are_remembered_and_bans_replace_them() {
         PeerId::random(),
         PeerId::random(),
     );
-    let other_chain = KnownPeer {
-        on_our_chain: false,
-        ..good(c, 3, 0.0)
-    };
+    // c is connected with a good score but sent no Status on our chain.
+    let other_chain = good(c, 3, 0.0);
     file.update(
         &[
             good(a, 1, 0.0),
@@ -49,21 +45,22 @@ fn only_peers_that_worked_well_are_remembered_and_bans_replace_them() {
             other_chain,
             banned(d, Duration::from_secs(60)),
         ],
+        &|p: &PeerId| *p != c,
         1_000,
     );
     assert_eq!(file.dial_addrs(), vec![addr(1, a)]);
     assert_eq!(file.bans_left(1_000), vec![(d, Duration::from_secs(60))]);
     // A remembered peer later banned is forgotten as a peer and kept as a ban.
-    file.update(&[banned(a, Duration::from_secs(5))], 2_000);
+    file.update(&[banned(a, Duration::from_secs(5))], &|_: &PeerId| true, 2_000);
     assert!(file.dial_addrs().is_empty());
     assert_eq!(
         file.bans_left(6_999),
         vec![(a, Duration::from_millis(1)), (d, Duration::from_millis(54_001))]
     );
     // Bans that ended are dropped.
-    file.update(&[], 7_000);
+    file.update(&[], &|_: &PeerId| true, 7_000);
     assert_eq!(file.bans_left(7_000), vec![(d, Duration::from_millis(54_000))]);
-    file.update(&[], 61_000);
+    file.update(&[], &|_: &PeerId| true, 61_000);
     assert!(file.bans.is_empty());
 }
 
@@ -72,7 +69,7 @@ fn bounded_with_the_longest_unseen_then_worst_evicted() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut file = PeerFile::empty(&dir.path().join(FILE_NAME));
     let oldest = PeerId::random();
-    file.update(&[good(oldest, 1, 5.0)], 1);
+    file.update(&[good(oldest, 1, 5.0)], &|_: &PeerId| true, 1);
     let worst = PeerId::random();
     let best = PeerId::random();
     let mut batch: Vec<KnownPeer> = (0..MAX_PEERS - 2)
@@ -80,11 +77,11 @@ fn bounded_with_the_longest_unseen_then_worst_evicted() {
         .collect();
     batch.push(good(worst, 2, -0.0));
     batch.push(good(best, 3, 2.0));
-    file.update(&batch, 2);
+    file.update(&batch, &|_: &PeerId| true, 2);
     assert_eq!(file.peer_count(), MAX_PEERS);
     assert!(!file.peers.contains_key(&oldest), "the longest unseen goes first");
     assert!(file.peers.contains_key(&worst));
-    file.update(&[good(PeerId::random(), 4, 1.0)], 3);
+    file.update(&[good(PeerId::random(), 4, 1.0)], &|_: &PeerId| true, 3);
     assert_eq!(file.peer_count(), MAX_PEERS);
     assert!(!file.peers.contains_key(&worst), "then the lowest scored");
     assert!(file.peers.contains_key(&best));
@@ -92,7 +89,7 @@ fn bounded_with_the_longest_unseen_then_worst_evicted() {
     let bans: Vec<KnownPeer> = (0..MAX_BANS + 5)
         .map(|i| banned(PeerId::random(), Duration::from_millis(1_000 + i as u64)))
         .collect();
-    file.update(&bans, 0);
+    file.update(&bans, &|_: &PeerId| true, 0);
     let left = file.bans_left(0);
     assert_eq!(left.len(), MAX_BANS);
     assert!(
@@ -107,8 +104,12 @@ fn saved_and_loaded_back() {
     let path = dir.path().join(FILE_NAME);
     let mut file = PeerFile::empty(&path);
     let (a, b, d) = (PeerId::random(), PeerId::random(), PeerId::random());
-    file.update(&[good(a, 1, 0.5)], 1_000);
-    file.update(&[good(b, 2, 0.0), banned(d, Duration::from_secs(600))], 2_000);
+    file.update(&[good(a, 1, 0.5)], &|_: &PeerId| true, 1_000);
+    file.update(
+        &[good(b, 2, 0.0), banned(d, Duration::from_secs(600))],
+        &|_: &PeerId| true,
+        2_000,
+    );
     file.save().expect("save");
     let back = PeerFile::load(&path);
     assert_eq!(
@@ -178,7 +179,7 @@ fn the_write_is_atomic() {
     let path = dir.path().join(FILE_NAME);
     let a = PeerId::random();
     let mut file = PeerFile::empty(&path);
-    file.update(&[good(a, 1, 0.0)], 1);
+    file.update(&[good(a, 1, 0.0)], &|_: &PeerId| true, 1);
     file.save().expect("save");
     let before = std::fs::read(&path).expect("read");
     // A write killed before its rename leaves a partial temporary file: the file itself is whole.
@@ -187,7 +188,7 @@ fn the_write_is_atomic() {
     assert_eq!(PeerFile::load(&path).dial_addrs(), vec![addr(1, a)]);
     // The next write replaces the file whole and leaves no temporary file behind.
     let b = PeerId::random();
-    file.update(&[good(b, 2, 0.0)], 2);
+    file.update(&[good(b, 2, 0.0)], &|_: &PeerId| true, 2);
     file.save().expect("save");
     assert!(!tmp.exists());
     assert_eq!(PeerFile::load(&path).dial_addrs(), vec![addr(2, b), addr(1, a)]);
