@@ -42,7 +42,10 @@ impl<P: PeerKey> SyncEngine<P> {
         };
         let mut engine = SyncEngine {
             router: Router::new(config, seed),
-            forward: Chain::new(Forward::new(head), forward_window),
+            forward: Chain::new(
+                Forward::new(head, local.finalized_height, local.finality_depth),
+                forward_window,
+            ),
             backfill: local
                 .backfill
                 .map(|start| Chain::new(Backfill::new(start, local.genesis_hash), backfill_window)),
@@ -194,6 +197,12 @@ impl<P: PeerKey> SyncEngine<P> {
                 }
             }
             (ImportPurpose::Batch { chain, key }, Ok(())) => self.batch_imported(chain, key, id, now_ms),
+            (ImportPurpose::Batch { chain, key }, Err(ImportError::SideChain { .. }))
+                if chain == ChainId::Forward && self.forward.direction().fork.is_some() =>
+            {
+                // A fork's blocks stored aside, not (yet) longer than ours: the search goes on.
+                self.batch_imported(chain, key, id, now_ms)
+            }
             (ImportPurpose::Batch { chain, key }, Err(error)) => {
                 self.import_failed(chain, Some(key), &error, now_ms)
             }

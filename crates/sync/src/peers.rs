@@ -57,12 +57,15 @@ impl PeerEntry {
         Some(self.cap.map_or(self.claimed_head, |c| c.min(self.claimed_head)))
     }
 
+    /// The head its latest Status names, less what it proved it lacks.
+    pub(crate) fn served_head(&self) -> Height {
+        self.cap
+            .map_or(self.status.head_height, |c| c.min(self.status.head_height))
+    }
+
     /// Whether its latest Status (less what it proved it lacks) covers `from..=to`.
     pub(crate) fn serves(&self, from: Height, to: Height) -> bool {
-        let head = self
-            .cap
-            .map_or(self.status.head_height, |c| c.min(self.status.head_height));
-        !self.proven_wrong && self.status.earliest_height <= from && head >= to
+        !self.proven_wrong && self.status.earliest_height <= from && self.served_head() >= to
     }
 
     /// Whether it timed out recently and has not answered since.
@@ -120,7 +123,7 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         self.entries.values().filter_map(PeerEntry::credible_head).max()
     }
 
-    /// The best idle peer whose Status covers `from..=to`, preferring peers that failed this range
+    /// The best idle peer whose Status covers `from..=to` (`only` that one, when given), preferring peers that failed this range
     /// least (`failures`), then higher scores, ties broken at random. A peer resting after a
     /// timeout is passed over while some other peer serving the range is not resting, even a busy
     /// one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in front of
@@ -132,6 +135,7 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         now_ms: u64,
         (from, to): (Height, Height),
         failures: &BTreeMap<P, u32>,
+        only: Option<&P>,
     ) -> Pick<P> {
         let mut best: Option<((u32, i64, u64), P)> = None;
         let mut pick = Pick {
@@ -139,11 +143,15 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             exhausted: false,
             stale: Vec::new(),
         };
+        let allowed = |peer: &P| only.is_none_or(|o| o == peer);
         let some_brisk = self
             .entries
-            .values()
-            .any(|e| e.serves(from, to) && !e.resting(now_ms));
+            .iter()
+            .any(|(p, e)| allowed(p) && e.serves(from, to) && !e.resting(now_ms));
         for (peer, entry) in &self.entries {
+            if !allowed(peer) {
+                continue;
+            }
             if entry.in_flight.is_some() || !entry.serves(from, to) || (some_brisk && entry.resting(now_ms)) {
                 continue;
             }
