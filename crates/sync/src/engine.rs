@@ -24,6 +24,8 @@ pub struct SyncEngine<P: PeerKey> {
     lookups: Lookups<P>,
     state: SyncState,
     now_ms: u64,
+    /// Whether any peer's Status arrived: before that our head is unchecked.
+    heard_status: bool,
 }
 
 impl<P: PeerKey> SyncEngine<P> {
@@ -52,6 +54,7 @@ impl<P: PeerKey> SyncEngine<P> {
             lookups: Lookups::new(),
             state: SyncState::Synced,
             now_ms: 0,
+            heard_status: false,
         };
         engine.finish_backfill_if_done();
         engine.state = engine.compute_state(0);
@@ -63,6 +66,7 @@ impl<P: PeerKey> SyncEngine<P> {
     /// A peer connected with, or sent, a Status.
     pub fn peer_status(&mut self, now_ms: u64, peer: P, status: PeerStatus) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.heard_status = true;
         let peers = &mut self.router.peers.entries;
         match peers.get_mut(&peer) {
             Some(entry) => {
@@ -305,9 +309,11 @@ impl<P: PeerKey> SyncEngine<P> {
         let config = &self.router.config;
         let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
             .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));
+        let alone = (!self.heard_status).then_some(config.alone_after_ms);
         deadlines
             .chain(chains)
             .chain(stall)
+            .chain(alone)
             .chain(self.lookups.wakeups(config))
             .chain(self.router.peers.wakeups(config, now))
             .filter(|&t| t > now)

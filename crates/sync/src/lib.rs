@@ -75,7 +75,9 @@
 //!
 //! The state is `Synced` when no peer is ahead, `Syncing` while blocks arrive, `Stalled` when peers
 //! are ahead but nothing arrived for `stall_after_ms`, and `Backfilling` when forward sync is done
-//! but backfill is not.
+//! but backfill is not. At start-up our head is unchecked: the state is `Syncing` until a peer's
+//! Status arrives, or until `alone_after_ms` passes with none (a node alone counts as synced), so a
+//! producer never builds on a head its peers may have left behind.
 //!
 //! # Following the head, and parent lookups
 //! When no batch is pending, a gossiped block whose parent is the tip is imported at once; one whose

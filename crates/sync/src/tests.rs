@@ -411,8 +411,8 @@ fn backfill_reaches_genesis_then_does_no_more_work() {
         floor_height: 0,
     });
     let mut engine = SyncEngine::new(config(), start, 11).expect("a valid config");
-    assert_eq!(engine.state(), SyncState::Backfilling);
     engine.peer_status(0, 1, status(&blocks, 40));
+    assert_eq!(engine.state(), SyncState::Backfilling);
     engine.peer_status(0, 2, status(&blocks, 40));
     let mut now = 0;
     let mut imported = Vec::new();
@@ -912,4 +912,5 @@ fn a_backfill_batch_that_meets_large_blocks_is_split_and_backfill_completes() {
 }
 
 mod forks;
+mod startup;
 mod wakeup;

@@ -305,6 +305,9 @@ impl<P: PeerKey> SyncEngine<P> {
             } else {
                 SyncState::Syncing
             }
+        } else if !self.heard_status && now_ms < self.router.config.alone_after_ms {
+            // No peer has checked our head yet.
+            SyncState::Syncing
         } else if self.backfill_complete() == Some(false) {
             SyncState::Backfilling
         } else {
