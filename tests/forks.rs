@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use syncnode_e2e::node::{Node, chain_with_history, http_json, wait_for};
+use syncnode_e2e::node::{Node, chain_with_history, http_json, printed_heights, wait_for};
 use syncnode_e2e::*;
 
 /// Length of chain A; chain B leaves it at `BRANCH` (above A's finalized height, 32 below its
@@ -67,6 +67,27 @@ fn a_node_synced_on_one_chain_switches_to_a_longer_fork_and_bans_nobody() {
     x.wait_status(Duration::from_secs(60), "synced on chain A", |s| {
         s["sync_state"] == "synced" && s["head_height"] == A_HEAD
     });
+    // A subscriber on x, delivered A's blocks from 2980, must be told of the reorg.
+    let printed = dir.path().join("subscriber.jsonl");
+    let mut subscribe = syncnode(&[
+        "subscribe",
+        "--http",
+        &x.http.to_string(),
+        "--cursor-file",
+        path_str(&dir.path().join("cursor")),
+        "--from",
+        "2980",
+        "--until",
+        &B_HEAD.to_string(),
+    ]);
+    subscribe
+        .stdout(std::fs::File::create(&printed).expect("subscriber output"))
+        .stderr(std::process::Stdio::null());
+    let mut subscriber = ChildGuard(subscribe.spawn().expect("spawn subscribe"));
+    wait_for(Duration::from_secs(30), "the subscriber at A's head", || {
+        let text = std::fs::read_to_string(&printed).ok()?;
+        (printed_heights(&text).last() == Some(&Some(A_HEAD))).then_some(())
+    });
     let mut b = Node::start("b", &spec, &b_dir, &boot(&[&x]));
     let b_head = head(&b).expect("b's head");
     assert_eq!(b_head.0, B_HEAD);
@@ -79,6 +100,22 @@ fn a_node_synced_on_one_chain_switches_to_a_longer_fork_and_bans_nobody() {
     for n in [&a, &x, &b] {
         assert_nobody_banned(n);
     }
+    wait_for(
+        Duration::from_secs(30),
+        "the subscriber to print B's head",
+        || subscriber.0.try_wait().ok().flatten(),
+    );
+    let text = std::fs::read_to_string(&printed).expect("subscriber output");
+    let rewind_to = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["reorg"]["rewind_to"].as_u64())
+        .unwrap_or_else(|| panic!("no reorg event:\n{text}"));
+    assert!(
+        rewind_to <= BRANCH + 1,
+        "rewind to {rewind_to}, the fork leaves at {BRANCH}"
+    );
+    assert_eq!(printed_heights(&text).last(), Some(&Some(B_HEAD)));
 
     for n in [&mut a, &mut b] {
         stop_and_check(n);
