@@ -201,10 +201,14 @@ impl<P: PeerKey> SyncEngine<P> {
                 }
             }
             (ImportPurpose::Batch { chain, key }, Ok(())) => self.batch_imported(chain, key, id, now_ms),
-            (ImportPurpose::Batch { chain, key }, Err(ImportError::SideChain { .. }))
+            (ImportPurpose::Batch { chain, key }, Err(ImportError::SideChain { height, hash }))
                 if chain == ChainId::Forward && self.forward.direction().fork.is_some() =>
             {
-                // A fork's blocks stored aside, not (yet) longer than ours: the search goes on.
+                // A fork's blocks stored aside, not (yet) longer than ours: the search goes on,
+                // and the store's head is as it says.
+                if let Some(fork) = self.forward.direction_mut().fork.as_mut() {
+                    fork.store_head = ChainEnd::at(height, hash);
+                }
                 self.batch_imported(chain, key, id, now_ms)
             }
             (ImportPurpose::Batch { chain, key }, Err(error)) => {

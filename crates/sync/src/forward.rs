@@ -137,15 +137,15 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
             return Ok(());
         }
         if first.header.parent_hash != self.tip.hash {
-            // Our tip is chained by hash to our head. With imports pending, the tip may still be
-            // rolled back: fetch again. At the head, the supplier is on another fork: search it
+            // Our tip is chained by hash to our head: the supplier is on another fork, search it
             // (unless a search is on already: then its peer changed its chain; start over).
-            let at_head = self.tip == self.head;
+            // Imports still pending are forgotten; the store's word on them comes back with the
+            // search's imports.
             return Err(BoundaryFault {
                 blame_top: false,
                 charge: None,
                 exclude: false,
-                diverged: at_head,
+                diverged: true,
             });
         }
         if let Some(parent) = self.tip.header

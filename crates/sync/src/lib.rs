@@ -58,9 +58,9 @@
 //!
 //! Batches are imported strictly in order: a complete batch is offered (as one [`Action::Import`])
 //! only when its first block's parent hash is the hash of the last block offered before it, so
-//! every import links by hash to the local head. When it does not link while imports are pending,
-//! it is fetched again. When it does not link to the confirmed head, its supplier follows another
-//! fork, and a *fork search* starts: the chain of batches restarts at our finalized block (head
+//! every import links by hash to the local head. When it does not link, its supplier follows
+//! another fork, and a *fork search* starts (imports still pending are forgotten; the store's word
+//! on them comes back with the search's imports): the chain of batches restarts at our finalized block (head
 //! minus the finality depth; never lower, since a chain that conflicts with finality is invalid
 //! for us), pinned to that peer, and fetches its chain from there. The store skips the blocks we
 //! share and its fork choice decides: a longer chain becomes canonical (a reorg) and forward sync
