@@ -267,8 +267,9 @@ fn commit(
     match direction {
         Direction::Forward => match store.import_blocks(blocks) {
             Ok(ImportOutcome::Canonical { .. } | ImportOutcome::Known) => Ok(()),
-            // Stored, but the head did not move: to the engine the batch did not extend its chain.
-            Ok(ImportOutcome::SideChain { .. }) => Err(ImportError::DoesNotLink {
+            // Stored aside, and the head did not move (fork choice kept our chain): the engine
+            // goes on fetching a fork it searches, or restarts from the head.
+            Ok(ImportOutcome::SideChain { .. }) => Err(ImportError::SideChain {
                 height: head.height,
                 hash: head.hash,
             }),
@@ -423,6 +424,34 @@ mod tests {
         ));
         assert!(matches!(grouped[2], Err(ImportError::DoesNotLink { .. })));
         assert_eq!(grouped_store.head(), Pointer::at(&blocks[99]));
+    }
+
+    #[test]
+    fn a_fork_is_stored_aside_until_it_is_longer_then_becomes_the_head() {
+        let spec = spec();
+        let dev = DevChain::new(&spec).expect("dev");
+        let blocks = chain(100);
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store(&dir);
+        let disk = roomy(&dir);
+        assert_eq!(commit(&store, Direction::Forward, &blocks, &disk), Ok(()));
+        // A fork above the finalized height 90 (blocks[i] is at height i + 1), other payloads.
+        let fork = dev.extend(&blocks[94].header, 3, 601);
+        let head = blocks[99].hash();
+        assert_eq!(
+            commit(&store, Direction::Forward, &fork, &disk),
+            Err(ImportError::SideChain {
+                height: 100,
+                hash: head
+            }),
+            "not longer: kept aside, the head stays"
+        );
+        let Some(fork_tip) = fork.last() else {
+            panic!("a fork")
+        };
+        let longer = dev.extend(&fork_tip.header, 5, 601);
+        assert_eq!(commit(&store, Direction::Forward, &longer, &disk), Ok(()));
+        assert_eq!(store.head().height, 103, "the longer fork is the head");
     }
 
     #[test]

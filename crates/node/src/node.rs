@@ -100,6 +100,7 @@ pub fn local_chain(store: &BlockStore) -> LocalChain {
         head_height: p.head.height,
         head_hash: p.head.hash,
         finalized_height: p.finalized.height,
+        finality_depth: store.spec().finality_depth,
         genesis_hash: p.genesis,
         backfill,
     }
@@ -548,6 +549,7 @@ mod tests {
             head_height: 0,
             head_hash: Hash::ZERO,
             finalized_height: 0,
+            finality_depth: 16,
             genesis_hash: Hash::ZERO,
             backfill: None,
         };

@@ -96,8 +96,8 @@ impl<P: Clone> ChainDirection<P> for Backfill {
                     PeerAction::ProvenWrong,
                     "backfill blocks do not chain to the stored history",
                 )),
-                claim: None,
                 exclude: true,
+                diverged: false,
             });
         }
         Ok(())
@@ -121,5 +121,11 @@ impl<P: Clone> ChainDirection<P> for Backfill {
     }
 
     /// Settled at the boundary: a batch's top must hash to what we wait for.
-    fn claim(&mut self, _peer: &P, _height: Height, _hash: Hash, _effects: &mut Effects<P>) {}
+    fn diverged(&mut self, _peer: &P) -> bool {
+        false
+    }
+
+    fn pinned(&self) -> Option<&P> {
+        None
+    }
 }

@@ -290,7 +290,7 @@ impl<P: Clone + Ord> Batch<P> {
         now_ms: u64,
         config: &SyncConfig,
         jitter: &mut Jitter,
-    ) -> Result<Option<P>, WrongState> {
+    ) -> Result<(), WrongState> {
         if self.state != (State::Downloading { id }) {
             return Err(self.refuse("contested"));
         }
@@ -300,7 +300,7 @@ impl<P: Clone + Ord> Batch<P> {
         if let Some(earlier) = &earlier {
             self.count_failure_of(earlier);
         }
-        Ok(earlier)
+        Ok(())
     }
 
     /// The complete batch does not link to the boundary of its chain: it is emptied and fetched

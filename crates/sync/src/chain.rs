@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use syncnode_types::{Block, Hash, Height};
+use syncnode_types::{Block, Height};
 
 use crate::batch::{Batch, WrongState, check_range_shape};
 use crate::config::SyncConfig;
@@ -34,10 +34,11 @@ pub(crate) struct BoundaryFault {
     pub blame_top: bool,
     /// The charge the blamed peer has earned, if the fault is proven.
     pub charge: Option<(PeerAction, &'static str)>,
-    /// The hash the blamed peer vouched for at a height, to be settled later.
-    pub claim: Option<(Height, Hash)>,
     /// Whether the blamed peer is never asked for this batch again.
     pub exclude: bool,
+    /// Whether the blamed peer's chain leaves ours below the boundary: the direction is told
+    /// ([`ChainDirection::diverged`]) and may restart the chain.
+    pub diverged: bool,
 }
 
 /// What differs between chains of batches.
@@ -57,9 +58,11 @@ pub(crate) trait ChainDirection<P> {
     fn confirmed(&mut self, blocks: &[Block], effects: &mut Effects<P>);
     /// Imports not confirmed are forgotten: the boundary returns to the confirmed end.
     fn rolled_back(&mut self);
-    /// `peer` vouched for `hash` at `height` against another peer or the boundary: what that
-    /// proves, now or once `height` is settled.
-    fn claim(&mut self, peer: &P, height: Height, hash: Hash, effects: &mut Effects<P>);
+    /// `peer` sent a complete batch whose chain leaves ours below the boundary; returns whether
+    /// the chain's batches are dropped (the direction moved its boundary).
+    fn diverged(&mut self, peer: &P) -> bool;
+    /// The one peer every batch must be asked of, if the direction says so.
+    fn pinned(&self) -> Option<&P>;
 }
 
 /// What the engine must do after a chain handled an event.
@@ -123,7 +126,7 @@ pub(crate) enum Answer {
     Invalid(&'static str),
     /// No blocks from `start` (the batch backs off).
     Empty { start: Height },
-    /// It did not continue the part held (the batch backs off; claims recorded).
+    /// It did not continue the part held (the batch backs off; nobody is charged).
     Contested,
     /// Blocks kept; `short` when the answer ended before the batch and nothing was cut for the
     /// window, at height `next`, after `got_bytes` bytes.

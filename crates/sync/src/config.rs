@@ -46,6 +46,10 @@ pub struct SyncConfig {
     pub max_peers: usize,
     /// Wait before an import that failed for a local reason is offered again.
     pub local_retry_ms: u64,
+    /// Until a peer's Status arrives the state is `Syncing` (our head is unchecked, so a producer
+    /// does not build on it), for at most this long after start: a node that finds no peer by
+    /// then counts as synced on its own (a one-node network).
+    pub alone_after_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -69,6 +73,7 @@ impl Default for SyncConfig {
             max_lookup_attempts: 8,
             max_peers: 1024,
             local_retry_ms: 1_000,
+            alone_after_ms: 5_000,
         }
     }
 }

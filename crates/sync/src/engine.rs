@@ -25,6 +25,8 @@ pub struct SyncEngine<P: PeerKey> {
     lookups: Lookups<P>,
     state: SyncState,
     now_ms: u64,
+    /// Whether any peer's Status arrived: before that our head is unchecked.
+    heard_status: bool,
 }
 
 impl<P: PeerKey> SyncEngine<P> {
@@ -43,13 +45,17 @@ impl<P: PeerKey> SyncEngine<P> {
         };
         let mut engine = SyncEngine {
             router: Router::new(config, seed),
-            forward: Chain::new(Forward::new(head), forward_window),
+            forward: Chain::new(
+                Forward::new(head, local.finalized_height, local.finality_depth),
+                forward_window,
+            ),
             backfill: local
                 .backfill
                 .map(|start| Chain::new(Backfill::new(start, local.genesis_hash), backfill_window)),
             lookups: Lookups::new(),
             state: SyncState::Synced,
             now_ms: 0,
+            heard_status: false,
         };
         engine.finish_backfill_if_done();
         engine.state = engine.compute_state(0);
@@ -61,6 +67,7 @@ impl<P: PeerKey> SyncEngine<P> {
     /// A peer connected with, or sent, a Status.
     pub fn peer_status(&mut self, now_ms: u64, peer: P, status: PeerStatus) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.heard_status = true;
         let peers = &mut self.router.peers.entries;
         match peers.get_mut(&peer) {
             Some(entry) => entry.refresh(status, now_ms),
@@ -202,6 +209,16 @@ impl<P: PeerKey> SyncEngine<P> {
                 }
             }
             (ImportPurpose::Batch { chain, key }, Ok(())) => self.batch_imported(chain, key, id, now_ms),
+            (ImportPurpose::Batch { chain, key }, Err(ImportError::SideChain { height, hash }))
+                if chain == ChainId::Forward && self.forward.direction().fork.is_some() =>
+            {
+                // A fork's blocks stored aside, not (yet) longer than ours: the search goes on,
+                // and the store's head is as it says.
+                if let Some(fork) = self.forward.direction_mut().fork.as_mut() {
+                    fork.store_head = ChainEnd::at(height, hash);
+                }
+                self.batch_imported(chain, key, id, now_ms)
+            }
             (ImportPurpose::Batch { chain, key }, Err(error)) => {
                 self.import_failed(chain, Some(key), &error, now_ms)
             }
@@ -317,9 +334,11 @@ impl<P: PeerKey> SyncEngine<P> {
         let config = &self.router.config;
         let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
             .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));
+        let alone = (!self.heard_status).then_some(config.alone_after_ms);
         deadlines
             .chain(chains)
             .chain(stall)
+            .chain(alone)
             .chain(self.lookups.wakeups(config))
             .chain(self.router.peers.wakeups(config, now))
             .filter(|&t| t > now)

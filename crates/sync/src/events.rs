@@ -48,6 +48,9 @@ pub struct LocalChain {
     pub head_height: Height,
     pub head_hash: Hash,
     pub finalized_height: Height,
+    /// How far below its head the chain is final (`ChainSpec::finality_depth`): a fork is
+    /// searched for no lower than that.
+    pub finality_depth: u64,
     pub genesis_hash: Hash,
     /// `Some` when history below a checkpoint is missing and must be backfilled.
     pub backfill: Option<BackfillStart>,
@@ -85,6 +88,12 @@ pub enum ImportError {
     /// peer's fault: the engine checked the link against its own view before offering the blocks.
     #[error("does not link to the local chain (store at {height} {hash})")]
     DoesNotLink { height: Height, hash: Hash },
+    /// Forward only: the blocks were stored, but as a side chain no longer than the canonical
+    /// one, so the store's head stayed at `height`/`hash` (fork choice: the longest chain; equal
+    /// heights, the first seen). Not a fault: while the engine fetches a fork, the next batch
+    /// links to these blocks; otherwise it restarts from the store's head.
+    #[error("stored as a side chain (the head stays at {height} {hash})")]
+    SideChain { height: Height, hash: Hash },
     /// A block broke rule 1 or 2 against its stored parent: the peer that sent it is charged.
     #[error("block {height} rejected: {reason}")]
     Rejected { height: Height, reason: String },

@@ -1,6 +1,12 @@
 //! Forward range sync as a chain direction: batches over `tip + 1 ..= target`, imported lowest
-//! first, each import linked by hash to the one before; a contested hash is a *claim* settled when
-//! its height imports.
+//! first, each import linked by hash to the one before.
+//!
+//! When the batch at `tip + 1` does not link to the head, its supplier is on another fork (or
+//! lying): a *fork search* starts. The chain restarts at our finalized block, pinned to that peer,
+//! and fetches its chain from there with the same batches; the store skips the blocks we share
+//! and its fork choice decides (a longer chain becomes canonical, a shorter one is kept aside). A
+//! first batch whose parent is not our finalized block conflicts with finality: that alone is
+//! charged (`ProvenWrong`). A peer on another fork, longer or shorter, is charged nothing.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +15,6 @@ use syncnode_types::{Block, BlockHeader, Hash, Height};
 
 use crate::chain::{BoundaryFault, Chain, ChainDirection, Effects, KeyOrder};
 use syncnode_proto::peer_score::PeerAction;
-
-/// Most peers' claims remembered for one height, and most heights with claims.
-const MAX_CLAIMS_PER_HEIGHT: usize = 16;
-const MAX_CLAIM_HEIGHTS: usize = 4096;
 
 /// A block the chain ends at: height, hash and, when we saw it, its header (for rule 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,33 +43,75 @@ impl ChainEnd {
     }
 }
 
-/// Forward sync's side of its chain: the two ends of the local chain, the target, and the claims.
+/// A fork being fetched: from whom, from where, and where the store's head stays meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ForkSearch<P> {
+    /// The peer whose batch did not link: every batch of the search is asked of it alone.
+    pub peer: P,
+    /// Our finalized height when the search started: the fork's first batch starts above it and
+    /// its parent must be our block there (the store checks it).
+    pub base: Height,
+    /// The store's canonical head, which stays while the fork's blocks are stored aside. The
+    /// search ends when an import passes it (the store switched) or when it cannot.
+    pub store_head: ChainEnd,
+    /// The peer's head (kept up to date by the engine): the search fetches no further.
+    pub until: Height,
+}
+
+/// Forward sync's side of its chain: the two ends of the local chain, the target, a fork search.
 #[derive(Debug, Clone)]
 pub(crate) struct Forward<P> {
-    /// The confirmed head: the last block the node reported imported.
+    /// The confirmed head: the last block the node reported imported (during a fork search, the
+    /// last block of the fork stored so far).
     pub head: ChainEnd,
     /// The last block offered for import (pending or confirmed): the next import links to it.
     pub tip: ChainEnd,
     /// The sync target: the highest head a peer credibly claims, or our own head.
     pub target: Height,
-    /// Hashes peers vouched for at heights not yet imported, settled when those heights import:
-    /// whoever vouched for a different hash than the one that imports is proven wrong.
-    claims: BTreeMap<Height, Vec<(P, Hash)>>,
+    /// The finalized height the node started with (a checkpoint may set it above what the
+    /// finality depth gives).
+    finalized_floor: Height,
+    finality_depth: u64,
+    /// The fork being fetched, if any.
+    pub fork: Option<ForkSearch<P>>,
+    /// Peers whose fork was searched, with the height of the store's head then: not searched
+    /// again while our head stays there (their batches go to others instead).
+    searched: BTreeMap<P, Height>,
 }
 
+/// Most peers remembered in [`Forward::searched`].
+const MAX_SEARCHED: usize = 64;
+
 impl<P> Forward<P> {
-    pub(crate) fn new(head: ChainEnd) -> Self {
+    pub(crate) fn new(head: ChainEnd, finalized_floor: Height, finality_depth: u64) -> Self {
         Forward {
             head,
             tip: head,
             target: head.height,
-            claims: BTreeMap::new(),
+            finalized_floor,
+            finality_depth,
+            fork: None,
+            searched: BTreeMap::new(),
         }
     }
 
     /// Whether forward sync is behind its target.
     pub(crate) fn behind(&self) -> bool {
         self.target > self.head.height
+    }
+
+    /// Our finalized height, by the head the store holds.
+    pub(crate) fn finalized(&self) -> Height {
+        let head = self.fork.as_ref().map_or(self.head, |f| f.store_head);
+        head.height
+            .saturating_sub(self.finality_depth)
+            .max(self.finalized_floor)
+            .min(head.height)
+    }
+
+    /// Whether the next batch is a fork search's first, whose parent only the store can check.
+    fn at_fork_base(&self) -> bool {
+        self.fork.as_ref().is_some_and(|f| self.tip.height == f.base)
     }
 }
 
@@ -76,7 +120,11 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
 
     fn next_range(&self, last: Option<(Height, Height)>, size: u64) -> Option<(Height, Height)> {
         let next = last.map_or(self.tip.height, |(_, end)| end).saturating_add(1);
-        (next <= self.target).then(|| (next, next.saturating_add(size.max(1) - 1).min(self.target)))
+        let end = self
+            .fork
+            .as_ref()
+            .map_or(self.target, |f| f.until.min(self.target));
+        (next <= end).then(|| (next, next.saturating_add(size.max(1) - 1).min(end)))
     }
 
     fn is_next(&self, start: Height, _end: Height) -> bool {
@@ -84,14 +132,20 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
     }
 
     fn check_boundary(&self, first: &Block, _last: &Block) -> Result<(), BoundaryFault> {
+        if self.at_fork_base() {
+            // Its parent should be our finalized block, which we know by height only.
+            return Ok(());
+        }
         if first.header.parent_hash != self.tip.hash {
-            // The tip is chained by hash to our head; whether it or this batch is wrong is
-            // settled when the tip's height imports. Meanwhile this batch is fetched again.
+            // Our tip is chained by hash to our head: the supplier is on another fork, search it
+            // (unless a search is on already: then its peer changed its chain; start over).
+            // Imports still pending are forgotten; the store's word on them comes back with the
+            // search's imports.
             return Err(BoundaryFault {
                 blame_top: false,
                 charge: None,
-                claim: Some((self.tip.height, first.header.parent_hash)),
                 exclude: false,
+                diverged: true,
             });
         }
         if let Some(parent) = self.tip.header
@@ -100,8 +154,8 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
             return Err(BoundaryFault {
                 blame_top: false,
                 charge: Some((PeerAction::InvalidData, "breaks rule 2 against its parent")),
-                claim: None,
                 exclude: false,
+                diverged: false,
             });
         }
         Ok(())
@@ -111,76 +165,61 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
         self.tip = ChainEnd::of(last);
     }
 
-    fn confirmed(&mut self, blocks: &[Block], effects: &mut Effects<P>) {
+    fn confirmed(&mut self, blocks: &[Block], _effects: &mut Effects<P>) {
         if let Some(last) = blocks.last() {
             self.head = ChainEnd::of(last);
         }
-        self.settle_claims(blocks, effects);
     }
 
     fn rolled_back(&mut self) {
         self.tip = self.head;
     }
 
-    /// Remembers that `peer` vouched for `hash` at `height`, to be settled when `height` imports
-    /// (at once when it already has).
-    fn claim(&mut self, peer: &P, height: Height, hash: Hash, effects: &mut Effects<P>) {
-        let head = self.head;
-        if height < head.height {
-            return;
-        }
-        if height == head.height {
-            if hash != head.hash {
-                effects.charge(
-                    peer.clone(),
-                    PeerAction::ProvenWrong,
-                    "contradicted by the imported chain",
+    /// `peer`'s batch at the head did not link: a fork search from our finalized block, pinned
+    /// to it, replaces whatever the chain was doing, unless that peer's fork was searched from
+    /// this head already. A search under way is given up (its peer changed its chain) and the
+    /// chain restarts from the store's head.
+    fn diverged(&mut self, peer: &P) -> bool {
+        match self.fork.take() {
+            Some(search) => {
+                tracing::debug!(
+                    base = search.base,
+                    "fork search given up: its peer changed its chain"
                 );
+                self.head = search.store_head;
             }
-            return;
+            None if self.searched.get(peer) == Some(&self.head.height) => return false,
+            None => {
+                self.searched.insert(peer.clone(), self.head.height);
+                while self.searched.len() > MAX_SEARCHED {
+                    self.searched.pop_first();
+                }
+                let base = self.finalized();
+                tracing::info!(
+                    base,
+                    head = self.head.height,
+                    "fork search: a peer's chain does not link to our head"
+                );
+                self.fork = Some(ForkSearch {
+                    peer: peer.clone(),
+                    base,
+                    store_head: self.head,
+                    until: self.target,
+                });
+                // The base is known by height alone; `at_fork_base` lets its hash unchecked.
+                self.head = ChainEnd::at(base, Hash::ZERO);
+            }
         }
-        let claims = self.claims.entry(height).or_default();
-        if claims.len() < MAX_CLAIMS_PER_HEIGHT && !claims.iter().any(|(p, h)| p == peer && *h == hash) {
-            claims.push((peer.clone(), hash));
-        }
-        while self.claims.len() > MAX_CLAIM_HEIGHTS {
-            self.claims.pop_last();
-        }
+        self.tip = self.head;
+        true
+    }
+
+    fn pinned(&self) -> Option<&P> {
+        self.fork.as_ref().map(|f| &f.peer)
     }
 }
 
 impl<P: Clone + Ord> Forward<P> {
-    /// Charges every peer whose claim is contradicted by `blocks`, which just imported.
-    fn settle_claims(&mut self, blocks: &[Block], effects: &mut Effects<P>) {
-        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
-            return;
-        };
-        let mut wrong: Vec<P> = Vec::new();
-        let settled: Vec<Height> = self.claims.range(..=last.height()).map(|(h, _)| *h).collect();
-        for height in settled {
-            let Some(claims) = self.claims.remove(&height) else {
-                continue;
-            };
-            let Some(block) = height
-                .checked_sub(first.height())
-                .and_then(|i| blocks.get(i as usize))
-            else {
-                continue;
-            };
-            let hash = block.hash();
-            wrong.extend(claims.into_iter().filter(|(_, h)| *h != hash).map(|(p, _)| p));
-        }
-        wrong.sort();
-        wrong.dedup();
-        for peer in wrong {
-            effects.charge(
-                peer,
-                PeerAction::ProvenWrong,
-                "contradicted by the imported chain",
-            );
-        }
-    }
-
     /// A chain of blocks (gossip, lookups) offered for import outside the batches.
     pub(crate) fn chain_offered(&mut self, last: ChainEnd) {
         self.tip = last;
@@ -215,15 +254,35 @@ impl<P: Clone + Ord> Chain<P, Forward<P>> {
         self.fill(now_ms, size);
     }
 
-    /// Forgets every batch and claim and restarts from `end` (the store's word); returns the
-    /// imports forgotten with the batches.
+    /// Forgets every batch and any fork search and restarts from `end` (the store's word);
+    /// returns the imports forgotten with the batches.
     pub(crate) fn reset(&mut self, end: ChainEnd) -> Vec<crate::events::ImportId> {
         let forgotten = self.clear();
         let forward = self.direction_mut();
-        forward.claims.clear();
+        forward.fork = None;
         forward.head = end;
         forward.tip = end;
         forgotten
+    }
+
+    /// A fork search whose import passed the store's head (the store switched to the fork) is
+    /// over: what follows is plain forward sync. Returns whether one ended so.
+    pub(crate) fn fork_adopted(&mut self) -> bool {
+        let forward = self.direction_mut();
+        if forward
+            .fork
+            .as_ref()
+            .is_some_and(|f| forward.head.height > f.store_head.height)
+        {
+            let search = forward.fork.take();
+            tracing::info!(
+                head = forward.head.height,
+                from = search.map_or(0, |f| f.store_head.height),
+                "fork search over: the store switched to the longer fork"
+            );
+            return true;
+        }
+        false
     }
 }
 

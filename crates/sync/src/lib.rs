@@ -69,15 +69,26 @@
 //!
 //! Batches are imported strictly in order: a complete batch is offered (as one [`Action::Import`])
 //! only when its first block's parent hash is the hash of the last block offered before it, so
-//! every import links by hash to the local head. When it does not link, it is fetched again
-//! elsewhere and the hash its supplier vouched for is remembered as a *claim*; when that height
-//! finally imports, every peer whose claim differs from the imported block is charged
-//! `ProvenWrong`. Only the peer the imported chain contradicts is charged, never both sides of a
-//! mismatch. A failed import for a local reason is retried later and charges nobody.
+//! every import links by hash to the local head. When it does not link, its supplier follows
+//! another fork, and a *fork search* starts (imports still pending are forgotten; the store's word
+//! on them comes back with the search's imports): the chain of batches restarts at our finalized block (head
+//! minus the finality depth; never lower, since a chain that conflicts with finality is invalid
+//! for us), pinned to that peer, and fetches its chain from there. The store skips the blocks we
+//! share and its fork choice decides: a longer chain becomes canonical (a reorg) and forward sync
+//! goes on from its head; one no longer than ours is stored aside
+//! ([`ImportError::SideChain`]) and, once the peer's chain is fetched, forward sync restarts from
+//! the store's head, which never moved. A search ends too when its peer leaves, cannot serve the
+//! next block or used up its attempts on a batch; a peer is searched at most once per head of ours.
+//! Being on another fork, longer or shorter, or behind, costs nothing; a fork whose first block
+//! does not hang off our finalized block conflicts with finality and costs `ProvenWrong`, and a
+//! block the store rejects costs `InvalidData`. A failed import for a local reason is retried later
+//! and charges nobody.
 //!
 //! The state is `Synced` when no peer is ahead, `Syncing` while blocks arrive, `Stalled` when peers
 //! are ahead but nothing arrived for `stall_after_ms`, and `Backfilling` when forward sync is done
-//! but backfill is not.
+//! but backfill is not. At start-up our head is unchecked: the state is `Syncing` until a peer's
+//! Status arrives, or until `alone_after_ms` passes with none (a node alone counts as synced), so a
+//! producer never builds on a head its peers may have left behind.
 //!
 //! # Following the head, and parent lookups
 //! When no batch is pending, a gossiped block whose parent is the tip is imported at once; one whose
@@ -109,9 +120,10 @@
 //! # Invariants (asserted in debug builds after every event, and by the simulator)
 //! - downloaded, not yet imported blocks stay within the window, in bytes and in batches;
 //! - at most one request in flight per peer;
-//! - forward imports are emitted in consecutive height order, each linking to the one before;
+//! - forward imports are emitted in consecutive height order, each linking to the one before
+//!   (a fork search's first import starts afresh above our finalized block);
 //! - every map is bounded: batches by the windows, lookups by `max_lookups` and their depth,
-//!   peers by `max_peers`, claims per height and in total;
+//!   peers by `max_peers`, the peers whose fork was searched by 64;
 //! - a peer is never charged for our failures, nor for lacking what its Status did not promise.
 
 #![forbid(unsafe_code)]

@@ -108,7 +108,7 @@ impl PeerEntry {
     }
 
     /// The highest height it is believed to serve: its Status's head, less its cap.
-    fn believed_head(&self) -> Height {
+    pub(crate) fn believed_head(&self) -> Height {
         self.cap
             .map_or(self.status.head_height, |c| c.height.min(self.status.head_height))
     }
@@ -240,8 +240,8 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             .max()
     }
 
-    /// The best idle peer believed to serve `from` (the first height of `from..=to` still
-    /// missing), preferring peers that failed this range least (`failures`), then peers believed
+    /// The best idle peer (`only` that one, when given) believed to serve `from` (the first
+    /// height of `from..=to` still missing), preferring peers that failed this range least (`failures`), then peers believed
     /// to serve all of it (a peer that has only the bottom part answers that part, and the batch
     /// keeps it), ties broken at random. Scores play no part: they are the network's book, which
     /// disconnects and bans; the engine ranks by what it saw of this range. A peer resting after
@@ -256,6 +256,7 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         now_ms: u64,
         (from, to): (Height, Height),
         failures: &BTreeMap<P, u32>,
+        only: Option<&P>,
     ) -> Pick<P> {
         let mut best: Option<((u32, bool, u64), P)> = None;
         let mut pick = Pick {
@@ -263,11 +264,15 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             exhausted: false,
             stale: Vec::new(),
         };
+        let allowed = |peer: &P| only.is_none_or(|o| o == peer);
         let some_brisk = self
             .entries
-            .values()
-            .any(|e| e.serves(from) && !e.resting(now_ms));
+            .iter()
+            .any(|(p, e)| allowed(p) && e.serves(from) && !e.resting(now_ms));
         for (peer, entry) in &self.entries {
+            if !allowed(peer) {
+                continue;
+            }
             if entry.in_flight.is_some() || !entry.serves(from) || (some_brisk && entry.resting(now_ms)) {
                 continue;
             }

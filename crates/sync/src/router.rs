@@ -252,21 +252,25 @@ impl<P: PeerKey> Router<P> {
                 continue;
             };
             let (from, to, failures) = (batch.next_height(), batch.end(), batch.failures());
+            let pinned = chain.direction().pinned().cloned();
             let pick = self.peers.pick(
                 &self.config,
                 &mut self.jitter,
                 now_ms,
                 (from, to),
                 batch.peer_failures(),
+                pinned.as_ref(),
             );
             for peer in pick.stale {
                 self.refresh_status(now_ms, peer);
             }
             let Some(peer) = pick.peer else {
                 if pick.exhausted
+                    && pinned.is_none()
                     && let Some(batch) = chain.batch_mut(key)
                 {
-                    // Every peer that could serve it has failed it: start counting afresh.
+                    // Every peer that could serve it has failed it: start counting afresh (not
+                    // the one peer a fork search is pinned to: the search is given up instead).
                     batch.forgive_peers();
                 }
                 continue;

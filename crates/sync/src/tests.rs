@@ -52,6 +52,7 @@ fn local(blocks: &[Block], head: Height) -> LocalChain {
         head_height: head,
         head_hash: blocks[head as usize].hash(),
         finalized_height: head,
+        finality_depth: 8,
         genesis_hash: blocks[0].hash(),
         backfill: None,
     }
@@ -319,40 +320,6 @@ fn peers_ahead_that_never_deliver_make_the_state_stalled() {
 }
 
 #[test]
-fn only_the_peer_contradicted_by_the_imported_chain_is_charged() {
-    let blocks = chain(20, 8, 0);
-    let fork = chain(20, 8, 9);
-    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 7).expect("a valid config");
-    engine.peer_status(0, 1, status(&blocks, 20));
-    engine.peer_status(0, 2, status(&blocks, 20));
-    let requests = range_requests(&drain(&mut engine));
-    assert_eq!(requests.len(), 2);
-    // Whoever got batch 11..=20 answers from the fork, the other honestly.
-    let mut liar = 0;
-    for (peer, id, start, count) in requests.iter().copied() {
-        if start == 11 {
-            liar = peer;
-            engine.range_response(1, id, serve(&fork, start, count));
-        } else {
-            engine.range_response(1, id, serve(&blocks, start, count));
-        }
-    }
-    let actions = drain(&mut engine);
-    let imported = import_all(&mut engine, 2, &actions);
-    assert_eq!(imported, (1..=10).collect::<Vec<_>>());
-    let actions = drain(&mut engine);
-    assert_eq!(penalties(&actions), vec![(liar, PeerAction::ProvenWrong)]);
-    engine.tick(2_000);
-    let retry = range_requests(&drain(&mut engine));
-    assert_eq!(retry.len(), 1);
-    assert_ne!(retry[0].0, liar);
-    engine.range_response(2_001, retry[0].1, serve(&blocks, 11, 10));
-    let imported = import_drained(&mut engine, 2_002);
-    assert_eq!(imported, (11..=20).collect::<Vec<_>>());
-    assert_eq!(engine.state(), SyncState::Synced);
-}
-
-#[test]
 fn a_local_import_failure_charges_nobody_and_is_retried() {
     let blocks = chain(10, 8, 0);
     let mut engine = SyncEngine::new(config(), local(&blocks, 0), 8).expect("a valid config");
@@ -461,8 +428,8 @@ fn backfill_reaches_genesis_then_does_no_more_work() {
         floor_height: 0,
     });
     let mut engine = SyncEngine::new(config(), start, 11).expect("a valid config");
-    assert_eq!(engine.state(), SyncState::Backfilling);
     engine.peer_status(0, 1, status(&blocks, 40));
+    assert_eq!(engine.state(), SyncState::Backfilling);
     engine.peer_status(0, 2, status(&blocks, 40));
     let mut now = 0;
     let mut imported = Vec::new();
@@ -962,4 +929,6 @@ fn a_backfill_batch_that_meets_large_blocks_is_split_and_backfill_completes() {
 }
 
 mod claims;
+mod forks;
+mod startup;
 mod wakeup;

@@ -26,9 +26,11 @@ use syncnode_types::{Block, ChainSpec, Hash, Height, Signature, SigningKey};
 
 /// Seeds that once failed; each runs in `regression_seeds`.
 /// 1, 3, 9: a batch reaching above a target that dropped (a head liar caught) was never served.
-const REGRESSION_SEEDS: &[u64] = &[1, 3, 9];
+/// 42, 94: a fork search pinned to a peer that could not serve its first batch, or resting.
+const REGRESSION_SEEDS: &[u64] = &[1, 3, 9, 42, 94];
 /// Seeds of `hostile_seeds` that once failed.
-const HOSTILE_REGRESSION_SEEDS: &[u64] = &[];
+/// 10149, 10224: a fork search given up while its last import was pending.
+const HOSTILE_REGRESSION_SEEDS: &[u64] = &[10149, 10224];
 
 /// Blocks in the true chain; the last `GROWTH` appear during the run, one per `SLOT_MS`.
 const LEN: Height = 1_500;
@@ -36,6 +38,14 @@ const GROWTH: Height = 30;
 const SLOT_MS: u64 = 1_000;
 /// Where the second fork leaves the true chain (used when the node starts at or above it).
 const FORK_B_AT: Height = 100;
+/// Where the third fork leaves the true chain, above finality near the head, and where it ends:
+/// for a while longer than the true chain, which then outgrows it.
+const FORK_C_AT: Height = LEN - GROWTH - 12;
+const FORK_C_END: Height = LEN - GROWTH + 6;
+/// How far a peer on the third fork is ahead of the network head (until its fork ends).
+const FORK_C_LEAD: Height = 5;
+/// Finality depth of the simulated chain.
+const FINALITY_DEPTH: u64 = 32;
 /// Simulated time after which a run counts as not terminating.
 const TIME_LIMIT_MS: u64 = 3 * 60 * 60 * 1000;
 const AUTHORITIES: u32 = 4;
@@ -47,14 +57,22 @@ struct Fixture {
     fork_a: Vec<Block>,
     /// A validly signed chain that leaves the true one at `FORK_B_AT`.
     fork_b: Vec<Block>,
+    /// A validly signed chain that leaves the true one at `FORK_C_AT` and ends at `FORK_C_END`.
+    fork_c: Vec<Block>,
     /// Signature of every validly signed block, by hash: verification without re-checking.
     valid: HashMap<Hash, Signature>,
     /// Height of every block of the true chain and the forks, by hash (for root requests).
     by_hash: HashMap<Hash, (u8, Height)>,
 }
 
-fn extend(spec: &ChainSpec, keys: &[SigningKey], chain: &mut Vec<Block>, salt: &str, bogus_parent: bool) {
-    while (chain.len() as Height) <= LEN {
+fn extend(
+    spec: &ChainSpec,
+    keys: &[SigningKey],
+    chain: &mut Vec<Block>,
+    (salt, end): (&str, Height),
+    bogus_parent: bool,
+) {
+    while (chain.len() as Height) <= end {
         let height = chain.len() as Height;
         let parent = match chain.last() {
             Some(_) if bogus_parent && height == 1 => Hash::of(b"not our genesis"),
@@ -76,17 +94,20 @@ fn extend(spec: &ChainSpec, keys: &[SigningKey], chain: &mut Vec<Block>, salt: &
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let spec = ChainSpec::dev("sim", AUTHORITIES, 1_700_000_000_000, SLOT_MS, 32).expect("spec");
+        let spec =
+            ChainSpec::dev("sim", AUTHORITIES, 1_700_000_000_000, SLOT_MS, FINALITY_DEPTH).expect("spec");
         let keys: Vec<SigningKey> = (0..AUTHORITIES).map(SigningKey::dev).collect();
         let mut chain = vec![spec.genesis()];
-        extend(&spec, &keys, &mut chain, "true", false);
+        extend(&spec, &keys, &mut chain, ("true", LEN), false);
         let mut fork_a = vec![spec.genesis()];
-        extend(&spec, &keys, &mut fork_a, "fork-a", true);
+        extend(&spec, &keys, &mut fork_a, ("fork-a", LEN), true);
         let mut fork_b = chain[..FORK_B_AT as usize].to_vec();
-        extend(&spec, &keys, &mut fork_b, "fork-b", false);
+        extend(&spec, &keys, &mut fork_b, ("fork-b", LEN), false);
+        let mut fork_c = chain[..=FORK_C_AT as usize].to_vec();
+        extend(&spec, &keys, &mut fork_c, ("fork-c", FORK_C_END), false);
         let mut valid = HashMap::new();
         let mut by_hash = HashMap::new();
-        for (tag, blocks) in [(0u8, &chain), (1, &fork_a), (2, &fork_b)] {
+        for (tag, blocks) in [(0u8, &chain), (1, &fork_a), (2, &fork_b), (3, &fork_c)] {
             for b in blocks.iter() {
                 valid.insert(b.hash(), b.signature);
                 by_hash.entry(b.hash()).or_insert((tag, b.height()));
@@ -97,6 +118,7 @@ fn fixture() -> &'static Fixture {
             chain,
             fork_a,
             fork_b,
+            fork_c,
             valid,
             by_hash,
         }
@@ -117,8 +139,11 @@ enum Kind {
     BadSignature,
     /// Answers with blocks at heights not asked for.
     WrongHeights,
-    /// Serves a different, validly signed fork.
+    /// Serves a different, validly signed fork that leaves the true chain below finality.
     Fork,
+    /// Serves a validly signed fork that leaves the true chain above finality near the head, for
+    /// a while longer than it: an honest peer on another fork.
+    ShortFork,
     /// Disconnects in the middle of requests.
     Disconnecting,
     /// Sends Status but never answers a request.
@@ -130,7 +155,7 @@ impl Kind {
     fn truthful(self) -> bool {
         matches!(
             self,
-            Kind::Honest | Kind::Slow | Kind::Flaky | Kind::Disconnecting
+            Kind::Honest | Kind::Slow | Kind::Flaky | Kind::Disconnecting | Kind::ShortFork
         )
     }
 }
@@ -204,9 +229,11 @@ struct Sim {
     scores: PeerScores<u32>,
     charges: Vec<(u32, PeerAction)>,
     net_head: Height,
-    /// The node's store.
+    /// The node's store: the canonical chain, and blocks of other forks by hash.
     store: BTreeMap<Height, Block>,
+    side: HashMap<Hash, Block>,
     head: Height,
+    finalized: Height,
     lowest: Height,
     /// Last block of the last forward import emitted (the engine promises each links to it).
     emitted_tip: Hash,
@@ -225,7 +252,7 @@ struct Sim {
 struct Profile {
     /// Peers `0..honest` are honest with full history; the rest are drawn at random.
     honest: u32,
-    /// The random kinds are drawn from `first_kind..11` of the table in `make_peers` (2 and up: no
+    /// The random kinds are drawn from `first_kind..12` of the table in `make_peers` (2 and up: no
     /// more honest ones).
     first_kind: u32,
     /// Chance that an import fails for a local reason.
@@ -282,6 +309,7 @@ impl Sim {
             head_height: head,
             head_hash: fx.chain[head as usize].hash(),
             finalized_height: head,
+            finality_depth: FINALITY_DEPTH,
             genesis_hash: fx.chain[0].hash(),
             backfill: checkpoint.map(|c| BackfillStart {
                 lowest_height: c,
@@ -304,7 +332,9 @@ impl Sim {
             charges: Vec::new(),
             net_head,
             store,
+            side: HashMap::new(),
             head,
+            finalized: head,
             lowest,
             emitted_tip: fx.chain[head as usize].hash(),
             emitted_low_parent: fx.chain[lowest as usize].header.parent_hash,
@@ -326,7 +356,7 @@ impl Sim {
             let kind = if id < self.profile.honest {
                 Kind::Honest
             } else {
-                match self.rng.random_range(self.profile.first_kind..11) {
+                match self.rng.random_range(self.profile.first_kind..12) {
                     0 | 1 => Kind::Honest,
                     2 => Kind::Slow,
                     3 => Kind::Flaky,
@@ -335,6 +365,7 @@ impl Sim {
                     6 => Kind::WrongHeights,
                     7 => Kind::Fork,
                     8 => Kind::Silent,
+                    9 => Kind::ShortFork,
                     _ => Kind::Disconnecting,
                 }
             };
@@ -387,12 +418,13 @@ impl Sim {
     /// The blocks a peer serves, and its real head.
     fn source(&self, peer: &SimPeer) -> (&'static [Block], Height) {
         let fx = fixture();
-        let blocks: &[Block] = match (peer.kind, self.fork_source) {
-            (Kind::Fork, 1) => &fx.fork_a,
-            (Kind::Fork, _) => &fx.fork_b,
-            _ => &fx.chain,
-        };
-        (blocks, self.net_head.saturating_sub(peer.lag))
+        let head = self.net_head.saturating_sub(peer.lag);
+        match (peer.kind, self.fork_source) {
+            (Kind::Fork, 1) => (&fx.fork_a, head),
+            (Kind::Fork, _) => (&fx.fork_b, head),
+            (Kind::ShortFork, _) => (&fx.fork_c, (head + FORK_C_LEAD).min(FORK_C_END)),
+            _ => (&fx.chain, head),
+        }
     }
 
     fn status_of(&self, peer: &SimPeer) -> PeerStatus {
@@ -492,8 +524,9 @@ impl Sim {
                 .map_err(|e| format!("import does not chain inside: {e}"))?;
         }
         if direction == Direction::Forward {
-            let head_hash = self.store[&self.head].hash();
-            if first.header.parent_hash != self.emitted_tip && first.header.parent_hash != head_hash {
+            // An import after the head continues the one emitted before it; one at or below
+            // the head is a fork search's, which only the store can judge.
+            if first.height() > self.head + 1 && first.header.parent_hash != self.emitted_tip {
                 return Err(format!(
                     "forward import at {} links to nothing emitted",
                     first.height()
@@ -515,22 +548,7 @@ impl Sim {
             return Ok(Err(ImportError::Local("simulated disk error".into())));
         }
         match direction {
-            Direction::Forward => {
-                let parent = &self.store[&self.head];
-                if let Err(e) = check_link(&first.header, &parent.header) {
-                    if first.header.parent_hash == parent.hash() {
-                        return Err(format!("engine offered a block breaking {e}"));
-                    }
-                    return Ok(Err(ImportError::DoesNotLink {
-                        height: self.head,
-                        hash: parent.hash(),
-                    }));
-                }
-                for b in blocks {
-                    self.store.insert(b.height(), b.clone());
-                }
-                self.head = last.height();
-            }
+            Direction::Forward => return self.import_forward(blocks),
             Direction::Backfill => {
                 let below = &self.store[&self.lowest];
                 if below.header.parent_hash != last.hash() {
@@ -548,6 +566,90 @@ impl Sim {
                 self.lowest = first.height();
             }
         }
+        Ok(Ok(()))
+    }
+
+    /// The store's fork choice: blocks already canonical are skipped; an unknown parent does
+    /// not link; a fork below the finalized block is rejected; a chain no longer than ours is
+    /// kept aside; a longer one becomes canonical, and the blocks it replaces go aside.
+    fn import_forward(&mut self, blocks: &[Block]) -> Result<Result<(), ImportError>, String> {
+        let known = blocks
+            .iter()
+            .take_while(|b| self.store.get(&b.height()).is_some_and(|s| s.hash() == b.hash()))
+            .count();
+        let new = &blocks[known..];
+        let (Some(first), Some(last)) = (new.first(), new.last()) else {
+            return Ok(Ok(()));
+        };
+        let head = self.store[&self.head].hash();
+        let parent_hash = first.header.parent_hash;
+        let canonical = |h: Height| self.store.get(&h).map(Block::hash);
+        let parent = if canonical(first.height() - 1) == Some(parent_hash) {
+            self.store[&(first.height() - 1)].clone()
+        } else if let Some(p) = self.side.get(&parent_hash) {
+            p.clone()
+        } else {
+            return Ok(Err(ImportError::DoesNotLink {
+                height: self.head,
+                hash: head,
+            }));
+        };
+        if let Err(e) = check_link(&first.header, &parent.header) {
+            if parent.hash() == self.emitted_tip && first.height() > self.head {
+                return Err(format!("engine offered a block breaking {e}"));
+            }
+            return Ok(Err(ImportError::Rejected {
+                height: first.height(),
+                reason: e.to_string(),
+            }));
+        }
+        // Down from the parent through blocks aside to the fork point on our chain.
+        let mut aside = Vec::new();
+        let mut at = parent;
+        while canonical(at.height()) != Some(at.hash()) {
+            let Some(below) = self.side.get(&at.header.parent_hash).cloned().or_else(|| {
+                let h = at.height().checked_sub(1)?;
+                self.store
+                    .get(&h)
+                    .filter(|b| b.hash() == at.header.parent_hash)
+                    .cloned()
+            }) else {
+                return Err(format!("block aside at {} hangs off nothing", at.height()));
+            };
+            aside.push(at);
+            at = below;
+        }
+        if at.height() < self.finalized {
+            return Ok(Err(ImportError::Rejected {
+                height: first.height(),
+                reason: format!("conflicts with the finalized block at {}", self.finalized),
+            }));
+        }
+        if last.height() <= self.head && at.hash() != head {
+            for b in new {
+                self.side.insert(b.hash(), b.clone());
+            }
+            *self.counts.entry("store: side-chain imports".into()).or_insert(0) += 1;
+            return Ok(Err(ImportError::SideChain {
+                height: self.head,
+                hash: head,
+            }));
+        }
+        if at.hash() != head {
+            *self.counts.entry("store: reorgs".into()).or_insert(0) += 1;
+        }
+        let replaced: Vec<Height> = self.store.range(at.height() + 1..).map(|(h, _)| *h).collect();
+        for h in replaced {
+            if let Some(b) = self.store.remove(&h) {
+                self.side.insert(b.hash(), b);
+            }
+        }
+        for b in aside.iter().rev().chain(new.iter()) {
+            self.side.remove(&b.hash());
+            self.store.insert(b.height(), b.clone());
+        }
+        self.head = last.height();
+        self.finalized = self.finalized.max(self.head.saturating_sub(FINALITY_DEPTH));
         Ok(Ok(()))
     }
 
@@ -694,7 +796,7 @@ impl Sim {
                     let ids: Vec<u32> = self.peers.keys().copied().collect();
                     for peer in ids {
                         let Some(p) = self.peers.get(&peer) else { continue };
-                        if !p.connected || !p.kind.truthful() || p.lag > 0 {
+                        if !p.connected || !p.kind.truthful() || p.kind == Kind::ShortFork || p.lag > 0 {
                             continue;
                         }
                         let epoch = p.epoch;
@@ -763,7 +865,15 @@ impl Sim {
                     Outcome::Root(blocks) => self.engine.root_response(self.now, id, blocks),
                 }
             }
-            Event::ImportDone { id, result } => self.engine.import_result(self.now, id, result),
+            Event::ImportDone { id, result } => {
+                if self.trace {
+                    println!("{:>8} import {id:?} done: {result:?}", self.now);
+                }
+                self.engine.import_result(self.now, id, result);
+                if self.trace {
+                    println!("{:>8} engine head {}", self.now, self.engine.head_height());
+                }
+            }
             Event::Verified { id, blocks } => self.engine.range_response(self.now, id, blocks),
         }
         self.pump()

@@ -162,8 +162,8 @@ fn contested_needs_a_download_and_counts_against_both_suppliers() {
     batch
         .download_started(RequestId(2), NOW)
         .expect("the rest asked for");
-    let earlier = batch.contested(RequestId(2), &8, NOW, &config, &mut Jitter::new(1));
-    assert_eq!(earlier, Ok(Some(7)));
+    let contested = batch.contested(RequestId(2), &8, NOW, &config, &mut Jitter::new(1));
+    assert_eq!(contested, Ok(()));
     assert!(batch.blocks().is_empty());
     assert_eq!(batch.peer_failures().get(&7), Some(&1));
     assert_eq!(batch.peer_failures().get(&8), Some(&1));

@@ -55,15 +55,10 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
         };
         if let Some(held) = batch.blocks().last() {
             if first.header.parent_hash != held.hash() {
-                let (height, held_hash, claimed) = (held.height(), held.hash(), first.header.parent_hash);
-                match batch.contested(id, peer, now_ms, ctx.config, ctx.jitter) {
-                    Ok(earlier) => {
-                        self.direction.claim(peer, height, claimed, effects);
-                        if let Some(earlier) = earlier {
-                            self.direction.claim(&earlier, height, held_hash, effects);
-                        }
-                    }
-                    Err(error) => refused(error),
+                // Two suppliers on different forks (or one that changed its chain): neither is
+                // proven wrong by that alone. The batch is fetched again.
+                if let Err(error) = batch.contested(id, peer, now_ms, ctx.config, ctx.jitter) {
+                    refused(error);
                 }
                 return Answer::Contested;
             }

@@ -32,18 +32,25 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
                     batch.supplier_of(0)
                 }
                 .cloned();
+                if let (true, Some(peer)) = (fault.diverged, blamed.as_ref())
+                    && self.direction.diverged(peer)
+                {
+                    // The direction moved its boundary: every batch is cut afresh.
+                    effects.forgotten.extend(self.clear());
+                    return;
+                }
+                let Some(batch) = self.batches.get_mut(&key) else {
+                    return;
+                };
+                // A peer whose fork is not searched is not asked for this batch again.
+                let exclude = fault.exclude || fault.diverged;
                 if let Err(error) =
-                    batch.link_failed(blamed.as_ref(), fault.exclude, now_ms, ctx.config, ctx.jitter)
+                    batch.link_failed(blamed.as_ref(), exclude, now_ms, ctx.config, ctx.jitter)
                 {
                     refused(error);
                 }
-                if let Some(peer) = blamed {
-                    if let Some((action, reason)) = fault.charge {
-                        effects.charge(peer.clone(), action, reason);
-                    }
-                    if let Some((height, hash)) = fault.claim {
-                        self.direction.claim(&peer, height, hash, effects);
-                    }
+                if let (Some(peer), Some((action, reason))) = (blamed, fault.charge) {
+                    effects.charge(peer, action, reason);
                 }
                 return;
             }
@@ -97,7 +104,7 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
                 }
                 0
             }
-            ImportError::DoesNotLink { .. } | ImportError::Local(_) => {
+            ImportError::DoesNotLink { .. } | ImportError::SideChain { .. } | ImportError::Local(_) => {
                 ctx.jitter.stretch(ctx.config.local_retry_ms)
             }
         };

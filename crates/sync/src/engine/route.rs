@@ -72,7 +72,10 @@ impl<P: PeerKey> SyncEngine<P> {
     pub(super) fn batch_imported(&mut self, chain: ChainId, key: Height, id: ImportId, now_ms: u64) {
         let mut effects = Effects::default();
         match chain {
-            ChainId::Forward => self.forward.imported(key, id, &mut effects),
+            ChainId::Forward => {
+                self.forward.imported(key, id, &mut effects);
+                self.forward.fork_adopted();
+            }
             ChainId::Backfill => {
                 if let Some(backfill) = self.backfill.as_mut() {
                     backfill.imported(key, id, &mut effects);
@@ -96,8 +99,11 @@ impl<P: PeerKey> SyncEngine<P> {
         let mut effects = Effects::default();
         match chain {
             ChainId::Forward => {
-                if let ImportError::DoesNotLink { height, hash } = error {
-                    tracing::warn!(height, %hash, "import did not link; restarting from the store's head");
+                if let ImportError::DoesNotLink { height, hash } | ImportError::SideChain { height, hash } =
+                    error
+                {
+                    self.charge_fork_below_finality(key, error, now_ms);
+                    tracing::warn!(height, %hash, %error, "restarting forward sync from the store's head");
                     self.reset_forward(*height, *hash);
                     return;
                 }
@@ -117,6 +123,72 @@ impl<P: PeerKey> SyncEngine<P> {
             }
         }
         self.router.apply(chain, effects, now_ms);
+    }
+
+    /// A fork search's first batch (key `base + 1`) that does not link to the store: its parent,
+    /// at our finalized height, is not our block there, so the peer's chain conflicts with our
+    /// finality, which makes it invalid for us (PROTOCOL.md, fork choice).
+    fn charge_fork_below_finality(&mut self, key: Option<Height>, error: &ImportError, now_ms: u64) {
+        let Some(search) = self.forward.direction().fork.as_ref() else {
+            return;
+        };
+        let first = key.filter(|k| *k == search.base.saturating_add(1));
+        if matches!(error, ImportError::DoesNotLink { .. })
+            && let Some(supplier) = first
+                .and_then(|k| self.forward.batch(k))
+                .and_then(|b| b.supplier_of(0))
+                .cloned()
+        {
+            self.router.penalise(
+                now_ms,
+                &supplier,
+                PeerAction::ProvenWrong,
+                "its chain conflicts with our finalized block",
+            );
+        }
+    }
+
+    /// A fork search goes on while its peer is here, credible, and has not used up its attempts
+    /// on a batch; it fetches up to the peer's head. Given up, forward sync restarts from the
+    /// store's head, which never moved (nobody is charged: the peer may simply have moved on).
+    fn tend_fork_search(&mut self) {
+        let Some(search) = self.forward.direction().fork.clone() else {
+            return;
+        };
+        let max_attempts = self.router.config.max_attempts_per_peer;
+        let entry = self.router.peers.entries.get(&search.peer);
+        let worn_out = self.forward.batches().any(|b| {
+            b.peer_failures()
+                .get(&search.peer)
+                .is_some_and(|n| *n >= max_attempts)
+        });
+        let done = {
+            let forward = self.forward.direction();
+            self.forward.is_empty() && forward.tip.height >= search.until.min(forward.target)
+        };
+        // It must serve the next block still to fetch, from our finalized block on.
+        let needed = self
+            .forward
+            .first_open()
+            .and_then(|k| self.forward.batch(k))
+            .map(|b| b.next_height());
+        match entry {
+            Some(entry)
+                if !entry.proven_wrong && needed.is_none_or(|h| entry.serves(h)) && !worn_out && !done =>
+            {
+                let head = entry.believed_head();
+                if let Some(fork) = self.forward.direction_mut().fork.as_mut() {
+                    fork.until = head;
+                }
+            }
+            _ => {
+                tracing::info!(
+                    head = search.store_head.height,
+                    "fork search over: we keep our chain (the fork is not longer, or not served)"
+                );
+                self.reset_forward(search.store_head.height, search.store_head.hash);
+            }
+        }
     }
 
     /// Forgets every forward batch and restarts forward sync from `height`/`hash` (the store's word).
@@ -149,6 +221,7 @@ impl<P: PeerKey> SyncEngine<P> {
     pub(super) fn drive(&mut self, now_ms: u64) {
         self.router.refresh_stale(now_ms);
         self.update_target();
+        self.tend_fork_search();
         let config = &self.router.config;
         let estimate = self.router.block_size_estimate();
         let size = batch_blocks(
@@ -238,6 +311,9 @@ impl<P: PeerKey> SyncEngine<P> {
             } else {
                 SyncState::Syncing
             }
+        } else if !self.heard_status && now_ms < self.router.config.alone_after_ms {
+            // No peer has checked our head yet.
+            SyncState::Syncing
         } else if self.backfill_complete() == Some(false) {
             SyncState::Backfilling
         } else {

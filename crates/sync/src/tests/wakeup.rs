@@ -61,7 +61,11 @@ fn ticking_only_at_next_wakeup_fires_deadlines_retries_and_the_stall() {
 #[test]
 fn with_nothing_to_wait_for_there_is_no_wakeup() {
     let blocks = chain(10, 8, 0);
-    let engine = SyncEngine::<u32>::new(config(), local(&blocks, 10), 2).expect("a valid config");
+    let config = config();
+    let alone_after_ms = config.alone_after_ms;
+    let mut engine = SyncEngine::<u32>::new(config, local(&blocks, 10), 2).expect("a valid config");
+    // Alone, once the wait for a peer is over.
+    engine.tick(alone_after_ms);
     assert_eq!(engine.next_wakeup(), None);
 }
 
