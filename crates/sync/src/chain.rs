@@ -233,8 +233,10 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
             .collect()
     }
 
-    /// When a backoff ends next: a batch's, or the imports' after a failed import.
-    pub(crate) fn next_wakeup(&self) -> Option<u64> {
+    /// When its backoffs end: each waiting batch's, and the imports' after a failed import. All of
+    /// them, not their minimum: the caller drops the past ones (the imports' retry time stays in
+    /// the past once it is over, and a minimum would hide every batch's backoff behind it).
+    pub(crate) fn wakeups(&self) -> impl Iterator<Item = u64> + '_ {
         let import_retry = self
             .batches
             .values()
@@ -244,7 +246,6 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
             .values()
             .filter_map(Batch::ready_at)
             .chain(import_retry)
-            .min()
     }
 
     /// Cuts batches of at most `size` blocks after the last one while the window has room.

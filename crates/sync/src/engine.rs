@@ -328,9 +328,8 @@ impl<P: PeerKey> SyncEngine<P> {
             .map(|r| r.deadline_ms);
         let chains = self
             .forward
-            .next_wakeup()
-            .into_iter()
-            .chain(self.backfill.as_ref().and_then(Chain::next_wakeup));
+            .wakeups()
+            .chain(self.backfill.iter().flat_map(Chain::wakeups));
         let config = &self.router.config;
         let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
             .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));

@@ -85,3 +85,43 @@ fn an_invalid_config_is_an_error_not_the_defaults() {
         })
     ));
 }
+
+/// A waiting batch's backoff is a wake-up even while a complete batch below it waits to import
+/// (the imports' retry time, long past, once hid every backoff of its chain: a backfill whose top
+/// batch failed its link slept until some unrelated event).
+#[test]
+fn a_batch_backoff_wakes_the_engine_while_a_complete_batch_waits_behind_it() {
+    let blocks = chain(40, 8, 0);
+    let fork = chain(40, 8, 5);
+    let mut start = local(&blocks, 40);
+    start.backfill = Some(BackfillStart {
+        lowest_height: 40,
+        lowest_parent_hash: blocks[39].hash(),
+        floor_height: 0,
+    });
+    let mut engine = SyncEngine::new(config(), start, 7).expect("a valid config");
+    engine.peer_status(0, 1, status(&blocks, 40));
+    engine.peer_status(0, 2, status(&blocks, 40));
+    let requests = range_requests(&drain(&mut engine));
+    assert_eq!(requests.len(), 2, "one batch to each peer: {requests:?}");
+    let top = requests.iter().map(|r| r.2).max().expect("two requests");
+    for &(_, id, start, count) in &requests {
+        // The batch the import waits for comes from another history; the one below is sound.
+        let source = if start == top { &fork } else { &blocks };
+        engine.range_response(10, id, serve(source, start, count));
+    }
+    let actions = drain(&mut engine);
+    assert!(
+        penalties(&actions).iter().any(|p| p.1 == PeerAction::ProvenWrong),
+        "the top batch failed its link: {actions:?}"
+    );
+    assert!(
+        engine.stats().backfill_buffered_blocks > 0,
+        "the batch below is held"
+    );
+    let wakeup = engine.next_wakeup().expect("a wake-up");
+    assert!(
+        wakeup < config().request_timeout_ms,
+        "the failed batch's backoff is the next wake-up, not {wakeup}"
+    );
+}
