@@ -1,8 +1,9 @@
 //! `syncnode db import` of what `db export` wrote, across real processes and real stores: a whole
 //! export and one in two ranges, a tampered file, and an import killed and run again.
 
+use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use syncnode_e2e::{ChildGuard, db_check_ok, db_export, generate, path_str, syncnode, write_spec};
 use syncnode_proto::frame::{decode_frame, encode_frame};
@@ -134,23 +135,30 @@ fn an_import_killed_midway_continues_from_the_head_when_run_again() {
     let file = tmp.path().join("all.blocks");
     std::fs::write(&file, &all).expect("write");
 
+    // The import reads the first half of the export from a pipe that stays open, so it cannot
+    // finish however fast the machine is; it is killed once the store holds some of the chain.
     let dest = tmp.path().join("dest");
-    let mut child = ChildGuard::spawn(
-        syncnode(&[
-            "db",
-            "import",
-            "--data-dir",
-            path_str(&dest),
-            "--chain",
-            path_str(&spec),
-            path_str(&file),
-        ]),
-        false,
-    );
-    // Killed once the store holds some of the chain.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.0.try_wait().expect("wait").is_none(), "still importing");
+    let mut cmd = syncnode(&[
+        "db",
+        "import",
+        "--data-dir",
+        path_str(&dest),
+        "--chain",
+        path_str(&spec),
+        "-",
+    ]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = ChildGuard::spawn(cmd, false);
+    let mut stdin = child.0.stdin.take().expect("piped stdin");
+    stdin.write_all(&all[..all.len() / 2]).expect("feed the import");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while table_bytes(&dest) < 4 << 20 {
+        assert!(Instant::now() < deadline, "the import wrote nothing in 60 s");
+        assert!(child.0.try_wait().expect("wait").is_none(), "still importing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     child.kill();
+    drop(stdin);
 
     let (ok, err) = import(&spec, &dest, &file);
     assert!(ok, "{err}");
@@ -159,4 +167,20 @@ fn an_import_killed_midway_continues_from_the_head_when_run_again() {
     assert_eq!(imported, n - from, "continued from the head: {err}");
     assert_eq!(db_check_ok(&dest), n);
     assert_eq!(db_export(&dest, 0, n), all);
+}
+
+/// Bytes in the store's value tables under `dir` (0 while it does not exist): a fresh store's
+/// are 256 KiB each; they grow as imported blocks are written (its index files are preallocated,
+/// so they would tell nothing).
+fn table_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("table_"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
