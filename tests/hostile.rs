@@ -323,8 +323,6 @@ fn backfill_among_hostile_peers_ends_with_the_honest_chain() {
 /// Flooding clients of the serving scenario, and the streams each keeps busy.
 const FLOODERS: usize = 20;
 const FLOOD_STREAMS: usize = 8;
-/// The seeder's `max_serving_bytes` (the network's default, 64 MiB).
-const SERVING_BYTES_BOUND: u64 = 64 * 1024 * 1024;
 
 #[test]
 fn a_flooded_seeder_still_answers_an_honest_client() {
@@ -397,11 +395,6 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
         outcomes.push(outcome);
         std::thread::sleep(Duration::from_millis(250));
     }
-    // The maintenance tick (1 s) publishes the serving byte budget's peak.
-    std::thread::sleep(Duration::from_millis(1500));
-    let held_peak = seeder
-        .metric("syncnode_network_serving_bytes_peak")
-        .expect("serving bytes peak metric") as u64;
     let (hwm, _) = client::memory_kib(seeder.child.0.id()).expect("/proc status");
     let hwm_mib = hwm / 1024;
     let sum = |f: fn(&PeerStats) -> &std::sync::atomic::AtomicU64| {
@@ -416,7 +409,7 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
     sorted.sort();
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     eprintln!(
-        "[serve] {FLOODERS} flooders x {FLOOD_STREAMS} streams for {:?}: sent {}, ok {}, refused {}, failed {}; honest client: {} requests, {} answered with blocks, median {:.0} ms, worst {:.0} ms; seeder peak RSS {hwm_mib} MiB (bound {SERVE_RSS_BOUND_MIB} MiB), peak serving bytes held {held_peak} (bound {SERVING_BYTES_BOUND}); outcomes {:?}",
+        "[serve] {FLOODERS} flooders x {FLOOD_STREAMS} streams for {:?}: sent {}, ok {}, refused {}, failed {}; honest client: {} requests, {} answered with blocks, median {:.0} ms, worst {:.0} ms; seeder peak RSS {hwm_mib} MiB (bound {SERVE_RSS_BOUND_MIB} MiB); outcomes {:?}",
         flood_for,
         sum(|s| &s.flood_sent),
         sum(|s| &s.flood_ok),
@@ -451,8 +444,4 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
         outcomes.len()
     );
     assert!(hwm_mib < SERVE_RSS_BOUND_MIB, "seeder peak RSS {hwm_mib} MiB");
-    assert!(
-        held_peak <= SERVING_BYTES_BOUND,
-        "{held_peak} bytes of blocks held for responses at once (bound {SERVING_BYTES_BOUND})"
-    );
 }

@@ -22,16 +22,15 @@
 //!   1..=128 hashes, else `INVALID_REQUEST` and a low-tolerance charge: one such mistake keeps
 //!   the connection, a second within a half-life costs it), rate-limit per peer and protocol with
 //!   token buckets (`RATE_LIMITED`), bound the work queued (`RESOURCE_UNAVAILABLE` beyond
-//!   `max_concurrent_serving + max_queued_serving`, or beyond `max_serving_per_peer` of them for
-//!   one requester), then a task waits for room in the byte budget `max_serving_bytes` (the
-//!   requester's fair share: at most the budget over the requesters holding or waiting for room,
-//!   plus one, so a flooder queues behind its own responses while another requester finds room),
-//!   then for a serving permit and the optional global blocks-per-second pacer, and reads the
-//!   source on a blocking thread. What the source returns is cut to consecutive heights from the
-//!   start (or requested hashes in order), to a response frame of at most 16,777,216 bytes and
-//!   to its room. The room is held until the response is written, through the pacer's wait, so
-//!   blocks read and not yet written never exceed `max_serving_bytes`. Serving is bounded by 3/4
-//!   of the 10 s deadline (what cannot be served in time is answered `RESOURCE_UNAVAILABLE`). The
+//!   `max_concurrent_serving + max_queued_serving`, beyond `max_serving_per_peer` of them for one
+//!   requester, or while the responses still being written to their requesters hold
+//!   `max_serving_bytes`), then a task waits for a serving permit, an
+//!   optional global blocks-per-second pacer, and reads the source on a blocking thread. What
+//!   the source returns is cut to consecutive heights from the start (or requested hashes in
+//!   order) and to a response frame of at most 16,777,216 bytes. Serving is bounded by 3/4 of
+//!   the 10 s deadline (what cannot be served in time is answered `RESOURCE_UNAVAILABLE`, and so
+//!   is a finished response that would take the bytes being written over `max_serving_bytes`:
+//!   a requester that does not read its answers cannot make us hold more). The
 //!   codec bounds every read by the deadline: a requester that has not finished its frame by
 //!   then, like one whose frame is oversize or undecodable, reaches the event loop as a
 //!   violation, is charged, and its stream is closed unanswered (libp2p's request/response would

@@ -2,28 +2,23 @@
 //!
 //! The event loop validates a request (→ `INVALID_REQUEST`), applies the peer's rate limit
 //! (→ `RATE_LIMITED`) and the bound on queued work (→ `RESOURCE_UNAVAILABLE`), then hands the
-//! request to [`serve`], which runs on its own task: it waits for room in the [`ServingBytes`]
-//! (its requester's fair share), then for one of `max_concurrent_serving` permits, asks the
-//! global pacer (if any) how many blocks it may send and when, reads them from the source on a
-//! blocking thread, and [`sanitize`]s the answer so that whatever the source returns, the
-//! response holds consecutive heights from the start (or requested hashes in request order) and
-//! fits the response frame and its room. The room travels with the response until libp2p has
-//! written it, so the bytes of blocks read and not yet written never exceed `max_serving_bytes`. Every wait is bounded by
+//! request to [`serve`], which runs on its own task: it waits for one of
+//! `max_concurrent_serving` permits, asks the global pacer (if any) how many blocks it may send
+//! and when, reads them from the source on a blocking thread, and [`sanitize`]s the answer so
+//! that whatever the source returns, the response holds consecutive heights from the start (or
+//! requested hashes in request order) and fits the response frame. Every wait is bounded by
 //! the serving budget, a fraction of the response deadline; a request that cannot be served
 //! within it is answered `RESOURCE_UNAVAILABLE`, never left to time out.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use libp2p::PeerId;
 
 use syncnode_proto::MAX_RESPONSE_FRAME;
 use syncnode_proto::convert::{
     BlocksByRangeRequest, BlocksByRootRequest, BlocksResponse, ResponseCode, encoded_block_field_len,
 };
 use syncnode_types::{Block, Hash, Height};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::error::SourceError;
 use crate::rate_limit::GlobalPacer;
@@ -59,194 +54,21 @@ impl BlockQuery {
     }
 }
 
-/// Room for one block of the largest payload, with its header: the least room worth granting.
-const MIN_ROOM: usize = syncnode_types::MAX_PAYLOAD_BYTES + 1024;
-
-#[derive(Default)]
-struct Shares {
-    total: usize,
-    peak: usize,
-    held: HashMap<PeerId, usize>,
-    waiting: HashMap<PeerId, usize>,
-}
-
-impl Shares {
-    /// Room `peer` may take now: at most its fair share, `max / (requesters + 1)` (one share
-    /// kept for a requester yet to come), never below [`MIN_ROOM`], and what is left of `max`.
-    fn room_for(&self, peer: &PeerId, max: usize) -> usize {
-        let mut requesters =
-            self.held.len() + self.waiting.keys().filter(|p| !self.held.contains_key(p)).count();
-        if !self.held.contains_key(peer) && !self.waiting.contains_key(peer) {
-            requesters += 1;
-        }
-        let share = (max / (requesters + 1)).max(MIN_ROOM).min(max);
-        let own = self.held.get(peer).copied().unwrap_or(0);
-        share.saturating_sub(own).min(max.saturating_sub(self.total))
-    }
-
-    fn add(&mut self, peer: PeerId, bytes: usize) {
-        self.total += bytes;
-        self.peak = self.peak.max(self.total);
-        *self.held.entry(peer).or_default() += bytes;
-    }
-
-    fn sub(&mut self, peer: &PeerId, bytes: usize) {
-        self.total = self.total.saturating_sub(bytes);
-        if let Some(n) = self.held.get_mut(peer) {
-            *n = n.saturating_sub(bytes);
-            if *n == 0 {
-                self.held.remove(peer);
-            }
-        }
-    }
-
-    fn wait(&mut self, peer: PeerId, delta: isize) {
-        let n = self.waiting.entry(peer).or_default();
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            self.waiting.remove(&peer);
-        }
-    }
-}
-
-/// The bytes of blocks read for responses and not yet written to their requesters, at most
-/// `max_serving_bytes`, shared fairly among requesters: one that holds its share waits for its
-/// own responses to be written, while another still finds room.
-pub struct ServingBytes {
-    max: usize,
-    shares: Mutex<Shares>,
-    freed: Notify,
-}
-
-/// Room held in [`ServingBytes`] by one response, from before its read until it is written;
-/// given back when dropped.
-pub struct HeldBytes {
-    budget: Arc<ServingBytes>,
-    peer: PeerId,
-    bytes: usize,
-}
-
-impl HeldBytes {
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Gives back what is held beyond `bytes`.
-    pub fn shrink_to(&mut self, bytes: usize) {
-        if bytes < self.bytes {
-            self.budget.give_back(&self.peer, self.bytes - bytes);
-            self.bytes = bytes;
-        }
-    }
-}
-
-impl Drop for HeldBytes {
-    fn drop(&mut self) {
-        self.budget.give_back(&self.peer, self.bytes);
-    }
-}
-
-impl ServingBytes {
-    /// A budget of `max` bytes.
-    pub fn new(max: usize) -> Self {
-        ServingBytes {
-            max: max.max(1),
-            shares: Mutex::new(Shares::default()),
-            freed: Notify::new(),
-        }
-    }
-
-    /// The most bytes held at once so far.
-    pub fn peak(&self) -> usize {
-        self.shares.lock().map(|s| s.peak).unwrap_or(0)
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.shares.lock().map(|s| s.total).unwrap_or(0)
-    }
-
-    fn give_back(&self, peer: &PeerId, bytes: usize) {
-        if let Ok(mut shares) = self.shares.lock() {
-            shares.sub(peer, bytes);
-        }
-        self.freed.notify_waiters();
-    }
-
-    fn try_take(self: &Arc<Self>, peer: PeerId, delta_waiting: isize) -> Option<HeldBytes> {
-        let mut shares = self.shares.lock().ok()?;
-        if delta_waiting != 0 {
-            shares.wait(peer, delta_waiting);
-        }
-        let room = shares.room_for(&peer, self.max).min(MAX_RESPONSE_FRAME);
-        if room < MIN_ROOM.min(self.max) {
-            return None;
-        }
-        shares.add(peer, room);
-        Some(HeldBytes {
-            budget: self.clone(),
-            peer,
-            bytes: room,
-        })
-    }
-
-    /// Waits until `deadline` for room for `peer`'s next response (its fair share of what is
-    /// free, at most a response frame).
-    pub async fn reserve(self: &Arc<Self>, peer: PeerId, deadline: Instant) -> Option<HeldBytes> {
-        let mut waiting = false;
-        let held = loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let delta = if waiting { 0 } else { 1 };
-            waiting = true;
-            if let Some(held) = self.try_take(peer, delta) {
-                break Some(held);
-            }
-            if tokio::time::timeout_at(deadline.into(), freed).await.is_err() {
-                break None;
-            }
-        };
-        if let Ok(mut shares) = self.shares.lock() {
-            shares.wait(peer, -1);
-        }
-        held
-    }
-}
-
 /// What serving tasks share.
 pub struct ServeContext {
     pub source: Arc<dyn BlockSource>,
     pub permits: Arc<Semaphore>,
-    /// Bytes of blocks read and not yet written, shared per requester.
-    pub bytes: Arc<ServingBytes>,
     pub pacer: Option<GlobalPacer>,
     /// How long a serving task may take from receipt of the request.
     pub budget: Duration,
 }
 
-/// Serves one validated request for `peer`, with the room its blocks hold until written
-/// (`None` for an error answer). Never panics; every failure becomes a response code.
-pub async fn serve(
-    ctx: Arc<ServeContext>,
-    peer: PeerId,
-    query: BlockQuery,
-    received: Instant,
-) -> (BlocksResponse, Option<HeldBytes>) {
+/// Serves one validated request. Never panics; every failure becomes a response code.
+pub async fn serve(ctx: Arc<ServeContext>, query: BlockQuery, received: Instant) -> BlocksResponse {
     let deadline = received + ctx.budget;
     let remaining = || deadline.saturating_duration_since(Instant::now());
-    let unavailable = |why: &str| {
-        (
-            BlocksResponse::error(ResponseCode::ResourceUnavailable, why),
-            None,
-        )
-    };
+    let unavailable = |why: &str| BlocksResponse::error(ResponseCode::ResourceUnavailable, why);
 
-    // Room first, holding nothing else: a requester at its share queues behind itself.
-    let Some(held) = ctx.bytes.reserve(peer, deadline).await else {
-        return unavailable("busy");
-    };
     let permit = match tokio::time::timeout(remaining(), ctx.permits.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
         Ok(Err(_)) => return unavailable("shutting down"),
@@ -269,55 +91,44 @@ pub async fn serve(
 
     let source = ctx.source.clone();
     let q = query.clone();
-    let room = held.bytes();
     let read = tokio::task::spawn_blocking(move || {
         // The permit is held by the blocking call itself: a source call that outlives the
         // budget still counts against the concurrency bound until it returns.
         let _permit = permit;
         match &q {
-            BlockQuery::Range(r) => source.blocks_by_range(r.start_height, r.count, room),
-            BlockQuery::Root(r) => source.blocks_by_root(&r.hashes, room),
+            BlockQuery::Range(r) => source.blocks_by_range(r.start_height, r.count, MAX_RESPONSE_FRAME),
+            BlockQuery::Root(r) => source.blocks_by_root(&r.hashes, MAX_RESPONSE_FRAME),
         }
     });
     let blocks = match tokio::time::timeout(remaining(), read).await {
         Ok(Ok(Ok(blocks))) => blocks,
         Ok(Ok(Err(e))) => {
             tracing::warn!(error = %e, "block source failed");
-            return (
-                BlocksResponse::error(ResponseCode::ServerError, "block source failed"),
-                None,
-            );
+            return BlocksResponse::error(ResponseCode::ServerError, "block source failed");
         }
         Ok(Err(join)) => {
             tracing::error!(error = %join, "block source task failed");
-            return (
-                BlocksResponse::error(ResponseCode::ServerError, "block source failed"),
-                None,
-            );
+            return BlocksResponse::error(ResponseCode::ServerError, "block source failed");
         }
         Err(_) => return unavailable("block source too slow"),
     };
-    let blocks = sanitize(&query, blocks, room);
-    let mut held = held;
-    held.shrink_to(blocks.iter().map(encoded_block_field_len).sum::<usize>().max(1));
+    let blocks = sanitize(&query, blocks);
     if let Some(at) = send_at {
-        // Asleep until its turn, the response keeps its blocks: they stay counted.
         tokio::time::sleep_until(at.into()).await;
     }
-    (BlocksResponse::ok(blocks), Some(held))
+    BlocksResponse::ok(blocks)
 }
 
 /// Enforces the protocol on what the source returned: for a range, the longest prefix of
 /// consecutive heights from the start (at most `count`); for roots, the blocks that match the
 /// requested hashes in request order; in both cases cut before the response frame would exceed
-/// `max_bytes` (itself at most [`MAX_RESPONSE_FRAME`]).
-pub fn sanitize(query: &BlockQuery, blocks: Vec<Block>, max_bytes: usize) -> Vec<Block> {
-    let limit = max_bytes.min(MAX_RESPONSE_FRAME);
+/// [`MAX_RESPONSE_FRAME`].
+pub fn sanitize(query: &BlockQuery, blocks: Vec<Block>) -> Vec<Block> {
     let mut out = Vec::with_capacity(blocks.len());
     let mut bytes = 0usize;
     let mut fits = |block: &Block| {
         bytes = bytes.saturating_add(encoded_block_field_len(block));
-        bytes <= limit
+        bytes <= MAX_RESPONSE_FRAME
     };
     match query {
         BlockQuery::Range(r) => {
@@ -372,9 +183,9 @@ mod tests {
         let blocks = chain(10, 8);
         let q = BlockQuery::Range(BlocksByRangeRequest::new(2, 5).expect("valid"));
         let mut given: Vec<Block> = blocks[2..9].to_vec();
-        assert_eq!(sanitize(&q, given.clone(), MAX_RESPONSE_FRAME).len(), 5);
+        assert_eq!(sanitize(&q, given.clone()).len(), 5);
         given.remove(2); // heights 2,3,5,...
-        let out = sanitize(&q, given, MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, given);
         assert_eq!(out.iter().map(Block::height).collect::<Vec<_>>(), vec![2, 3]);
     }
 
@@ -383,11 +194,11 @@ mod tests {
         let blocks = chain(6, 8);
         let hashes = vec![blocks[1].hash(), blocks[3].hash(), blocks[4].hash()];
         let q = BlockQuery::Root(BlocksByRootRequest::new(hashes).expect("valid"));
-        let out = sanitize(&q, vec![blocks[1].clone(), blocks[4].clone()], MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, vec![blocks[1].clone(), blocks[4].clone()]);
         assert_eq!(out.len(), 2);
-        let out = sanitize(&q, vec![blocks[4].clone(), blocks[1].clone()], MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, vec![blocks[4].clone(), blocks[1].clone()]);
         assert_eq!(out.len(), 1, "out of order: cut at the first block out of order");
-        let out = sanitize(&q, vec![blocks[0].clone()], MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, vec![blocks[0].clone()]);
         assert!(out.is_empty());
     }
 
@@ -396,7 +207,7 @@ mod tests {
         let payload = syncnode_types::MAX_PAYLOAD_BYTES;
         let blocks = chain(20, payload);
         let q = BlockQuery::Range(BlocksByRangeRequest::new(0, 20).expect("valid"));
-        let out = sanitize(&q, blocks, MAX_RESPONSE_FRAME);
+        let out = sanitize(&q, blocks);
         let total: usize = out.iter().map(encoded_block_field_len).sum();
         assert!(total <= MAX_RESPONSE_FRAME);
         assert_eq!(out.len(), 15);

@@ -28,7 +28,7 @@ use crate::handle::{Command, NetworkEvent, NetworkHandle};
 use crate::metrics::NetworkMetrics;
 use crate::peer_manager::PeerManager;
 use crate::rate_limit::{GlobalPacer, Protocol, RateLimiter};
-use crate::serve::{BlockSource, HeldBytes, ServeContext, ServingBytes};
+use crate::serve::{BlockSource, ServeContext};
 
 /// A finished serving task's answer, to be sent on the swarm task.
 pub(crate) struct ServeDone {
@@ -39,8 +39,6 @@ pub(crate) struct ServeDone {
     pub response: pb::BlocksResponse,
     pub code: &'static str,
     pub blocks: usize,
-    /// The room in the byte budget the response's blocks hold, until it is written.
-    pub held: Option<HeldBytes>,
 }
 
 /// An outbound block request waiting for its answer.
@@ -73,8 +71,11 @@ pub(crate) struct Service {
     /// Serving tasks by requester (entries at zero removed), each at most `max_serving_per_peer`.
     pub serving_by_peer: HashMap<PeerId, usize>,
     pub max_serving_per_peer: usize,
-    /// The byte budget's room held by the block responses libp2p is still writing, by request.
-    pub writing: HashMap<(Protocol, InboundRequestId), HeldBytes>,
+    /// Encoded sizes of the block responses libp2p is still writing, by request.
+    pub writing: HashMap<(Protocol, InboundRequestId), usize>,
+    /// Their sum, kept at most `max_serving_bytes` (but for a single response).
+    pub writing_bytes: usize,
+    pub max_serving_bytes: usize,
     pub pending_range: HashMap<OutboundRequestId, Pending>,
     pub pending_root: HashMap<OutboundRequestId, Pending>,
     pub pending_status: HashMap<OutboundRequestId, (PeerId, Instant)>,
@@ -190,7 +191,6 @@ impl Service {
                 .serve_blocks_per_sec
                 .map(|rate| GlobalPacer::new(rate, Instant::now())),
             budget: config.request_timeout.mul_f64(0.75),
-            bytes: Arc::new(ServingBytes::new(config.max_serving_bytes)),
         });
         Service {
             swarm,
@@ -212,6 +212,8 @@ impl Service {
             serving_by_peer: HashMap::new(),
             max_serving_per_peer: config.max_serving_per_peer,
             writing: HashMap::new(),
+            writing_bytes: 0,
+            max_serving_bytes: config.max_serving_bytes,
             pending_range: HashMap::new(),
             pending_root: HashMap::new(),
             pending_status: HashMap::new(),
@@ -634,8 +636,6 @@ impl Service {
         self.redial_bootnodes_if_alone();
         self.metrics
             .set_peers(self.manager.connected_count(), self.manager.banned_count());
-        let bytes = &self.serve_ctx.bytes;
-        self.metrics.set_serving_bytes(bytes.held(), bytes.peak());
         let (lo, hi) = self.manager.score_range();
         self.metrics.set_score_range(lo, hi);
     }
