@@ -87,6 +87,7 @@ mod rpc;
 pub mod serve;
 mod service;
 pub mod transport;
+mod upkeep;
 
 pub use config::{NetworkConfig, Quota, RateLimits};
 pub use error::{NetworkError, PublishError, RequestError, SourceError};

@@ -97,8 +97,9 @@ pub(crate) struct Service {
 }
 
 /// First and longest wait between redials of the bootnodes while the node has no peer.
-const REDIAL_MIN: Duration = Duration::from_secs(2);
-const REDIAL_MAX: Duration = Duration::from_secs(60);
+/// The first and the longest wait before bootnodes are dialled again while the node is alone.
+pub(crate) const REDIAL_MIN: Duration = Duration::from_secs(2);
+pub(crate) const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 /// Starts the network: builds the swarm, starts listening (waiting up to 5 s until every
 /// listener has its address, so [`NetworkHandle::listen_addrs`] is complete at once), dials
@@ -266,17 +267,6 @@ impl Service {
             }
         }
         Ok(())
-    }
-
-    fn add_bootnode(&mut self, addr: Multiaddr) {
-        if let (Some(AddrProtocol::P2p(peer)), Some(kad)) =
-            (addr.iter().last(), self.swarm.behaviour_mut().kad.as_mut())
-        {
-            kad.add_address(&peer, addr.clone());
-        }
-        if let Err(e) = self.swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, error = %e, "cannot dial bootnode");
-        }
     }
 
     async fn run(mut self, status_interval: Duration, maintenance_interval: Duration) {
@@ -594,49 +584,5 @@ impl Service {
                 }
             }
         }
-    }
-
-    /// A node that lost every peer (a restart of its bootnode, a disconnect after a penalty) dials
-    /// its bootnodes again, backing off exponentially while nobody answers.
-    fn redial_bootnodes_if_alone(&mut self) {
-        let now = Instant::now();
-        if self.manager.connected_count() > 0 {
-            self.redial_backoff = REDIAL_MIN;
-            self.next_redial = now + REDIAL_MIN;
-            return;
-        }
-        if self.bootnodes.is_empty() || now < self.next_redial {
-            return;
-        }
-        tracing::debug!(bootnodes = self.bootnodes.len(), "no peers: redialling bootnodes");
-        for addr in self.bootnodes.clone() {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::debug!(%addr, error = %e, "cannot redial bootnode");
-            }
-        }
-        self.next_redial = now + self.redial_backoff;
-        self.redial_backoff = (self.redial_backoff * 2).min(REDIAL_MAX);
-    }
-
-    fn maintain(&mut self) {
-        let now = Instant::now();
-        while let Some(&(at, peer)) = self.closing.front() {
-            if at > now {
-                break;
-            }
-            self.closing.pop_front();
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
-        for peer in self.manager.expired_bans() {
-            tracing::info!(%peer, "ban expired");
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-        }
-        self.manager.prune();
-        self.limiter.prune(Instant::now());
-        self.redial_bootnodes_if_alone();
-        self.metrics
-            .set_peers(self.manager.connected_count(), self.manager.banned_count());
-        let (lo, hi) = self.manager.score_range();
-        self.metrics.set_score_range(lo, hi);
     }
 }

@@ -131,12 +131,7 @@ pub async fn run_with(
     let subscriptions = subscribe::Subscriptions::new(store.clone(), chain.head.clone());
     on_ready(subscriptions.clone());
 
-    config.network.keypair = load_or_create_keypair(&config.data_dir)?;
-    config.network.genesis_hash = store.status().genesis_hash;
-    config.network.gossip_slot = std::time::Duration::from_millis(config.spec.slot_ms);
-    let peers = peer_file::PeerFile::load(&config.data_dir.join(peer_file::FILE_NAME));
-    config.network.known_peers = peers.dial_addrs();
-    config.network.restored_bans = peers.bans_left(peer_file::now_ms());
+    let peers = prepare_network(&mut config, &store)?;
     let source = Arc::new(source::StoreSource {
         store: store.clone(),
         below_earliest: metrics.range_requests_below_earliest.clone(),
@@ -195,6 +190,18 @@ pub async fn run_with(
     close_store(store).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Completes the network's configuration from the data directory and the store: the node's key,
+/// the chain, and the peers and bans the peers file remembers (returned, to be kept up to date).
+fn prepare_network(config: &mut NodeConfig, store: &BlockStore) -> anyhow::Result<peer_file::PeerFile> {
+    config.network.keypair = load_or_create_keypair(&config.data_dir)?;
+    config.network.genesis_hash = store.status().genesis_hash;
+    config.network.gossip_slot = std::time::Duration::from_millis(config.spec.slot_ms);
+    let peers = peer_file::PeerFile::load(&config.data_dir.join(peer_file::FILE_NAME));
+    config.network.known_peers = peers.dial_addrs();
+    config.network.restored_bans = peers.bans_left(peer_file::now_ms());
+    Ok(peers)
 }
 
 /// The sync engine over the store's chain, and the watched view of it that the HTTP API reads.

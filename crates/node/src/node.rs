@@ -423,6 +423,31 @@ impl EventLoop {
         self.imports.try_send(job).is_ok()
     }
 
+    /// Queues an import the engine asked for; a full queue is the engine's local failure.
+    fn import(&mut self, now: u64, id: syncnode_sync::ImportId, blocks: Vec<Block>, direction: Direction) {
+        let job = ImportJob {
+            id: Some(id),
+            blocks,
+            direction,
+        };
+        if let Err(e) = self.imports.try_send(job) {
+            let reason = format!("import queue: {e}");
+            self.engine
+                .import_result(now, id, Err(syncnode_sync::ImportError::Local(reason)));
+        }
+    }
+
+    /// Hands a charge or a credit of the engine's to the network's score book.
+    fn report(&self, peer: PeerId, action: syncnode_sync::PeerAction, reason: &'static str) {
+        if action == syncnode_sync::PeerAction::UsefulResponse {
+            tracing::trace!(%peer, reason, "crediting peer");
+        } else {
+            tracing::info!(%peer, ?action, reason, "penalising peer");
+        }
+        let network = self.network.clone();
+        tokio::spawn(async move { network.report(peer, action, reason).await });
+    }
+
     fn drain_actions(&mut self, now: u64, inbox: &mpsc::Sender<Inbox>) {
         while let Some(action) = self.engine.poll_action() {
             match action {
@@ -469,26 +494,8 @@ impl EventLoop {
                     id,
                     blocks,
                     direction,
-                } => {
-                    if let Err(e) = self.imports.try_send(ImportJob {
-                        id: Some(id),
-                        blocks,
-                        direction,
-                    }) {
-                        let reason = format!("import queue: {e}");
-                        self.engine
-                            .import_result(now, id, Err(syncnode_sync::ImportError::Local(reason)));
-                    }
-                }
-                Action::Penalise { peer, action, reason } => {
-                    if action == syncnode_sync::PeerAction::UsefulResponse {
-                        tracing::trace!(%peer, reason, "crediting peer");
-                    } else {
-                        tracing::info!(%peer, ?action, reason, "penalising peer");
-                    }
-                    let network = self.network.clone();
-                    tokio::spawn(async move { network.report(peer, action, reason).await });
-                }
+                } => self.import(now, id, blocks, direction),
+                Action::Penalise { peer, action, reason } => self.report(peer, action, reason),
                 Action::StateChanged(state) => {
                     tracing::info!(state = crate::http::state_name(state), "sync state changed");
                     self.sync_view.send_modify(|v| v.state = state);
