@@ -13,8 +13,15 @@ fn chain(len: Height, payload: usize, salt: u8) -> Vec<Block> {
 
 /// A chain of unsigned blocks `0..=len` whose payload at height `h` has `size_of(h)` bytes.
 fn chain_sized(len: Height, salt: u8, size_of: impl Fn(Height) -> usize) -> Vec<Block> {
-    let mut blocks: Vec<Block> = Vec::new();
-    for height in 0..=len {
+    let mut blocks = Vec::new();
+    extend_chain(&mut blocks, len, salt, size_of);
+    blocks
+}
+
+/// Appends unsigned blocks to `blocks` up to height `len`, each linking to the one before.
+fn extend_chain(blocks: &mut Vec<Block>, len: Height, salt: u8, size_of: impl Fn(Height) -> usize) {
+    let next = blocks.last().map_or(0, |b| b.height() + 1);
+    for height in next..=len {
         let parent_hash = blocks.last().map_or(Hash::ZERO, Block::hash);
         let body = Bytes::from(vec![salt; size_of(height)]);
         blocks.push(Block {
@@ -29,7 +36,6 @@ fn chain_sized(len: Height, salt: u8, size_of: impl Fn(Height) -> usize) -> Vec<
             signature: Signature::ZERO,
         });
     }
-    blocks
 }
 
 fn config() -> SyncConfig {

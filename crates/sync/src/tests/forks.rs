@@ -11,21 +11,7 @@ const DEPTH: u64 = 8;
 /// `base` up to `at`, then its own blocks up to `len` (payloads of `salt`).
 fn fork_of(base: &[Block], at: Height, len: Height, salt: u8) -> Vec<Block> {
     let mut blocks = base[..=at as usize].to_vec();
-    for height in at + 1..=len {
-        let parent_hash = blocks.last().map_or(Hash::ZERO, Block::hash);
-        let body = Bytes::from(vec![salt; 8]);
-        blocks.push(Block {
-            header: BlockHeader {
-                height,
-                parent_hash,
-                timestamp_ms: 1_000 + height * 1_000,
-                payload_hash: Hash::of(&body),
-                proposer: PublicKey::ZERO,
-            },
-            payload: body,
-            signature: Signature::ZERO,
-        });
-    }
+    extend_chain(&mut blocks, len, salt, |_| 8);
     blocks
 }
 
