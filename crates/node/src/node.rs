@@ -437,13 +437,18 @@ impl EventLoop {
         }
     }
 
-    /// Hands a charge or a credit of the engine's to the network's score book.
+    /// Hands a charge or a credit of the engine's to the network's score book. A credit (one per
+    /// imported batch) is queued without waiting and dropped when the queue is full: it is worth
+    /// less than a task per batch. A charge must arrive, so it waits for room off the loop.
     fn report(&self, peer: PeerId, action: syncnode_sync::PeerAction, reason: &'static str) {
         if action == syncnode_sync::PeerAction::UsefulResponse {
             tracing::trace!(%peer, reason, "crediting peer");
-        } else {
-            tracing::info!(%peer, ?action, reason, "penalising peer");
+            if !self.network.try_report(peer, action, reason) {
+                tracing::debug!(%peer, "credit dropped: the network's queue is full");
+            }
+            return;
         }
+        tracing::info!(%peer, ?action, reason, "penalising peer");
         let network = self.network.clone();
         tokio::spawn(async move { network.report(peer, action, reason).await });
     }
