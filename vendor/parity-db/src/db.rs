@@ -187,6 +187,8 @@ struct DbInner {
 	commit_queue: Mutex<CommitQueue>,
 	commit_queue_full_cv: Condvar,
 	log_worker_wait: WaitCondvar<bool>,
+	// Id of the newest commit the log worker has written to the log file (syncnode patch).
+	log_written: WaitCondvar<u64>,
 	commit_worker_wait: Arc<WaitCondvar<bool>>,
 	// Overlay of most recent values in the commit queue.
 	commit_overlay: RwLock<Vec<CommitOverlay>>,
@@ -273,6 +275,7 @@ impl DbInner {
 			commit_queue: Mutex::new(Default::default()),
 			commit_queue_full_cv: Condvar::new(),
 			log_worker_wait: WaitCondvar::new(),
+			log_written: WaitCondvar::new(),
 			commit_worker_wait: Arc::new(WaitCondvar::new()),
 			commit_overlay: RwLock::new(commit_overlay),
 			trees: RwLock::new(Default::default()),
@@ -968,6 +971,12 @@ impl DbInner {
 				self.start_reindex(record_id);
 			}
 
+			{
+				let mut written = self.log_written.work.lock();
+				*written = (*written).max(commit.id);
+				self.log_written.cv.notify_all();
+			}
+
 			log::debug!(
 				target: "parity-db",
 				"Processed commit {} (record {}), {} ops, {} bytes written",
@@ -1302,6 +1311,21 @@ impl DbInner {
 		}
 	}
 
+	/// Waits until the log worker has written every commit queued before the call to the log
+	/// file, then writes out and syncs that file (see `Db::sync_log`). (syncnode patch.)
+	fn sync_log(&self) -> Result<()> {
+		let target = self.commit_queue.lock().record_id;
+		let mut written = self.log_written.work.lock();
+		while *written < target {
+			if let Some(err) = &*self.bg_err.lock() {
+				return Err(Error::Background(err.clone()))
+			}
+			self.log_written.cv.wait(&mut written);
+		}
+		drop(written);
+		self.log.sync_appending()
+	}
+
 	fn flush_logs(&self, min_log_size: u64) -> Result<bool> {
 		let has_flushed = self.log.flush_one(min_log_size)?;
 		if has_flushed {
@@ -1433,6 +1457,8 @@ impl DbInner {
 				self.shutdown();
 			}
 			self.commit_queue_full_cv.notify_all();
+			let _written = self.log_written.work.lock();
+			self.log_written.cv.notify_all();
 		}
 	}
 
@@ -1644,6 +1670,16 @@ impl Db {
 			column.release_pages()?;
 		}
 		Ok(())
+	}
+
+	/// Waits until every commit made before the call is in the log file: written to it, so that
+	/// it survives the process being killed, and with `Options::sync_wal` synced to disk with the
+	/// log file's directory, so that it survives a power loss. `commit` only queues a commit; the
+	/// log worker writes it to the log file shortly after, and the log file is synced only once
+	/// it is full. Commits of multitree columns deferred behind a later commit are not waited
+	/// for. Needs the background threads. (syncnode patch.)
+	pub fn sync_log(&self) -> Result<()> {
+		self.inner.sync_log()
 	}
 
 	/// Returns the number of columns in the database.
@@ -2525,6 +2561,45 @@ mod tests {
 			}
 			true
 		}
+	}
+
+	/// What a process killed at this moment would leave: a copy of the database's files.
+	fn copy_files(from: &Path, to: &Path) {
+		std::fs::create_dir_all(to).unwrap();
+		for entry in std::fs::read_dir(from).unwrap() {
+			let entry = entry.unwrap();
+			if entry.file_type().unwrap().is_file() {
+				std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+			}
+		}
+	}
+
+	fn value_in_copy(path: &Path, key: &[u8]) -> Option<Value> {
+		let options = EnableCommitPipelineStages::Standard.options(path, 1);
+		Db::open(&options).unwrap().get(0, key).unwrap()
+	}
+
+	#[test]
+	fn sync_log_returns_once_the_commits_made_before_it_are_in_the_log_file() {
+		let tmp = tempdir().unwrap();
+		let options = EnableCommitPipelineStages::Standard.options(&tmp.path().join("db"), 1);
+		let db = Db::open_or_create(&options).unwrap();
+		// A full log queue: the log worker holds new commits back, as under a heavy write load.
+		*db.inner.log_queue_wait.work.lock() = i64::MAX;
+		db.commit(vec![(0, b"key".to_vec(), Some(b"value".to_vec()))]).unwrap();
+		copy_files(&options.path, &tmp.path().join("killed"));
+		assert_eq!(value_in_copy(&tmp.path().join("killed"), b"key"), None);
+
+		std::thread::scope(|s| {
+			let waiting = s.spawn(|| db.sync_log());
+			std::thread::sleep(std::time::Duration::from_millis(200));
+			assert!(!waiting.is_finished(), "sync_log returned before the log worker wrote the commit");
+			*db.inner.log_queue_wait.work.lock() = 0;
+			db.inner.log_queue_wait.cv.notify_one();
+			waiting.join().unwrap().unwrap();
+		});
+		copy_files(&options.path, &tmp.path().join("synced"));
+		assert_eq!(value_in_copy(&tmp.path().join("synced"), b"key"), Some(b"value".to_vec()));
 	}
 
 	#[test]

@@ -968,6 +968,21 @@ impl Log {
 		}
 	}
 
+	/// Writes out what the current log file buffers and, with `sync_wal`, syncs it and its
+	/// directory to disk. Earlier log files were written and synced when they were retired
+	/// (`flush_one`, under the same lock). (syncnode patch.)
+	pub fn sync_appending(&self) -> Result<()> {
+		let mut appending = self.appending.write();
+		if let Some(appending) = appending.as_mut() {
+			try_io!(appending.file.flush());
+			if self.sync {
+				try_io!(appending.file.get_ref().sync_data());
+				try_io!(std::fs::File::open(&self.path).and_then(|dir| dir.sync_all()));
+			}
+		}
+		Ok(())
+	}
+
 	pub fn flush_one(&self, min_size: u64) -> Result<bool> {
 		// If it exists take the writer and flush it
 		let cur_size = self.appending.read().as_ref().map_or(0, |r| r.size);
