@@ -374,12 +374,10 @@ impl EventLoop {
             && !published_by_gossip
             && let Some(block) = done.last.clone()
         {
-            let network = self.network.clone();
-            tokio::spawn(async move {
-                if let Err(e) = network.publish(block).await {
-                    tracing::debug!("publish: {e}");
-                }
-            });
+            // A block of our own is announced once durable, so that a crash cannot take it back
+            // from under peers that hold it (the restarted producer would make another).
+            let produced = done.id.is_none().then(|| self.store.clone());
+            tokio::spawn(announce(self.network.clone(), produced, block));
         }
         match done.id {
             Some(id) => self.engine.import_result(now, id, done.result),
@@ -545,6 +543,27 @@ fn spawn_request(
             })
             .await;
     });
+}
+
+/// Publishes `block` by gossip, after waiting (off the runtime) for `store` to make it durable
+/// if given; a block the store could not make durable is not announced.
+async fn announce(network: NetworkHandle, store: Option<Arc<BlockStore>>, block: Block) {
+    if let Some(store) = store {
+        let synced = tokio::task::spawn_blocking(move || store.sync()).await;
+        if let Err(e) = synced
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::warn!(
+                height = block.height(),
+                "produced block not announced: store sync failed: {e}"
+            );
+            return;
+        }
+    }
+    if let Err(e) = network.publish(block).await {
+        tracing::debug!("publish: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -27,11 +27,13 @@
 //!
 //! ## Crash safety
 //! Every change that moves a pointer is one parity-db commit together with the blocks and index
-//! entries it points to. parity-db applies a commit atomically and in order, and makes it durable
-//! shortly after `commit` returns (its log writer runs in the background; dropping the store
-//! flushes everything). So after `kill -9` at any instant, the store reopens at some prefix of the
-//! commit sequence: a consistent state whose newest commits may be missing, which the node fetches
-//! again from peers. Payloads kept in payload files are synced before the commit that references
+//! entries it points to. parity-db applies a commit atomically and in order; `commit` only queues
+//! it: its log worker writes it to the log file shortly after (then a kill cannot lose it), and
+//! syncs that file to disk once it is full (then a power loss cannot); [`BlockStore::sync`] waits
+//! for both, and dropping the store flushes everything. So after `kill -9` at any instant, the
+//! store reopens at some prefix of the commit sequence: a consistent state whose newest commits
+//! may be missing, which the node fetches again from peers (a producer announces a block only
+//! once `sync` returned, so it never loses one its peers hold). Payloads kept in payload files are synced before the commit that references
 //! them, and what lies past the last committed payload is cut off at open. On open,
 //! [`BlockStore::open`] checks the recent chain (head down to the finalized block, bounded) and,
 //! where blocks under a pointer are missing or damaged (say, the tail of a data file lost with the
@@ -335,6 +337,15 @@ impl BlockStore {
 
     fn set_pointers(&self, p: Pointers) {
         *self.pointers.write().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// Waits until every commit made so far is durable: written to parity-db's log file, so it
+    /// survives the process being killed, and synced to disk, so it survives a power loss.
+    /// `import_blocks` returns once its commit is queued, before that. Blocking (one `fsync`):
+    /// call it off the async runtime.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.sync_log()?;
+        Ok(())
     }
 
     /// The canonical head.
