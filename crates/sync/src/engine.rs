@@ -12,7 +12,7 @@ use crate::events::{
 };
 use crate::forward::{ChainEnd, Forward};
 use crate::lookup::Lookups;
-use crate::peers::{PeerEntry, PeerKey};
+use crate::peers::{ClaimRecord, PeerEntry, PeerKey, REMEMBERED_PEERS};
 use crate::router::{ChainId, ImportPurpose, RequestPurpose, Router};
 use syncnode_proto::peer_score::PeerAction;
 
@@ -27,6 +27,8 @@ pub struct SyncEngine<P: PeerKey> {
     now_ms: u64,
     /// Whether any peer's Status arrived: before that our head is unchecked.
     heard_status: bool,
+    /// The caps of departed peers, restored when they come back (see `peers.rs`).
+    departed: lru::LruCache<P, ClaimRecord>,
 }
 
 impl<P: PeerKey> SyncEngine<P> {
@@ -56,6 +58,7 @@ impl<P: PeerKey> SyncEngine<P> {
             state: SyncState::Synced,
             now_ms: 0,
             heard_status: false,
+            departed: lru::LruCache::new(REMEMBERED_PEERS.try_into().unwrap_or(std::num::NonZeroUsize::MIN)),
         };
         engine.finish_backfill_if_done();
         engine.state = engine.compute_state(0);
@@ -76,17 +79,25 @@ impl<P: PeerKey> SyncEngine<P> {
                     tracing::debug!(?peer, "peer table full; status ignored");
                     return;
                 }
-                peers.insert(peer, PeerEntry::new(status, now_ms));
+                let entry = match self.departed.pop(&peer) {
+                    Some(record) => PeerEntry::returned(status, now_ms, record),
+                    None => PeerEntry::new(status, now_ms),
+                };
+                peers.insert(peer, entry);
             }
         }
         self.drive(now_ms);
     }
 
-    /// A peer is gone: its request fails (no charge) and its claims no longer count.
+    /// A peer is gone: its request fails (no charge) and its claims no longer count; a cap on
+    /// them is kept for its return.
     pub fn peer_disconnected(&mut self, now_ms: u64, peer: &P) {
         self.now_ms = self.now_ms.max(now_ms);
-        if let Some(entry) = self.router.peers.entries.remove(peer)
-            && let Some(id) = entry.in_flight
+        let entry = self.router.peers.entries.remove(peer);
+        if let Some(record) = entry.as_ref().and_then(PeerEntry::claim_record) {
+            self.departed.put(peer.clone(), record);
+        }
+        if let Some(id) = entry.and_then(|e| e.in_flight)
             && let Some(request) = self.router.requests.remove(&id)
         {
             self.request_settled_without_data(now_ms, id, request, None);

@@ -29,8 +29,9 @@
 //! counts for the larger of what it served us on this connection and its latest Status's head,
 //! the latter only while that Status is fresh and only up to its *cap*. A peer is capped below a
 //! height when it answered empty there, or refused, erred or reset three range requests in a row
-//! inside its claim (not charged: refusing is allowed; it is the claim that is capped); a Status
-//! naming another head lifts the cap. A peer refreshing its Status lower, or letting it go
+//! inside its claim (not charged: refusing is allowed; it is the claim that is capped); blocks it
+//! delivers above the cap lift it, its word (a Status naming another head) only once per
+//! `CAP_HOLD_MS`, and the cap outlasts a reconnect. A peer refreshing its Status lower, or letting it go
 //! stale, no longer holds the target up; a lower claim never lowers another peer's count, nor
 //! the target below what a peer served. A peer whose data was proven wrong does not count.
 //!

@@ -17,14 +17,21 @@
 //! [`CLAIM_REFUSALS`] range requests in a row that started inside its claim (it is then capped
 //! below the lowest of them, and once capped, one more refusal below the cap lowers it again;
 //! meanwhile it rests: it gets work only when no peer free of refusals and timeouts serves the
-//! range). Neither refusing nor erring is charged (the protocol allows both); it is the claim that gets capped. A cap holds for
-//! the head it was made under: a Status naming another head (the peer moved) lifts it, the same
-//! head keeps it. So a peer claiming a fixed head it never serves stays capped for the connection,
-//! while an honest peer that lacked a block a moment (a restart, a busy spell) is believed again
-//! as soon as its head moves. A short but non-empty answer proves nothing missing (a server may
-//! pace its output) and caps nothing; an empty answer to a backfill request shows only that the
-//! peer's history no longer reaches that low (its earliest height rose): it raises the floor the
-//! engine asks it from until its next Status, and leaves its head alone.
+//! range). Neither refusing nor erring is charged (the protocol allows both); it is the claim
+//! that gets capped. A cap is lifted by evidence: a block the peer delivers above it (a batch
+//! starting at or below the cap may reach past it). Its word lifts a cap only rarely: a Status
+//! naming the head the cap was made under never does, and one naming another head only once the
+//! cap is [`CAP_HOLD_MS`] old (counted from the Status it was made under); a peer so lifted that
+//! refuses again inside its claim is capped at the first refusal. So a peer claiming a head it
+//! never serves, fixed or a new one in every Status, sets the target for at most one refused
+//! request per such interval, while an honest peer that lacked a block a moment (a restart, a busy
+//! spell) is believed again once it delivers above the cap, or after the interval. The engine keeps
+//! a peer's cap across a reconnect ([`ClaimRecord`], in a bounded LRU by peer).
+//!
+//! A short but non-empty answer proves nothing missing (a server may pace its output) and caps
+//! nothing; an empty answer to a backfill request shows only that the peer's history no longer
+//! reaches that low (its earliest height rose): it raises the floor the engine asks it from until
+//! its next Status, and leaves its head alone.
 
 use std::collections::BTreeMap;
 
@@ -38,15 +45,31 @@ use crate::jitter::Jitter;
 /// is capped below the height it would not serve.
 pub(crate) const CLAIM_REFUSALS: u32 = 3;
 
+/// How long a cap holds against a Status naming another head (see the module).
+pub(crate) const CAP_HOLD_MS: u64 = 10 * 60 * 1_000;
+
+/// How many departed peers' claim records the engine keeps for their reconnect.
+pub(crate) const REMEMBERED_PEERS: usize = 1_024;
+
 /// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
 pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
 impl<T: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug> PeerKey for T {}
 
-/// A peer is not believed above `height` while its Status names the head `under`.
+/// A peer is not believed above `height` (see the module for what lifts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cap {
     pub height: Height,
+    /// The head its Status named when the cap was made.
     pub under: Hash,
+    /// When that Status arrived.
+    pub since_ms: u64,
+}
+
+/// What a peer's claims earned it, kept by the engine while the peer is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClaimRecord {
+    cap: Option<Cap>,
+    caught: bool,
 }
 
 /// One connected peer that sent a Status.
@@ -59,6 +82,8 @@ pub(crate) struct PeerEntry {
     pub served: Height,
     /// It showed it lacks a block its claim covers: not believed above the cap (see the module).
     pub cap: Option<Cap>,
+    /// It was capped before (and has not delivered above the cap since): capped again at once.
+    pub caught: bool,
     /// It answered empty to a backfill request at this height: not asked at or below it until its
     /// next Status.
     pub floor: Option<Height>,
@@ -84,6 +109,7 @@ impl PeerEntry {
             status_at_ms: now_ms,
             served: 0,
             cap: None,
+            caught: false,
             floor: None,
             refusals: 0,
             refused_from: Height::MAX,
@@ -94,17 +120,42 @@ impl PeerEntry {
         }
     }
 
-    /// A fresh Status: it replaces the last, lifts a cap made under another head and the floor.
+    /// A fresh Status: it replaces the last and lifts the floor, and a cap only if it names another
+    /// head [`CAP_HOLD_MS`] after the cap was made.
     pub(crate) fn refresh(&mut self, status: PeerStatus, now_ms: u64) {
-        if self.cap.is_some_and(|c| c.under != status.head_hash) {
-            self.cap = None;
-            self.refusals = 0;
-            self.refused_from = Height::MAX;
-        }
+        self.lift_cap_if_due(&status, now_ms);
         self.floor = None;
         self.status = status;
         self.status_at_ms = now_ms;
         self.status_requested_ms = None;
+    }
+
+    fn lift_cap_if_due(&mut self, status: &PeerStatus, now_ms: u64) {
+        if self
+            .cap
+            .is_some_and(|c| c.under != status.head_hash && now_ms >= c.since_ms.saturating_add(CAP_HOLD_MS))
+        {
+            self.cap = None;
+            self.refusals = 0;
+            self.refused_from = Height::MAX;
+        }
+    }
+
+    /// What it earned by its claims, if anything, to keep while it is away.
+    pub(crate) fn claim_record(&self) -> Option<ClaimRecord> {
+        (self.cap.is_some() || self.caught).then_some(ClaimRecord {
+            cap: self.cap,
+            caught: self.caught,
+        })
+    }
+
+    /// A peer back with a Status: what it earned before, as its Status would leave it.
+    pub(crate) fn returned(status: PeerStatus, now_ms: u64, record: ClaimRecord) -> Self {
+        let mut entry = PeerEntry::new(status, now_ms);
+        entry.cap = record.cap;
+        entry.caught = record.caught;
+        entry.lift_cap_if_due(&status, now_ms);
+        entry
     }
 
     /// The highest height it is believed to serve: its Status's head, less its cap.
@@ -168,17 +219,25 @@ impl PeerEntry {
     pub(crate) fn lacks(&mut self, height: Height) {
         let below = height.saturating_sub(1);
         let height = self.cap.map_or(below, |c| c.height.min(below));
+        let since_ms = self.cap.map_or(self.status_at_ms, |c| c.since_ms);
         self.cap = Some(Cap {
             height,
             under: self.status.head_hash,
+            since_ms,
         });
+        self.caught = true;
         self.refusals = 0;
         self.refused_from = Height::MAX;
     }
 
-    /// It delivered blocks up to `height`: it serves, so its run of refusals ends.
+    /// It delivered blocks up to `height`: it serves, so its run of refusals ends, and a cap below
+    /// `height` is proven wrong.
     pub(crate) fn delivered(&mut self, height: Height) {
         self.served = self.served.max(height);
+        if self.cap.is_some_and(|c| c.height < height) {
+            self.cap = None;
+            self.caught = false;
+        }
         self.refusals = 0;
         self.refused_from = Height::MAX;
     }
@@ -192,8 +251,12 @@ impl PeerEntry {
         }
         self.refusals += 1;
         self.refused_from = self.refused_from.min(start);
-        // Once caught under this head, it gets no second run of tries.
-        let tries = if self.cap.is_some() { 1 } else { CLAIM_REFUSALS };
+        // Once caught, it gets no second run of tries.
+        let tries = if self.cap.is_some() || self.caught {
+            1
+        } else {
+            CLAIM_REFUSALS
+        };
         if self.refusals < tries {
             return None;
         }

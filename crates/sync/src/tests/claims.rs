@@ -1,8 +1,10 @@
 //! Claims that cannot hold the target: peers that claim far more than they serve and refuse, err
 //! or reset; a claim that went stale; short answers from a pacing server; an empty backfill
-//! answer after a peer's earliest height rose; a cap lifted by a Status naming a new head.
+//! answer after a peer's earliest height rose; caps that a Status naming a new head lifts only
+//! after a long interval, that blocks delivered above them lift, and that outlast a reconnect.
 
 use super::*;
+use crate::peers::{CAP_HOLD_MS, PeerEntry};
 
 /// How a peer of these tests answers a range request for `count` blocks from `start`.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +23,14 @@ fn liar_status(head: Height) -> PeerStatus {
         head_hash: Hash::of(b"a head nobody has"),
         finalized_height: 0,
         earliest_height: 0,
+    }
+}
+
+/// A liar's Status naming a head of its own invention, another for every `n`.
+fn flapping_status(head: Height, n: u64) -> PeerStatus {
+    PeerStatus {
+        head_hash: Hash::of(&n.to_be_bytes()),
+        ..liar_status(head)
     }
 }
 
@@ -190,10 +200,10 @@ fn a_pacing_servers_short_answers_are_not_charged_nor_capped() {
     assert_eq!((engine.head_height(), engine.state()), (60, SyncState::Synced));
 }
 
-/// An empty answer inside a peer's claim caps it while its head stays; a Status naming a new head
-/// lifts the cap.
+/// An empty answer inside a peer's claim caps it; a Status naming a new head lifts the cap only
+/// once the cap is `CAP_HOLD_MS` old.
 #[test]
-fn a_cap_holds_for_the_head_it_was_made_under() {
+fn a_cap_holds_against_a_new_head_for_a_long_interval() {
     let blocks = chain(40, 8, 0);
     let mut engine = SyncEngine::new(config(), local(&blocks, 0), 36).expect("a valid config");
     engine.peer_status(0, 1, status(&blocks, 30));
@@ -204,10 +214,93 @@ fn a_cap_holds_for_the_head_it_was_made_under() {
     engine.peer_status(3_000, 1, status(&blocks, 30));
     assert_eq!(engine.target(), 20, "the same head: still capped");
     engine.peer_status(3_001, 1, status(&blocks, 40));
-    assert_eq!(engine.target(), 40, "a new head lifts the cap");
+    assert_eq!(engine.target(), 20, "a new head at once: still capped");
+    let later = CAP_HOLD_MS + 1;
+    engine.peer_status(later, 1, status(&blocks, 40));
+    assert_eq!(engine.target(), 40, "a new head after the interval lifts the cap");
     let peers = [(1, Serves::Upto(40), Some(status(&blocks, 40)))];
-    run(&mut engine, &blocks, &peers, (3_001, 6_000));
+    run(&mut engine, &blocks, &peers, (later, later + 3_000));
     assert_eq!((engine.head_height(), engine.state()), (40, SyncState::Synced));
+}
+
+/// The peers of a run: each with how it serves and the Status it sends when asked.
+type Listed = (u32, Serves, Option<PeerStatus>);
+
+/// Synced to 65 from an honest peer while a liar claiming 65,000 refuses every request and is
+/// capped; returns the engine and the peers of that run.
+fn capped_liar(seed: u64) -> (SyncEngine<u32>, Vec<Block>, [Listed; 2]) {
+    let blocks = chain(65, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), seed).expect("a valid config");
+    let peers = [
+        (1, Serves::Upto(65), Some(status(&blocks, 65))),
+        (2, Serves::Fails(refuse), Some(flapping_status(65_000, 0))),
+    ];
+    engine.peer_status(0, 1, status(&blocks, 65));
+    engine.peer_status(0, 2, flapping_status(65_000, 0));
+    run(&mut engine, &blocks, &peers, (0, 10_000));
+    assert_eq!((engine.target(), engine.state()), (65, SyncState::Synced));
+    (engine, blocks, peers)
+}
+
+/// A liar naming a new head in every Status cannot hold the target: its word lifts no cap within
+/// `CAP_HOLD_MS`, so the node stays synced through a minute of such Statuses, one a second.
+#[test]
+fn a_liar_naming_a_new_head_in_every_status_cannot_hold_the_target() {
+    let (mut engine, blocks, peers) = capped_liar(39);
+    for n in 1..=60 {
+        let t = 10_000 + n * 1_000;
+        engine.peer_status(t, 1, status(&blocks, 65));
+        engine.peer_status(t, 2, flapping_status(65_000, n));
+        assert_eq!(engine.target(), 65, "the liar's Status {n} lifted its cap");
+        let actions = run(&mut engine, &blocks, &peers, (t, t + 1_000));
+        assert!(penalties(&actions).is_empty(), "{actions:?}");
+        assert_eq!((engine.target(), engine.state()), (65, SyncState::Synced));
+    }
+}
+
+/// Once `CAP_HOLD_MS` passed, a new head lifts a liar's cap, but having been caught it is capped
+/// again at its first refusal (not after another run of tries).
+#[test]
+fn a_liar_believed_again_after_the_interval_is_capped_at_its_first_refusal() {
+    let (mut engine, blocks, peers) = capped_liar(40);
+    let later = CAP_HOLD_MS + 10_000;
+    engine.peer_status(later, 1, status(&blocks, 65));
+    engine.peer_status(later, 2, flapping_status(65_000, 1));
+    assert_eq!(engine.target(), 65_000, "lifted after the interval");
+    let actions = run(&mut engine, &blocks, &peers, (later, later + 3_000));
+    let refused = range_requests(&actions).iter().filter(|r| r.0 == 2).count();
+    assert_eq!(refused, 1, "{actions:?}");
+    assert_eq!((engine.target(), engine.state()), (65, SyncState::Synced));
+}
+
+/// A capped liar that reconnects is still capped, whatever head its Status names.
+#[test]
+fn a_cap_outlasts_a_reconnect() {
+    let (mut engine, blocks, peers) = capped_liar(41);
+    engine.peer_disconnected(10_000, &2);
+    engine.peer_status(10_001, 2, flapping_status(65_000, 1));
+    assert_eq!(
+        engine.target(),
+        65,
+        "the reconnected liar's claim is still capped"
+    );
+    run(&mut engine, &blocks, &peers, (10_001, 13_000));
+    assert_eq!((engine.target(), engine.state()), (65, SyncState::Synced));
+}
+
+/// Blocks a capped peer delivers above its cap lift it: evidence, where its word did not.
+#[test]
+fn a_cap_is_lifted_by_blocks_delivered_above_it() {
+    let blocks = chain(40, 8, 0);
+    let mut entry = PeerEntry::new(status(&blocks, 30), 0);
+    entry.lacks(21);
+    assert_eq!(entry.believed_head(), 20);
+    entry.refresh(status(&blocks, 40), 1_000);
+    assert_eq!(entry.believed_head(), 20, "its word alone lifts nothing");
+    entry.delivered(20);
+    assert_eq!(entry.believed_head(), 20, "nothing above the cap");
+    entry.delivered(25);
+    assert_eq!(entry.believed_head(), 40);
 }
 
 /// A peer whose earliest height rose since its Status answers a backfill request empty: no charge,
