@@ -4,7 +4,8 @@
 //!
 //! - A fresh node with an honest seeder of 6,000 blocks and the three liars reaches the honest
 //!   head and reports `synced` within a minute, with the target at the honest head, and stays so
-//!   past the liars' next Status (sent every 30 s); none of them is charged (refusing is allowed).
+//!   past the liars' next Status (sent every 30 s), though each of their Statuses names another
+//!   head; none of them is charged (refusing is allowed).
 //! - An authority with the three liars connected keeps producing (it produces only when synced).
 //!
 //! Figures go to stderr (`--nocapture`).
@@ -24,12 +25,23 @@ const LIARS: [Misbehaviour; 3] = [
     Misbehaviour::ClaimsAndResets,
 ];
 
-/// Starts the three liars, serving (or rather not serving) the chain of the store `store`.
-fn liars(rt: &tokio::runtime::Runtime, spec: &Path, store: &Path, head: u64) -> Vec<HostilePeer> {
+/// Starts the three liars, serving (or rather not serving) the chain of the store `store`; if
+/// `flapping`, each of their Statuses names another head.
+fn liars(
+    rt: &tokio::runtime::Runtime,
+    spec: &Path,
+    store: &Path,
+    head: u64,
+    flapping: bool,
+) -> Vec<HostilePeer> {
     let chain = Chain::from_export(spec, &db_export(store, 0, head));
+    let config = HostileConfig {
+        flapping_head: flapping,
+        ..HostileConfig::default()
+    };
     LIARS
         .iter()
-        .map(|how| HostilePeer::spawn(rt.handle(), chain.clone(), *how, HostileConfig::default()))
+        .map(|how| HostilePeer::spawn(rt.handle(), chain.clone(), *how, config))
         .collect()
 }
 
@@ -108,7 +120,7 @@ fn liars_that_refuse_err_or_reset_cannot_hold_a_syncing_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, seed) = chain_with_history(dir.path(), "seed", HEAD, 64);
     let rt = client::runtime();
-    let liars = liars(&rt, &spec, &seed, HEAD);
+    let liars = liars(&rt, &spec, &seed, HEAD, true);
     let seeder = Node::start("seeder", &spec, &seed, &[]);
     let mut list = vec!["--bootnode".to_string(), seeder.multiaddr()];
     list.extend(bootnodes(&liars));
@@ -120,7 +132,7 @@ fn liars_that_refuse_err_or_reset_cannot_hold_a_syncing_node() {
         HEAD * 1000,
         synced.as_secs_f64()
     );
-    // It stays synced, past the liars' next Status.
+    // It stays synced, past the liars' next Status, which names another head.
     let until = Instant::now() + Duration::from_secs(35);
     while Instant::now() < until {
         let now = progress(&node);
@@ -141,7 +153,7 @@ fn an_authority_with_liars_connected_keeps_producing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, store) = chain_with_history(dir.path(), "authority", HISTORY, 64);
     let rt = client::runtime();
-    let liars = liars(&rt, &spec, &store, HISTORY);
+    let liars = liars(&rt, &spec, &store, HISTORY, false);
     let mut list = vec!["--produce".to_string(), "--dev-key".to_string(), "0".to_string()];
     list.extend(bootnodes(&liars));
     let authority = Node::start("authority", &spec, &store, &list);

@@ -133,6 +133,7 @@ fn scenario(
         max_identities: 4,
         flood_streams: 8,
         flood_for: Duration::from_secs(30),
+        ..HostileConfig::default()
     };
     let hostiles: Vec<HostilePeer> = Misbehaviour::ALL
         .iter()

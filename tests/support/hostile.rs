@@ -436,15 +436,21 @@ async fn serve_range(
     }
 }
 
-/// Answers every Status request with `status`.
+/// Answers every Status request with `status`, or, `flapping`, with `status` naming another head
+/// hash each time.
 async fn serve_status(
     mut incoming: libp2p_stream::IncomingStreams,
-    status: pb::Status,
+    mut status: pb::Status,
+    flapping: bool,
     stats: Arc<PeerStats>,
 ) {
-    let frame = encode_frame(&status);
+    let mut answers = 0u64;
     while let Some((_, mut stream)) = incoming.next().await {
-        let (frame, stats) = (frame.clone(), stats.clone());
+        if flapping {
+            answers += 1;
+            status.head_hash = Bytes::copy_from_slice(&Hash::of(&answers.to_be_bytes()).0);
+        }
+        let (frame, stats) = (encode_frame(&status), stats.clone());
         tokio::spawn(async move {
             if read_frame_bytes(&mut stream, MAX_REQUEST_FRAME).await.is_ok() {
                 PeerStats::bump(&stats.status_answered);
@@ -491,6 +497,8 @@ pub struct HostileConfig {
     pub flood_streams: usize,
     /// How long a flood lasts from its first connection.
     pub flood_for: Duration,
+    /// Its Status names another head hash in every answer (the height stays).
+    pub flapping_head: bool,
 }
 
 impl Default for HostileConfig {
@@ -499,6 +507,7 @@ impl Default for HostileConfig {
             max_identities: 4,
             flood_streams: 16,
             flood_for: Duration::from_secs(60),
+            flapping_head: false,
         }
     }
 }
@@ -616,6 +625,7 @@ impl Life {
             tokio::spawn(serve_status(
                 accept(&mut control, STATUS_PROTOCOL),
                 status,
+                self.config.flapping_head,
                 self.stats.clone(),
             )),
             tokio::spawn(serve_range(
