@@ -1457,6 +1457,9 @@ impl DbInner {
 				self.shutdown();
 			}
 			self.commit_queue_full_cv.notify_all();
+			// `sync_log` checks the error under this lock, then waits: wake it (not holding
+			// `bg_err`, which it takes under this lock).
+			drop(err);
 			let _written = self.log_written.work.lock();
 			self.log_written.cv.notify_all();
 		}
