@@ -370,8 +370,7 @@ impl Service {
         }
         // Also refused while this peer holds its share of the serving slots. Room in the byte
         // budget is waited for by the serving task, within its budget.
-        let held = self.serving_by_peer.get(&peer).copied().unwrap_or(0);
-        if self.serving >= self.serve_limit || held >= self.max_serving_per_peer {
+        if !self.has_serving_slot(&peer) {
             let resp = BlocksResponse::error(ResponseCode::ResourceUnavailable, "busy");
             self.respond(proto, channel, &resp);
             return;
@@ -397,6 +396,23 @@ impl Service {
             // fails only once the network task has stopped.
             let _ = done.send(finished).await;
         });
+    }
+
+    /// Whether a request from `peer` may take a serving slot: one is free, the peer holds fewer
+    /// than `max_serving_per_peer` and than its fair share of the slots (one share kept for a
+    /// requester yet to come), and the last eighth of the slots is left to peers that hold
+    /// none, so flooders that re-ask at once cannot fill every slot between an honest peer's
+    /// requests.
+    fn has_serving_slot(&self, peer: &PeerId) -> bool {
+        let held = self.serving_by_peer.get(peer).copied().unwrap_or(0);
+        let requesters = self.serving_by_peer.len() + usize::from(held == 0);
+        let share = (self.serve_limit / (requesters + 1)).clamp(1, self.max_serving_per_peer.max(1));
+        let kept = if held == 0 {
+            0
+        } else {
+            (self.serve_limit / 8).max(1)
+        };
+        held < share && self.serving + kept < self.serve_limit
     }
 
     fn respond(
