@@ -22,8 +22,9 @@
 //!   1..=128 hashes, else `INVALID_REQUEST` and a low-tolerance charge: one such mistake keeps
 //!   the connection, a second within a half-life costs it), rate-limit per peer and protocol with
 //!   token buckets (`RATE_LIMITED`), bound the work queued (`RESOURCE_UNAVAILABLE` beyond
-//!   `max_concurrent_serving + max_queued_serving`, or beyond `max_serving_per_peer` of them for
-//!   one requester), then a task waits, holding nothing, for its requester's turn at the
+//!   `max_concurrent_serving + max_queued_serving`, or beyond `max_serving_per_peer` of them or
+//!   its fair share of them for one requester, the last eighth kept for requesters holding
+//!   none), then a task waits, holding nothing, for its requester's turn at the
 //!   [`serve_gate`]: room in the byte budget `max_serving_bytes` (at most the requester's fair
 //!   share while others wait; freed room goes first to the waiting requester served least) and,
 //!   with the optional global blocks-per-second pacer, the blocks it may send now. It then waits
