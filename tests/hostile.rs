@@ -324,6 +324,11 @@ fn backfill_among_hostile_peers_ends_with_the_honest_chain() {
 /// Flooding clients of the serving scenario, and the streams each keeps busy.
 const FLOODERS: usize = 20;
 const FLOOD_STREAMS: usize = 8;
+/// The seeder's `max_serving_bytes` (the network's default, 64 MiB).
+const SERVING_BYTES_BOUND: u64 = 64 * 1024 * 1024;
+/// The seeder's pacer: blocks served per second to all peers together, well below what the
+/// flood asks for (160 streams of 1,024 blocks), so it binds throughout.
+const SERVE_BLOCKS_PER_SEC: &str = "2000";
 
 #[test]
 fn a_flooded_seeder_still_answers_an_honest_client() {
@@ -333,7 +338,8 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
     // 4 KiB blocks: a maximal request asks for 4 MiB.
     let (spec, seed) = chain_with_history(dir.path(), "seed", head, 4096);
     let status = Chain::from_export(&spec, &db_export(&seed, 0, head)).status();
-    let seeder = Node::start("seeder", &spec, &seed, &[]);
+    let pacer = args(&["--serve-blocks-per-sec", SERVE_BLOCKS_PER_SEC]);
+    let seeder = Node::start("seeder", &spec, &seed, &pacer);
     let seeder_id: libp2p::PeerId = peer_id(&seeder).parse().expect("peer id");
     let addr: libp2p::Multiaddr = seeder.multiaddr().parse().expect("addr");
     let rt = client::runtime();
@@ -396,6 +402,11 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
         outcomes.push(outcome);
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The maintenance tick (1 s) publishes the serving byte budget's peak.
+    std::thread::sleep(Duration::from_millis(1500));
+    let held_peak = seeder
+        .metric("syncnode_network_serving_bytes_held_peak")
+        .expect("serving bytes peak metric") as u64;
     let (hwm, _) = client::memory_kib(seeder.child.0.id()).expect("/proc status");
     let hwm_mib = hwm / 1024;
     let sum = |f: fn(&PeerStats) -> &std::sync::atomic::AtomicU64| {
@@ -410,7 +421,7 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
     sorted.sort();
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     eprintln!(
-        "[serve] {FLOODERS} flooders x {FLOOD_STREAMS} streams for {:?}: sent {}, ok {}, refused {}, failed {}; honest client: {} requests, {} answered with blocks, median {:.0} ms, worst {:.0} ms; seeder peak RSS {hwm_mib} MiB (bound {SERVE_RSS_BOUND_MIB} MiB); outcomes {:?}",
+        "[serve] {FLOODERS} flooders x {FLOOD_STREAMS} streams for {:?}: sent {}, ok {}, refused {}, failed {}; honest client: {} requests, {} answered with blocks, median {:.0} ms, worst {:.0} ms; seeder paced at {SERVE_BLOCKS_PER_SEC} blocks/s, peak RSS {hwm_mib} MiB (bound {SERVE_RSS_BOUND_MIB} MiB), peak serving bytes held {held_peak} (bound {SERVING_BYTES_BOUND}); outcomes {:?}",
         flood_for,
         sum(|s| &s.flood_sent),
         sum(|s| &s.flood_ok),
@@ -445,4 +456,8 @@ fn a_flooded_seeder_still_answers_an_honest_client() {
         outcomes.len()
     );
     assert!(hwm_mib < SERVE_RSS_BOUND_MIB, "seeder peak RSS {hwm_mib} MiB");
+    assert!(
+        held_peak > 0 && held_peak <= SERVING_BYTES_BOUND,
+        "{held_peak} bytes of blocks held for responses at once (bound {SERVING_BYTES_BOUND})"
+    );
 }

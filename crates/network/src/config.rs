@@ -96,14 +96,19 @@ pub struct NetworkConfig {
     pub max_queued_serving: usize,
     /// Most of those (running or queued) one peer may hold at once; beyond it its requests are
     /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
-    /// from the others. Our own sync asks a peer one request at a time.
+    /// from the others. While others are served a peer also holds at most its fair share of the
+    /// slots, and the last eighth is kept for peers holding none. Our own sync asks a peer one
+    /// request at a time.
     pub max_serving_per_peer: usize,
-    /// Most bytes of block responses handed to libp2p and not yet fully written to their
-    /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;
-    /// a finished response that would take the total over this is answered
-    /// `RESOURCE_UNAVAILABLE` instead (one is always let through when none is being written).
+    /// Most bytes of blocks read for responses and not yet fully written to their requesters
+    /// (default 64 MiB), on every path: a serving task takes room before it reads (in its
+    /// requester's turn, at most its fair share of this, at least one block of the largest
+    /// payload), reads no more than that room, and gives it back once the response is written.
+    /// A task that gets no room within the serving budget is answered `RESOURCE_UNAVAILABLE`.
+    /// See [`crate::serve_gate`].
     pub max_serving_bytes: usize,
-    /// Global cap on blocks served per second (all peers together); `None` for no cap.
+    /// Global cap on blocks served per second (all peers together, granted to requesters in
+    /// turn; an answer is cut to the blocks granted); `None` for no cap.
     pub serve_blocks_per_sec: Option<u32>,
     /// Capacity of the event channel to the node.
     pub event_buffer: usize,

@@ -22,15 +22,20 @@
 //!   1..=128 hashes, else `INVALID_REQUEST` and a low-tolerance charge: one such mistake keeps
 //!   the connection, a second within a half-life costs it), rate-limit per peer and protocol with
 //!   token buckets (`RATE_LIMITED`), bound the work queued (`RESOURCE_UNAVAILABLE` beyond
-//!   `max_concurrent_serving + max_queued_serving`, beyond `max_serving_per_peer` of them for one
-//!   requester, or while the responses still being written to their requesters hold
-//!   `max_serving_bytes`), then a task waits for a serving permit, an
-//!   optional global blocks-per-second pacer, and reads the source on a blocking thread. What
-//!   the source returns is cut to consecutive heights from the start (or requested hashes in
-//!   order) and to a response frame of at most 16,777,216 bytes. Serving is bounded by 3/4 of
-//!   the 10 s deadline (what cannot be served in time is answered `RESOURCE_UNAVAILABLE`, and so
-//!   is a finished response that would take the bytes being written over `max_serving_bytes`:
-//!   a requester that does not read its answers cannot make us hold more). The
+//!   `max_concurrent_serving + max_queued_serving`, or beyond `max_serving_per_peer` of them or
+//!   its fair share of them for one requester, the last eighth kept for requesters holding
+//!   none), then a task waits, holding nothing, for its requester's turn at the
+//!   [`serve_gate`]: room in the byte budget `max_serving_bytes` (at most the requester's fair
+//!   share while others wait; freed room goes first to the waiting requester served least) and,
+//!   with the optional global blocks-per-second pacer, the blocks it may send now. It then waits
+//!   for a serving permit and reads no more than it was granted from the source on a blocking
+//!   thread. What the source returns is cut to consecutive heights from the start (or requested
+//!   hashes in order), to a response frame of at most 16,777,216 bytes and to its room: an
+//!   answer larger than what is free goes out short rather than wait. The room is held until
+//!   the response is written, so blocks read and not yet written never exceed
+//!   `max_serving_bytes` (`syncnode_network_serving_bytes_held` and its `_peak` in /metrics).
+//!   Serving is bounded by 3/4 of the 10 s deadline (what cannot be served in time is answered
+//!   `RESOURCE_UNAVAILABLE`). The
 //!   codec bounds every read by the deadline: a requester that has not finished its frame by
 //!   then, like one whose frame is oversize or undecodable, reaches the event loop as a
 //!   violation, is charged, and its stream is closed unanswered (libp2p's request/response would
@@ -63,7 +68,7 @@
 //! - A response never skips a height and never exceeds the response frame limit.
 //!
 //! # Modules
-//! [`config`], [`behaviour`] (swarm and connection policy), [`codec`], [`serve`],
+//! [`config`], [`behaviour`] (swarm and connection policy), [`codec`], [`serve`], [`serve_gate`],
 //! [`rate_limit`], [`peer_manager`], [`peer_book`] (what the peers file is made of), [`gossip`], [`metrics`], [`handle`], and the network task
 //! in `service` and `rpc`.
 
@@ -85,6 +90,7 @@ pub mod peer_manager;
 pub mod rate_limit;
 mod rpc;
 pub mod serve;
+pub mod serve_gate;
 mod service;
 pub mod transport;
 mod upkeep;

@@ -85,6 +85,8 @@ pub struct NetworkMetrics {
     score_max: Gauge<f64, AtomicU64>,
     bans: Counter,
     blocks_served: Counter,
+    serving_bytes: Gauge,
+    serving_bytes_peak: Gauge,
     gossip: Family<KindLabels, Counter>,
 }
 
@@ -102,6 +104,8 @@ impl NetworkMetrics {
             score_max: Gauge::default(),
             bans: Counter::default(),
             blocks_served: Counter::default(),
+            serving_bytes: Gauge::default(),
+            serving_bytes_peak: Gauge::default(),
             gossip: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("syncnode_network");
@@ -135,6 +139,16 @@ impl NetworkMetrics {
         r.register("score_max", "Highest peer score", m.score_max.clone());
         r.register("bans", "Peers banned", m.bans.clone());
         r.register("blocks_served", "Blocks sent to peers", m.blocks_served.clone());
+        r.register(
+            "serving_bytes_held",
+            "Bytes of blocks read for responses and not yet written",
+            m.serving_bytes.clone(),
+        );
+        r.register(
+            "serving_bytes_held_peak",
+            "Most bytes of blocks read for responses and not yet written at once",
+            m.serving_bytes_peak.clone(),
+        );
         r.register(
             "gossip_blocks",
             "Gossiped blocks received, by outcome",
@@ -236,6 +250,13 @@ impl NetworkMetrics {
 
     pub fn blocks_served(&self, n: usize) {
         self.blocks_served.inc_by(n as u64);
+    }
+
+    /// The serving byte budget's use now and its peak.
+    pub fn set_serving_bytes(&self, held: usize, peak: usize) {
+        self.serving_bytes.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.serving_bytes_peak
+            .set(i64::try_from(peak).unwrap_or(i64::MAX));
     }
 
     pub fn gossip(&self, kind: &'static str) {

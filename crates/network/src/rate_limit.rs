@@ -1,11 +1,10 @@
-//! Token buckets: per-peer, per-protocol limits on inbound requests, and the optional global
-//! pacer that caps blocks served per second.
+//! Token buckets: per-peer, per-protocol limits on inbound requests. (The optional global cap
+//! on blocks served per second is paced by [`crate::serve_gate`], in turn per requester.)
 //!
-//! Both take the time as an argument (`Instant`), so tests drive them without sleeping.
+//! They take the time as an argument (`Instant`), so tests drive them without sleeping.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::PeerId;
 
@@ -131,59 +130,10 @@ impl RateLimiter {
     }
 }
 
-/// Paces blocks served by the whole node to `rate` per second, with a burst of one second.
-///
-/// A serving task reserves blocks before it reads them; the pacer tells it when it may send.
-/// Reservations never wait longer than the caller's budget: what does not fit is not reserved.
-#[derive(Debug)]
-pub struct GlobalPacer {
-    rate: f64,
-    /// The instant from which the next block's slot is free.
-    next_free: Mutex<Instant>,
-}
-
-impl GlobalPacer {
-    /// A pacer for `blocks_per_sec` (at least 1).
-    pub fn new(blocks_per_sec: u32, now: Instant) -> Self {
-        GlobalPacer {
-            rate: f64::from(blocks_per_sec.max(1)),
-            next_free: Mutex::new(now.checked_sub(Duration::from_secs(1)).unwrap_or(now)),
-        }
-    }
-
-    /// Reserves up to `want` blocks whose send time falls within `budget` from `now`. Returns
-    /// how many were reserved and when the caller may send them; `0` means saturated.
-    pub fn reserve(&self, want: u64, now: Instant, budget: Duration) -> (u64, Instant) {
-        let Ok(mut next_free) = self.next_free.lock() else {
-            // A poisoned lock means a panic elsewhere; serve unpaced rather than not at all.
-            return (want, now);
-        };
-        // One second of burst: the slot clock never lags more than 1 s behind now.
-        let floor = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-        let start = (*next_free).max(floor);
-        let deadline = now + budget;
-        if start >= deadline {
-            return (0, now);
-        }
-        let fits = (deadline.duration_since(start).as_secs_f64() * self.rate).floor() as u64;
-        let n = want.min(fits);
-        if n == 0 {
-            return (0, now);
-        }
-        let end = start + Duration::from_secs_f64(n as f64 / self.rate);
-        *next_free = end;
-        // The caller sends once the last reserved block's slot has begun.
-        let send_at = end
-            .checked_sub(Duration::from_secs_f64(1.0 / self.rate))
-            .unwrap_or(end)
-            .max(now);
-        (n, send_at)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bucket_spends_and_refills() {
@@ -213,21 +163,5 @@ mod tests {
         assert!(!limiter.allow(a, Protocol::BlocksByRange, 1, now));
         limiter.prune(now + Duration::from_secs(60));
         assert!(limiter.is_empty());
-    }
-
-    #[test]
-    fn pacer_spreads_blocks_and_respects_budget() {
-        let now = Instant::now();
-        let pacer = GlobalPacer::new(10, now);
-        let budget = Duration::from_secs(2);
-        // Burst of one second's worth (10) plus two seconds of budget.
-        let (n, _) = pacer.reserve(100, now, budget);
-        assert_eq!(n, 30);
-        let (n, _) = pacer.reserve(5, now, budget);
-        assert_eq!(n, 0, "saturated within the budget");
-        let later = now + Duration::from_secs(3);
-        let (n, at) = pacer.reserve(5, later, budget);
-        assert_eq!(n, 5);
-        assert!(at >= later && at <= later + Duration::from_secs(1));
     }
 }

@@ -368,14 +368,9 @@ impl Service {
             self.respond(proto, channel, &resp);
             return;
         }
-        // Also refused before any read while the responses being written fill their byte bound:
-        // what it would read now could only be thrown away when it is done.
-        // And while this peer holds its share of the serving slots.
-        let held = self.serving_by_peer.get(&peer).copied().unwrap_or(0);
-        if self.serving >= self.serve_limit
-            || held >= self.max_serving_per_peer
-            || self.writing_bytes >= self.max_serving_bytes
-        {
+        // Also refused while this peer holds its share of the serving slots. Room in the byte
+        // budget is waited for by the serving task, within its budget.
+        if !self.has_serving_slot(&peer) {
             let resp = BlocksResponse::error(ResponseCode::ResourceUnavailable, "busy");
             self.respond(proto, channel, &resp);
             return;
@@ -386,7 +381,7 @@ impl Service {
         let done = self.serve_tx.clone();
         let received = Instant::now();
         tokio::spawn(async move {
-            let response = serve(ctx, query, received).await;
+            let (response, held) = serve(ctx, peer, query, received).await;
             let finished = ServeDone {
                 protocol: proto,
                 request_id,
@@ -395,11 +390,29 @@ impl Service {
                 code: code_label(response.code),
                 blocks: response.blocks.len(),
                 response: pb::BlocksResponse::from(&response),
+                held,
             };
             // Capacity equals the most serving tasks at once, so this never waits long; it
             // fails only once the network task has stopped.
             let _ = done.send(finished).await;
         });
+    }
+
+    /// Whether a request from `peer` may take a serving slot: one is free, the peer holds fewer
+    /// than `max_serving_per_peer` and than its fair share of the slots (one share kept for a
+    /// requester yet to come), and the last eighth of the slots is left to peers that hold
+    /// none, so flooders that re-ask at once cannot fill every slot between an honest peer's
+    /// requests.
+    fn has_serving_slot(&self, peer: &PeerId) -> bool {
+        let held = self.serving_by_peer.get(peer).copied().unwrap_or(0);
+        let requesters = self.serving_by_peer.len() + usize::from(held == 0);
+        let share = (self.serve_limit / (requesters + 1)).clamp(1, self.max_serving_per_peer.max(1));
+        let kept = if held == 0 {
+            0
+        } else {
+            (self.serve_limit / 8).max(1)
+        };
+        held < share && self.serving + kept < self.serve_limit
     }
 
     fn respond(
@@ -441,9 +454,8 @@ impl Service {
         }
     }
 
-    /// A serving task finished: its response goes out if the bytes being written leave room for
-    /// it, else it is answered `RESOURCE_UNAVAILABLE` (a requester that does not read its answers
-    /// must not make us hold an unbounded amount of them).
+    /// A serving task finished: its response goes out, and the room its blocks hold in the
+    /// byte budget stays held until libp2p has written it.
     pub(crate) fn on_served(&mut self, done: ServeDone) {
         self.serving = self.serving.saturating_sub(1);
         if let std::collections::hash_map::Entry::Occupied(mut held) = self.serving_by_peer.entry(done.peer) {
@@ -453,20 +465,13 @@ impl Service {
                 held.remove();
             }
         }
-        let size = prost::Message::encoded_len(&done.response);
         let key = (done.protocol, done.request_id);
-        let over = self.writing_bytes.saturating_add(size) > self.max_serving_bytes;
-        if over && !self.writing.is_empty() {
-            tracing::debug!(peer = %done.peer, size, writing = self.writing_bytes, "responses in flight at their bound");
-            let busy = BlocksResponse::error(ResponseCode::ResourceUnavailable, "busy");
-            self.respond(done.protocol, done.channel, &busy);
-            return;
-        }
         self.metrics.blocks_served(done.blocks);
         tracing::trace!(peer = %done.peer, blocks = done.blocks, code = done.code, "served");
-        if self.send_blocks_response(done.protocol, done.channel, done.response, done.code) {
-            self.writing_bytes = self.writing_bytes.saturating_add(size);
-            self.writing.insert(key, size);
+        if self.send_blocks_response(done.protocol, done.channel, done.response, done.code)
+            && let Some(held) = done.held
+        {
+            self.writing.insert(key, held);
         }
     }
 
@@ -492,9 +497,8 @@ impl Service {
 
     /// The answer to an inbound request went out (or never will): run any deferred verdict.
     fn response_sent(&mut self, proto: Protocol, request_id: InboundRequestId) {
-        if let Some(size) = self.writing.remove(&(proto, request_id)) {
-            self.writing_bytes = self.writing_bytes.saturating_sub(size);
-        }
+        // Written (or never will be): its room in the byte budget is given back.
+        self.writing.remove(&(proto, request_id));
         if let Some((peer, verdict)) = self.after_response.remove(&(proto, request_id)) {
             if verdict == Verdict::Disconnect && self.closing.len() < MAX_CLOSING {
                 // The answer says why; give the peer time to read it before the connection goes.

@@ -27,8 +27,9 @@ use crate::gossip::{self, MAX_GOSSIP_MESSAGE};
 use crate::handle::{Command, NetworkEvent, NetworkHandle};
 use crate::metrics::NetworkMetrics;
 use crate::peer_manager::PeerManager;
-use crate::rate_limit::{GlobalPacer, Protocol, RateLimiter};
+use crate::rate_limit::{Protocol, RateLimiter};
 use crate::serve::{BlockSource, ServeContext};
+use crate::serve_gate::{HeldBytes, ServeGate};
 
 /// A finished serving task's answer, to be sent on the swarm task.
 pub(crate) struct ServeDone {
@@ -39,6 +40,8 @@ pub(crate) struct ServeDone {
     pub response: pb::BlocksResponse,
     pub code: &'static str,
     pub blocks: usize,
+    /// The room in the byte budget the response's blocks hold, until it is written.
+    pub held: Option<HeldBytes>,
 }
 
 /// An outbound block request waiting for its answer.
@@ -71,11 +74,8 @@ pub(crate) struct Service {
     /// Serving tasks by requester (entries at zero removed), each at most `max_serving_per_peer`.
     pub serving_by_peer: HashMap<PeerId, usize>,
     pub max_serving_per_peer: usize,
-    /// Encoded sizes of the block responses libp2p is still writing, by request.
-    pub writing: HashMap<(Protocol, InboundRequestId), usize>,
-    /// Their sum, kept at most `max_serving_bytes` (but for a single response).
-    pub writing_bytes: usize,
-    pub max_serving_bytes: usize,
+    /// The byte budget's room held by the block responses libp2p is still writing, by request.
+    pub writing: HashMap<(Protocol, InboundRequestId), HeldBytes>,
     pub pending_range: HashMap<OutboundRequestId, Pending>,
     pub pending_root: HashMap<OutboundRequestId, Pending>,
     pub pending_status: HashMap<OutboundRequestId, (PeerId, Instant)>,
@@ -188,9 +188,7 @@ impl Service {
         let serve_ctx = Arc::new(ServeContext {
             source,
             permits: Arc::new(Semaphore::new(config.max_concurrent_serving)),
-            pacer: config
-                .serve_blocks_per_sec
-                .map(|rate| GlobalPacer::new(rate, Instant::now())),
+            gate: ServeGate::new(config.max_serving_bytes, config.serve_blocks_per_sec),
             budget: config.request_timeout.mul_f64(0.75),
         });
         Service {
@@ -213,8 +211,6 @@ impl Service {
             serving_by_peer: HashMap::new(),
             max_serving_per_peer: config.max_serving_per_peer,
             writing: HashMap::new(),
-            writing_bytes: 0,
-            max_serving_bytes: config.max_serving_bytes,
             pending_range: HashMap::new(),
             pending_root: HashMap::new(),
             pending_status: HashMap::new(),

@@ -62,6 +62,8 @@ impl Service {
         self.redial_bootnodes_if_alone();
         self.metrics
             .set_peers(self.manager.connected_count(), self.manager.banned_count());
+        let gate = &self.serve_ctx.gate;
+        self.metrics.set_serving_bytes(gate.held(), gate.peak());
         let (lo, hi) = self.manager.score_range();
         self.metrics.set_score_range(lo, hi);
     }

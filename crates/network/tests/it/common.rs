@@ -47,12 +47,58 @@ pub fn chain(name: &str, len: u64, payload: usize) -> Vec<Block> {
     blocks
 }
 
+/// Payload bytes handed out by a tracked [`MemSource`] and not yet dropped, and their peak.
+#[derive(Default)]
+pub struct LiveBytes {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl LiveBytes {
+    /// The most payload bytes alive at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// A payload copy that counts itself in [`LiveBytes`] until dropped.
+struct Tracked {
+    data: Vec<u8>,
+    live: Arc<LiveBytes>,
+}
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.now.fetch_sub(self.data.len(), Ordering::SeqCst);
+    }
+}
+
+/// `block` with its payload copied into bytes counted by `live`.
+fn tracked(block: Block, live: &Arc<LiveBytes>) -> Block {
+    let data = block.payload.to_vec();
+    let now = live.now.fetch_add(data.len(), Ordering::SeqCst) + data.len();
+    live.peak.fetch_max(now, Ordering::SeqCst);
+    let payload = Bytes::from_owner(Tracked {
+        data,
+        live: live.clone(),
+    });
+    Block { payload, ..block }
+}
+
 /// An in-memory `BlockSource` with an optional delay per call.
 pub struct MemSource {
     blocks: Vec<Block>,
     by_hash: HashMap<Hash, usize>,
     delay: Duration,
     pub calls: AtomicUsize,
+    /// When set, every block returned carries a payload counted here while it lives.
+    pub live: Option<Arc<LiveBytes>>,
 }
 
 impl MemSource {
@@ -67,6 +113,22 @@ impl MemSource {
             by_hash,
             delay,
             calls: AtomicUsize::new(0),
+            live: None,
+        }
+    }
+
+    /// A source whose returned payloads are counted in the returned [`LiveBytes`].
+    pub fn tracked(blocks: Vec<Block>) -> (Self, Arc<LiveBytes>) {
+        let live = Arc::new(LiveBytes::default());
+        let mut source = Self::new(blocks);
+        source.live = Some(live.clone());
+        (source, live)
+    }
+
+    fn hand_out(&self, blocks: Vec<Block>) -> Vec<Block> {
+        match &self.live {
+            Some(live) => blocks.into_iter().map(|b| tracked(b, live)).collect(),
+            None => blocks,
         }
     }
 
@@ -110,7 +172,7 @@ impl BlockSource for MemSource {
             .skip(start)
             .take(usize::try_from(count).unwrap_or(usize::MAX))
             .cloned();
-        Ok(Self::take_budget(blocks, max_bytes))
+        Ok(self.hand_out(Self::take_budget(blocks, max_bytes)))
     }
 
     fn blocks_by_root(&self, hashes: &[Hash], max_bytes: usize) -> Result<Vec<Block>, SourceError> {
@@ -120,7 +182,7 @@ impl BlockSource for MemSource {
             .iter()
             .filter_map(|h| self.by_hash.get(h))
             .map(|&i| self.blocks[i].clone());
-        Ok(Self::take_budget(blocks, max_bytes))
+        Ok(self.hand_out(Self::take_budget(blocks, max_bytes)))
     }
 }
 

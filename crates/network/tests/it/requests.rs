@@ -246,11 +246,17 @@ async fn global_serving_cap_paces_blocks() {
     connect(&mut a, &mut b).await;
 
     let start = Instant::now();
-    let mut served = 0;
-    for i in 0..4u64 {
-        let req = BlocksByRangeRequest::new(1 + i * 10, 10).expect("valid");
+    let mut served = 0u64;
+    let mut asked = 0;
+    // An answer is cut to the blocks the pacer has for it (never none): ask on from where the
+    // last one stopped.
+    while served < 40 && asked < 40 {
+        asked += 1;
+        let req = BlocksByRangeRequest::new(1 + served, 40 - served).expect("valid");
         let resp = b.handle.request_range(a.peer_id, req).await.expect("answer");
-        served += resp.blocks.len();
+        assert!(!resp.blocks.is_empty(), "an answer with no block");
+        assert_eq!(resp.blocks[0].height(), 1 + served);
+        served += resp.blocks.len() as u64;
     }
     assert_eq!(served, 40);
     // 40 blocks at 20/s with a one-second burst take at least ~1 s.
@@ -318,4 +324,46 @@ async fn one_peer_cannot_take_every_serving_slot() {
         "{flooded:?}"
     );
     assert_eq!(late.expect("the other peer is served").blocks.len(), 2);
+}
+
+#[tokio::test]
+async fn flooders_leave_a_serving_slot_to_a_peer_holding_none() {
+    // Eight slots (one running, seven queued), up to eight per requester. Peers b and d each ask
+    // eight at once: each is held to its fair share and the last slot is kept, so peer c, asking
+    // after them, is still served.
+    let blocks = chain("fair", 10, 16);
+    let genesis = blocks[0].hash();
+    let mut cfg = test_config(genesis);
+    cfg.max_concurrent_serving = 1;
+    cfg.max_queued_serving = 7;
+    cfg.max_serving_per_peer = 8;
+    cfg.request_timeout = Duration::from_secs(8);
+    let src = Arc::new(MemSource::with_delay(blocks.clone(), Duration::from_millis(200)));
+    let mut a = spawn_node(cfg, src).await;
+    let idle = || Arc::new(MemSource::new(blocks[..1].to_vec()));
+    let mut b = spawn_node(test_config(genesis), idle()).await;
+    let mut c = spawn_node(test_config(genesis), idle()).await;
+    let mut d = spawn_node(test_config(genesis), idle()).await;
+    connect(&mut a, &mut b).await;
+    connect(&mut a, &mut c).await;
+    connect(&mut a, &mut d).await;
+
+    let req = BlocksByRangeRequest::new(1, 2).expect("valid");
+    let flood = futures::future::join_all(
+        (0..8)
+            .map(|_| b.handle.request_range(a.peer_id, req))
+            .chain((0..8).map(|_| d.handle.request_range(a.peer_id, req))),
+    );
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.handle.request_range(a.peer_id, req).await
+    };
+    let (flooded, late) = bounded("answers", futures::future::join(flood, late)).await;
+    let ok = flooded.iter().filter(|r| r.is_ok()).count();
+    assert!((2..=7).contains(&ok), "{flooded:?}");
+    assert!(
+        flooded.iter().filter(|r| r.is_err()).all(refused_busy),
+        "{flooded:?}"
+    );
+    assert_eq!(late.expect("the peer holding no slot is served").blocks.len(), 2);
 }
