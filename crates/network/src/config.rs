@@ -96,7 +96,7 @@ pub struct NetworkConfig {
     pub max_queued_serving: usize,
     /// Most of those (running or queued) one peer may hold at once; beyond it its requests are
     /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
-    /// from the others. Our own sync asks a peer one request at a time.
+    /// from the others. Our own sync holds at most `SyncConfig::max_requests_per_peer` (4) at once.
     pub max_serving_per_peer: usize,
     /// Most bytes of block responses handed to libp2p and not yet fully written to their
     /// requesters (default 64 MiB). A slow reader holds its response in memory until it reads it;

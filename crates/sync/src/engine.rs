@@ -85,11 +85,12 @@ impl<P: PeerKey> SyncEngine<P> {
     /// A peer is gone: its request fails (no charge) and its claims no longer count.
     pub fn peer_disconnected(&mut self, now_ms: u64, peer: &P) {
         self.now_ms = self.now_ms.max(now_ms);
-        if let Some(entry) = self.router.peers.entries.remove(peer)
-            && let Some(id) = entry.in_flight
-            && let Some(request) = self.router.requests.remove(&id)
-        {
-            self.request_settled_without_data(now_ms, id, request, None);
+        if let Some(entry) = self.router.peers.entries.remove(peer) {
+            for (id, _) in entry.in_flight {
+                if let Some(request) = self.router.requests.remove(&id) {
+                    self.request_settled_without_data(now_ms, id, request, None);
+                }
+            }
         }
         self.lookups.forget_peer(peer);
         self.drive(now_ms);
@@ -102,15 +103,15 @@ impl<P: PeerKey> SyncEngine<P> {
     /// settled later by [`SyncEngine::range_response`] or [`SyncEngine::response_invalid`].
     pub fn response_received(&mut self, now_ms: u64, id: RequestId) {
         self.now_ms = self.now_ms.max(now_ms);
-        let Some(request) = self.router.requests.get_mut(&id).filter(|r| !r.answered) else {
+        let Some(request) = self.router.requests.get_mut(&id).filter(|r| !r.answered()) else {
             return;
         };
-        request.answered = true;
+        request.answered_ms = Some(now_ms);
         if let Some(entry) = self.router.peers.entries.get_mut(&request.peer)
-            && entry.in_flight == Some(id)
+            && entry.settle(id)
         {
-            entry.in_flight = None;
             entry.slow_until_ms = 0; // it answers again
+            entry.late = false;
         }
         self.drive(now_ms);
     }
@@ -125,6 +126,11 @@ impl<P: PeerKey> SyncEngine<P> {
         };
         if let Some(entry) = self.router.peers.entries.get_mut(&request.peer) {
             entry.slow_until_ms = 0; // it answers again
+            entry.late = false;
+        }
+        if !blocks.is_empty() {
+            let bytes = blocks.iter().map(|b| b.size_bytes() as u64).sum();
+            self.router.measure(now_ms, &request, bytes);
         }
         match request.purpose {
             RequestPurpose::Batch { chain, key } => {
@@ -184,7 +190,7 @@ impl<P: PeerKey> SyncEngine<P> {
             self.router.refused(&request.peer, request.start);
         }
         let charge = match failure {
-            RequestFailure::Timeout => Some((PeerAction::Timeout, "request timed out")),
+            RequestFailure::Timeout => self.router.timed_out(now_ms, &request),
             RequestFailure::RateLimited => Some((PeerAction::RateLimited, "rate limited")),
             RequestFailure::ProtocolViolation => Some((PeerAction::ProtocolViolation, "protocol violation")),
             RequestFailure::ResourceUnavailable | RequestFailure::Disconnected | RequestFailure::Local(_) => {
@@ -260,14 +266,14 @@ impl<P: PeerKey> SyncEngine<P> {
             .router
             .requests
             .iter()
-            .filter(|(_, r)| !r.answered && r.deadline_ms <= now_ms)
+            .filter(|(_, r)| !r.answered() && r.deadline_ms <= now_ms)
             .map(|(id, _)| *id)
             .collect();
         expired.sort();
         for id in expired {
             if let Some(request) = self.router.take_request(id) {
                 tracing::debug!(peer = ?request.peer, ?id, "request deadline passed");
-                let charge = Some((PeerAction::Timeout, "request timed out"));
+                let charge = self.router.timed_out(now_ms, &request);
                 self.request_settled_without_data(now_ms, id, request, charge);
             }
         }
@@ -324,7 +330,7 @@ impl<P: PeerKey> SyncEngine<P> {
             .router
             .requests
             .values()
-            .filter(|r| !r.answered)
+            .filter(|r| !r.answered())
             .map(|r| r.deadline_ms);
         let chains = self
             .forward

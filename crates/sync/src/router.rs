@@ -13,7 +13,7 @@ use crate::events::{Action, Direction, ImportId, RequestId};
 use crate::forward::ChainEnd;
 use crate::jitter::Jitter;
 use crate::lookup::RootRequest;
-use crate::peers::{PeerKey, Peers};
+use crate::peers::{PeerKey, Peers, Want};
 use syncnode_proto::peer_score::PeerAction;
 
 /// Which chain of batches something belongs to.
@@ -40,9 +40,21 @@ pub(crate) struct InFlight<P> {
     pub start: Height,
     pub count: u64,
     pub deadline_ms: u64,
-    /// The peer answered; the caller is verifying the blocks. The peer is no longer busy with
-    /// it and the deadline no longer runs.
-    pub answered: bool,
+    /// When it was sent, and whether the peer held no other request of ours then.
+    pub sent_ms: u64,
+    pub alone: bool,
+    /// Its deadline is shorter than the configured one: it came from the peer's measured link,
+    /// and running it out is no breach of the protocol (not charged).
+    pub early_deadline: bool,
+    /// When the peer answered (`Some`: the caller is verifying the blocks; the peer is no
+    /// longer busy with it and the deadline no longer runs).
+    pub answered_ms: Option<u64>,
+}
+
+impl<P> InFlight<P> {
+    pub(crate) fn answered(&self) -> bool {
+        self.answered_ms.is_some()
+    }
 }
 
 /// What an import the node is performing is for.
@@ -110,12 +122,61 @@ impl<P: PeerKey> Router<P> {
     /// Removes a request and frees its peer from the busy set.
     pub(crate) fn take_request(&mut self, id: RequestId) -> Option<InFlight<P>> {
         let request = self.requests.remove(&id)?;
-        if let Some(entry) = self.peers.entries.get_mut(&request.peer)
-            && entry.in_flight == Some(id)
-        {
-            entry.in_flight = None;
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+            entry.settle(id);
         }
         Some(request)
+    }
+
+    /// Request `request` ran out its deadline. One shorter than the configured deadline (from
+    /// the peer's measured link) is no breach: the peer is not charged, but rests, its
+    /// throughput estimate is halved and its next request gets the configured deadline. Returns
+    /// the charge, if any.
+    pub(crate) fn timed_out(
+        &mut self,
+        now_ms: u64,
+        request: &InFlight<P>,
+    ) -> Option<(PeerAction, &'static str)> {
+        if !request.early_deadline {
+            return Some((PeerAction::Timeout, "request timed out"));
+        }
+        tracing::debug!(peer = ?request.peer, "request late for its link; asked elsewhere, no charge");
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+            entry.pace.timed_out();
+            entry.late = true;
+            entry.slow_until_ms = now_ms.saturating_add(self.config.slow_peer_rest_ms());
+        }
+        None
+    }
+
+    /// Feeds the answer to `request` (`bytes` of blocks, arrived at `now_ms` unless the node
+    /// reported its arrival earlier) to its peer's link estimates.
+    pub(crate) fn measure(&mut self, now_ms: u64, request: &InFlight<P>, bytes: u64) {
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+            entry.pace.answered(crate::pace::Sample {
+                sent_ms: request.sent_ms,
+                arrived_ms: request.answered_ms.unwrap_or(now_ms),
+                bytes,
+                alone: request.alone,
+            });
+        }
+    }
+
+    /// Deadline of a request to `peer` for `bytes`, for a batch that failed `failures` times: from
+    /// its measured link, never longer than the configured deadline; the configured one when its
+    /// link is not measured or its last request was late. Whether it is shorter than configured.
+    fn deadline_for(&self, peer: &P, bytes: u64, failures: u32) -> (u64, bool) {
+        let most = self.config.timeout_for(failures);
+        let measured = self
+            .peers
+            .entries
+            .get(peer)
+            .filter(|e| !e.late)
+            .and_then(|e| e.pace.deadline_ms(bytes, e.flight_bytes(), most));
+        match measured {
+            Some(ms) if ms < most => (ms, true),
+            _ => (most, false),
+        }
     }
 
     /// Emits a charge for the network's score book. Data faults also stop the peer from getting
@@ -154,13 +215,14 @@ impl<P: PeerKey> Router<P> {
         peer: &P,
         purpose: RequestPurpose,
         range: (Height, u64),
-        timeout_ms: u64,
+        (timeout_ms, early_deadline, bytes): (u64, bool, u64),
     ) -> RequestId {
         let id = RequestId(self.next_request_id);
         self.next_request_id += 1;
+        let mut alone = true;
         if let Some(entry) = self.peers.entries.get_mut(peer) {
-            debug_assert!(entry.in_flight.is_none(), "two requests to one peer");
-            entry.in_flight = Some(id);
+            alone = entry.in_flight.is_empty();
+            entry.in_flight.push((id, bytes));
         }
         self.requests.insert(
             id,
@@ -170,7 +232,10 @@ impl<P: PeerKey> Router<P> {
                 start: range.0,
                 count: range.1,
                 deadline_ms: now_ms.saturating_add(timeout_ms),
-                answered: false,
+                sent_ms: now_ms,
+                alone,
+                early_deadline,
+                answered_ms: None,
             },
         );
         id
@@ -187,7 +252,7 @@ impl<P: PeerKey> Router<P> {
             &wanted.peer,
             purpose,
             (wanted.height, 1),
-            wanted.timeout_ms,
+            (wanted.timeout_ms, false, 0),
         );
         self.actions.push_back(Action::SendRootRequest {
             peer: wanted.peer,
@@ -253,11 +318,17 @@ impl<P: PeerKey> Router<P> {
             };
             let (from, to, failures) = (batch.next_height(), batch.end(), batch.failures());
             let pinned = chain.direction().pinned().cloned();
+            let want = Want {
+                from,
+                to,
+                bytes: self.block_size_estimate().saturating_mul(to - from + 1),
+                urgent: Some(key) == first_open,
+            };
             let pick = self.peers.pick(
                 &self.config,
                 &mut self.jitter,
                 now_ms,
-                (from, to),
+                want,
                 batch.peer_failures(),
                 pinned.as_ref(),
             );
@@ -275,14 +346,20 @@ impl<P: PeerKey> Router<P> {
                 }
                 continue;
             };
-            let count = to - from + 1;
-            let timeout_ms = self.config.timeout_for(failures);
+            let size = self.block_size_estimate();
+            let count = self
+                .peers
+                .entries
+                .get(&peer)
+                .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
+            let bytes = size.saturating_mul(count);
+            let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
             let id = self.new_request(
                 now_ms,
                 &peer,
                 RequestPurpose::Batch { chain: which, key },
                 (from, count),
-                timeout_ms,
+                (timeout_ms, early, bytes),
             );
             self.actions.push_back(Action::SendRangeRequest {
                 peer,

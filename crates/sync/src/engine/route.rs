@@ -347,17 +347,22 @@ impl<P: PeerKey> SyncEngine<P> {
         debug_assert!(stats.buffered_blocks as u64 <= config.window_batches as u64 * config.batch_size);
         debug_assert!(stats.backfill_buffered_bytes <= config.backfill_window_bytes);
         debug_assert!(stats.backfill_batches <= config.backfill_window_batches);
-        let busy = self
+        let busy: usize = self
             .router
             .peers
             .entries
             .values()
-            .filter(|e| e.in_flight.is_some())
-            .count();
+            .map(|e| e.in_flight.len())
+            .sum();
         debug_assert!(busy <= self.router.requests.len());
-        let mut seen = std::collections::HashSet::new();
-        for request in self.router.requests.values().filter(|r| !r.answered) {
-            debug_assert!(seen.insert(&request.peer), "two requests to one peer");
+        let mut held = std::collections::HashMap::new();
+        for request in self.router.requests.values().filter(|r| !r.answered()) {
+            let n = held.entry(&request.peer).or_insert(0usize);
+            *n += 1;
+            debug_assert!(
+                *n <= config.max_requests_per_peer,
+                "too many requests to one peer"
+            );
         }
         debug_assert!(self.lookups.len() <= config.max_lookups);
     }
