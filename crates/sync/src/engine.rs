@@ -87,7 +87,7 @@ impl<P: PeerKey> SyncEngine<P> {
         self.now_ms = self.now_ms.max(now_ms);
         if let Some(entry) = self.router.peers.entries.remove(peer) {
             for (id, _) in entry.in_flight {
-                if let Some(request) = self.router.requests.remove(&id) {
+                if let Some(request) = self.router.take_request(id) {
                     self.request_settled_without_data(now_ms, id, request, None);
                 }
             }
@@ -97,8 +97,8 @@ impl<P: PeerKey> SyncEngine<P> {
     }
 
     /// Request `id` was answered with blocks the caller is now verifying. The peer leaves the busy
-    /// set and may be given its next request while they are checked: it never serves two of our
-    /// requests at once, but our verification overlaps its next answer instead of delaying it.
+    /// set and may be given its next request while they are checked: our verification overlaps
+    /// its next answer instead of delaying it.
     /// The deadline stops (verification is our work, never the peer's fault). The request is
     /// settled later by [`SyncEngine::range_response`] or [`SyncEngine::response_invalid`].
     pub fn response_received(&mut self, now_ms: u64, id: RequestId) {
@@ -112,6 +112,10 @@ impl<P: PeerKey> SyncEngine<P> {
         {
             entry.slow_until_ms = 0; // it answers again
             entry.late = false;
+        }
+        if self.router.hedge.is_some_and(|h| h.primary == id) {
+            // Its first answer is here: the hedge racing it is no longer needed.
+            self.router.hedge_settled(id);
         }
         self.drive(now_ms);
     }
@@ -135,6 +139,9 @@ impl<P: PeerKey> SyncEngine<P> {
         match request.purpose {
             RequestPurpose::Batch { chain, key } => {
                 self.batch_response(chain, (id, key, request), blocks, now_ms)
+            }
+            RequestPurpose::Hedge { chain, key, primary } => {
+                self.hedge_answered(chain, (key, primary), (id, request), blocks, now_ms)
             }
             RequestPurpose::Lookup { lookup, hash } => {
                 let router = &mut self.router;
@@ -340,7 +347,9 @@ impl<P: PeerKey> SyncEngine<P> {
         let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
             .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));
         let alone = (!self.heard_status).then_some(config.alone_after_ms);
+        let hedge = self.router.hedge_due_ms(&self.forward);
         deadlines
+            .chain(hedge)
             .chain(chains)
             .chain(stall)
             .chain(alone)

@@ -64,7 +64,12 @@
 //! doubled per failure of the batch), which also applies to a peer not measured yet. Running out
 //! a deadline shorter than the configured one is no breach of the protocol: the peer is not
 //! charged, but rests, its throughput estimate is halved and its next request gets the configured
-//! deadline; only running out that one is charged as a timeout. A peer whose request timed
+//! deadline; only running out that one is charged as a timeout. When the request of the batch
+//! import waits for is late beyond its peer's own norm (twice what its link expects; for a peer
+//! not measured yet, four times what the best measured peer would take), the same blocks are
+//! asked of a second peer: one such hedge at a time, within the window and a byte budget (a
+//! batch's share of the window, refilled by an eighth of the bytes answers bring). The first
+//! answer with blocks wins; the other request is forgotten, and neither peer is charged for it. A peer whose request timed
 //! out rests for three request timeouts (until it answers again): it gets no batch while another
 //! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
 //! holds up in-order import; with only resting peers, work still goes to them. A peer whose last

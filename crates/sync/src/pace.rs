@@ -121,6 +121,13 @@ impl Pace {
         Some((bw * rtt * FLIGHT_ROUND_TRIPS) as u64)
     }
 
+    /// Milliseconds its link is expected to take to answer `bytes`: a round trip and their
+    /// transfer. `None` until measured.
+    pub(crate) fn expected_ms(&self, bytes: u64) -> Option<f64> {
+        let (bw, rtt) = (self.bytes_per_ms?, self.rtt_ms?);
+        Some(rtt + bytes as f64 / bw.max(f64::MIN_POSITIVE))
+    }
+
     /// Deadline of a request for `bytes` sent while `ahead` bytes of its earlier requests are
     /// still to come: the margin over a round trip and the transfer of both, between
     /// [`MIN_DEADLINE_MS`] and `most`. `None` until the peer is measured.

@@ -14,6 +14,9 @@ use crate::forward::ChainEnd;
 use crate::jitter::Jitter;
 use crate::lookup::RootRequest;
 use crate::peers::{PeerKey, Peers, Want};
+
+mod hedge;
+pub(crate) use hedge::Hedge;
 use syncnode_proto::peer_score::PeerAction;
 
 /// Which chain of batches something belongs to.
@@ -30,6 +33,13 @@ pub(crate) enum RequestPurpose {
     Batch { chain: ChainId, key: Height },
     /// The parent `hash` wanted by lookup `lookup`.
     Lookup { lookup: u64, hash: Hash },
+    /// A second ask for the batch keyed `key` of chain `chain`, racing request `primary`
+    /// (`router/hedge.rs`).
+    Hedge {
+        chain: ChainId,
+        key: Height,
+        primary: RequestId,
+    },
 }
 
 /// A request we sent and have not settled.
@@ -40,6 +50,8 @@ pub(crate) struct InFlight<P> {
     pub start: Height,
     pub count: u64,
     pub deadline_ms: u64,
+    /// Bytes it is expected to bring.
+    pub bytes: u64,
     /// When it was sent, and whether the peer held no other request of ours then.
     pub sent_ms: u64,
     pub alone: bool,
@@ -82,12 +94,15 @@ pub(crate) struct Router<P> {
     seen_bytes: u64,
     /// Last time forward sync received or imported blocks (or fell behind).
     pub last_progress_ms: u64,
+    /// The hedge out, and the bytes hedges may still ask for (see `router/hedge.rs`).
+    pub hedge: Option<Hedge>,
+    hedge_budget: u64,
 }
 
 impl<P: PeerKey> Router<P> {
     pub(crate) fn new(config: SyncConfig, seed: u64) -> Self {
         Router {
-            config,
+            config: config.clone(),
             jitter: Jitter::new(seed),
             peers: Peers::new(),
             requests: HashMap::new(),
@@ -98,6 +113,8 @@ impl<P: PeerKey> Router<P> {
             seen_blocks: 0,
             seen_bytes: 0,
             last_progress_ms: 0,
+            hedge: None,
+            hedge_budget: (config.window_bytes / config.window_batches.max(1)) as u64,
         }
     }
 
@@ -125,6 +142,7 @@ impl<P: PeerKey> Router<P> {
         if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
             entry.settle(id);
         }
+        self.hedge_settled(id);
         Some(request)
     }
 
@@ -160,6 +178,7 @@ impl<P: PeerKey> Router<P> {
                 alone: request.alone,
             });
         }
+        self.hedge_credit(bytes);
     }
 
     /// Deadline of a request to `peer` for `bytes`, for a batch that failed `failures` times: from
@@ -232,6 +251,7 @@ impl<P: PeerKey> Router<P> {
                 start: range.0,
                 count: range.1,
                 deadline_ms: now_ms.saturating_add(timeout_ms),
+                bytes,
                 sent_ms: now_ms,
                 alone,
                 early_deadline,

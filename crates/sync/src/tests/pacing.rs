@@ -201,3 +201,59 @@ fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
     let urgent = peers.pick(&cfg, &mut jitter, 0, want(true), &BTreeMap::new(), None);
     assert_eq!(urgent.peer, Some(1));
 }
+
+#[test]
+fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answer_wins() {
+    let blocks = chain(8_000, 1_000, 0);
+    let mut engine = SyncEngine::new(paced_config(), local(&blocks, 0), 4).expect("a valid config");
+    engine.peer_status(0, 1, status(&blocks, 8_000));
+    engine.peer_status(0, 2, status(&blocks, 8_000));
+    // Both peers answer 20 ms after each request, for 100 ms: both are measured.
+    let mut pending: Vec<(u32, RequestId, Height, u64)> = range_requests(&drain(&mut engine));
+    let mut now = 0;
+    let mut charged = Vec::new();
+    while now < 100 {
+        now += 20;
+        for (_, id, start, count) in std::mem::take(&mut pending) {
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        let actions = drain(&mut engine);
+        charged.extend(penalties(&actions));
+        import_all(&mut engine, now, &actions);
+        pending = range_requests(&actions);
+    }
+    // The batch import waits for is the lowest request out; its peer falls silent.
+    let &(silent, primary, start, count) = pending.iter().min_by_key(|r| r.2).expect("requests out");
+    let mut hedged = None;
+    while now < 1_400 && engine.head_height() < start + count - 1 {
+        now += 10;
+        let due: Vec<_> = std::mem::take(&mut pending);
+        for (peer, id, s, c) in due {
+            if peer == silent {
+                pending.push((peer, id, s, c));
+            } else {
+                engine.range_response(now, id, serve(&blocks, s, c));
+            }
+        }
+        engine.tick(now);
+        let actions = drain(&mut engine);
+        charged.extend(penalties(&actions));
+        import_all(&mut engine, now, &actions);
+        for request in range_requests(&actions) {
+            if request.2 == start && request.0 != silent {
+                hedged.get_or_insert(now);
+            }
+            pending.push(request);
+        }
+    }
+    let hedged = hedged.expect("the late batch was never asked of the other peer");
+    assert!(hedged < 1_000, "hedged only at {hedged} ms");
+    assert!(
+        engine.head_height() >= start + count - 1,
+        "the hedge's answer was not imported"
+    );
+    // The silent peer's answer comes at last: dropped, and nobody was charged for the race.
+    engine.range_response(now + 10, primary, serve(&blocks, start, count));
+    charged.extend(penalties(&drain(&mut engine)));
+    assert!(charged.is_empty(), "{charged:?}");
+}
