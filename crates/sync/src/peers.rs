@@ -39,6 +39,10 @@ use crate::pace::Pace;
 /// is capped below the height it would not serve.
 pub(crate) const CLAIM_REFUSALS: u32 = 3;
 
+/// A batch waits for a busy peer rather than go to a free one expected to take more than this
+/// many times as long.
+const BUSY_WAIT_FACTOR: u64 = 2;
+
 /// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
 pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
 impl<T: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug> PeerKey for T {}
@@ -291,7 +295,10 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
     /// failed this range least (`failures`), then peers believed to serve all of it (a peer that
     /// has only the bottom part answers that part, and the batch keeps it), then the one that
     /// would answer soonest by its measured link and what it holds (see
-    /// [`PeerEntry::expected_answer_ms`]), ties broken at random. Scores play no part: they are the network's book, which
+    /// [`PeerEntry::expected_answer_ms`]), ties broken at random. None is picked when a measured
+    /// peer without room would answer more than [`BUSY_WAIT_FACTOR`] times sooner than the best
+    /// free one, even after what it owes: a slow link does not get a batch a brisk one would
+    /// bring first. Scores play no part: they are the network's book, which
     /// disconnects and bans; the engine ranks by what it saw of this range. A peer resting after
     /// a timeout is passed over while some other peer serving the range is not resting, even a
     /// busy one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in
@@ -318,21 +325,25 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             .entries
             .iter()
             .any(|(p, e)| allowed(p) && e.serves(from) && !e.resting(now_ms));
+        // How soon a measured peer without room could answer it, after what it owes.
+        let mut soonest_busy = u64::MAX;
         for (peer, entry) in &self.entries {
-            if !allowed(peer) {
+            if !allowed(peer) || !entry.serves(from) || (some_brisk && entry.resting(now_ms)) {
                 continue;
             }
-            if !entry.has_room(config.max_requests_per_peer)
-                || !entry.serves(from)
-                || (some_brisk && entry.resting(now_ms))
-            {
+            let failed = failures.get(peer).copied().unwrap_or(0);
+            if !entry.has_room(config.max_requests_per_peer) {
+                if !entry.is_stale(config, now_ms) && failed < config.max_attempts_per_peer {
+                    let owed = entry.flight_bytes().saturating_add(want.bytes);
+                    let soon = entry.pace.expected_ms(owed).map_or(u64::MAX, |ms| ms as u64);
+                    soonest_busy = soonest_busy.min(soon);
+                }
                 continue;
             }
             if entry.is_stale(config, now_ms) {
                 pick.stale.push(peer.clone());
                 continue;
             }
-            let failed = failures.get(peer).copied().unwrap_or(0);
             if failed >= config.max_attempts_per_peer {
                 pick.exhausted = true;
                 continue;
@@ -343,6 +354,14 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, peer.clone()));
             }
+        }
+        // A busy peer that would still answer well before the best free one: the batch waits
+        // for it (it is asked again as soon as that peer has room).
+        if best
+            .as_ref()
+            .is_some_and(|((_, _, soon, _), _)| *soon / BUSY_WAIT_FACTOR > soonest_busy)
+        {
+            best = None;
         }
         pick.peer = best.map(|(_, p)| p);
         pick.exhausted &= pick.peer.is_none();

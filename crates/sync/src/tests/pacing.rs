@@ -200,6 +200,16 @@ fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
     }
     let urgent = peers.pick(&cfg, &mut jitter, 0, want(true), &BTreeMap::new(), None);
     assert_eq!(urgent.peer, Some(1));
+    // Busy with two requests, the fast peer would still answer long before the slow one: the
+    // batch waits for it rather than go to the slow link (a peer not measured yet still gets
+    // the batches import does not wait for).
+    if let Some(fast) = peers.entries.get_mut(&2) {
+        fast.in_flight = vec![(RequestId(1), 500_000), (RequestId(2), 500_000)];
+    }
+    let urgent = peers.pick(&cfg, &mut jitter, 0, want(true), &BTreeMap::new(), None);
+    assert_eq!(urgent.peer, None);
+    let other = peers.pick(&cfg, &mut jitter, 0, want(false), &BTreeMap::new(), None);
+    assert_eq!(other.peer, Some(3));
 }
 
 #[test]
