@@ -55,8 +55,9 @@
 //! EWMAs of the answers' timing. A peer new to us holds one request of at most 64 blocks; once
 //! measured, its requests ask for about half a second of its link, and it holds more of them at
 //! once (up to `max_requests_per_peer`, each on its own stream) while the bytes they are expected
-//! to bring stay below two round trips of its throughput, so a distant link never idles waiting
-//! for our next request. A request leaves the peer's load when its answer arrives
+//! to bring stay below four round trips of its throughput (each answer pays round trips of its
+//! own: its stream's negotiation, its muxer window), so a distant link never idles waiting for
+//! our next request. A request leaves the peer's load when its answer arrives
 //! ([`SyncEngine::response_received`]), so our verification overlaps its next answer, and no
 //! deadline runs during that verification. A request's deadline comes from its peer's link: three
 //! times a round trip plus the transfer of its bytes and of those the peer still owes us, at
