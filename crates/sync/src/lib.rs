@@ -70,7 +70,8 @@
 //! not measured yet, four times what the best measured peer would take), the same blocks are
 //! asked of a second peer: one such hedge at a time, within the window and a byte budget (a
 //! batch's share of the window, refilled by an eighth of the bytes answers bring). The first
-//! answer with blocks wins; the other request is forgotten, and neither peer is charged for it. A peer whose request timed
+//! answer with blocks wins; the other request is forgotten, and neither peer is charged for it
+//! (a primary outrun by its hedge rests as after a late deadline). A peer whose request timed
 //! out rests for three request timeouts (until it answers again): it gets no batch while another
 //! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
 //! holds up in-order import; with only resting peers, work still goes to them. A peer whose last

@@ -159,12 +159,19 @@ impl<P: PeerKey> Router<P> {
             return Some((PeerAction::Timeout, "request timed out"));
         }
         tracing::debug!(peer = ?request.peer, "request late for its link; asked elsewhere, no charge");
-        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+        self.rest_late(now_ms, &request.peer);
+        None
+    }
+
+    /// `peer` was late for its own link (a deadline from it ran out, or a hedge answered first):
+    /// not charged, but it rests, its throughput estimate is halved and its next request gets
+    /// the configured deadline.
+    pub(crate) fn rest_late(&mut self, now_ms: u64, peer: &P) {
+        if let Some(entry) = self.peers.entries.get_mut(peer) {
             entry.pace.timed_out();
             entry.late = true;
             entry.slow_until_ms = now_ms.saturating_add(self.config.slow_peer_rest_ms());
         }
-        None
     }
 
     /// Feeds the answer to `request` (`bytes` of blocks, arrived at `now_ms` unless the node

@@ -53,8 +53,8 @@ impl<P: PeerKey> SyncEngine<P> {
     /// The answer to hedge `id`, racing request `primary` for the batch keyed `key`: when it has
     /// blocks of the right shape and the primary has not answered yet, it wins and the batch
     /// takes it as the answer to the primary, which is forgotten (its peer is not charged: it
-    /// was late for its own link, not for the protocol). Otherwise it is dropped, charged only
-    /// for a wrong shape.
+    /// was late for its own link, not for the protocol; it rests as after a late deadline).
+    /// Otherwise it is dropped, charged only for a wrong shape.
     pub(super) fn hedge_answered(
         &mut self,
         chain: ChainId,
@@ -80,6 +80,7 @@ impl<P: PeerKey> SyncEngine<P> {
         }
         if let Some(loser) = self.router.take_request(primary) {
             tracing::debug!(late = ?loser.peer, winner = ?request.peer, "hedge answered first");
+            self.router.rest_late(now_ms, &loser.peer);
         }
         self.batch_response(chain, (primary, key, request), blocks, now_ms);
     }

@@ -262,6 +262,28 @@ fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answ
         engine.head_height() >= start + count - 1,
         "the hedge's answer was not imported"
     );
+    // The late peer rests: while the brisk one serves, it gets no new batch.
+    let until = now + 2_000;
+    while now < until {
+        now += 10;
+        for (peer, id, s, c) in std::mem::take(&mut pending) {
+            if peer == silent {
+                pending.push((peer, id, s, c));
+            } else {
+                engine.range_response(now, id, serve(&blocks, s, c));
+            }
+        }
+        engine.tick(now);
+        let actions = drain(&mut engine);
+        charged.extend(penalties(&actions));
+        import_all(&mut engine, now, &actions);
+        let sent = range_requests(&actions);
+        assert!(
+            sent.iter().all(|r| r.0 != silent),
+            "the late peer got work: {sent:?}"
+        );
+        pending.extend(sent);
+    }
     // The silent peer's answer comes at last: dropped, and nobody was charged for the race.
     engine.range_response(now + 10, primary, serve(&blocks, start, count));
     charged.extend(penalties(&drain(&mut engine)));
