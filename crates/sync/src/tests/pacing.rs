@@ -214,10 +214,10 @@ fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
 
 #[test]
 fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answer_wins() {
-    let blocks = chain(8_000, 1_000, 0);
+    let blocks = chain(40_000, 100, 0);
     let mut engine = SyncEngine::new(paced_config(), local(&blocks, 0), 4).expect("a valid config");
-    engine.peer_status(0, 1, status(&blocks, 8_000));
-    engine.peer_status(0, 2, status(&blocks, 8_000));
+    engine.peer_status(0, 1, status(&blocks, 40_000));
+    engine.peer_status(0, 2, status(&blocks, 40_000));
     // Both peers answer 20 ms after each request, for 100 ms: both are measured.
     let mut pending: Vec<(u32, RequestId, Height, u64)> = range_requests(&drain(&mut engine));
     let mut now = 0;
@@ -232,14 +232,15 @@ fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answ
         import_all(&mut engine, now, &actions);
         pending = range_requests(&actions);
     }
-    // The batch import waits for is the lowest request out; its peer falls silent.
+    // The batch import waits for is the lowest request out; its peer holds it (answering its
+    // others) until the hedge, then falls silent.
     let &(silent, primary, start, count) = pending.iter().min_by_key(|r| r.2).expect("requests out");
     let mut hedged = None;
     while now < 1_400 && engine.head_height() < start + count - 1 {
         now += 10;
         let due: Vec<_> = std::mem::take(&mut pending);
         for (peer, id, s, c) in due {
-            if peer == silent {
+            if peer == silent && (id == primary || hedged.is_some()) {
                 pending.push((peer, id, s, c));
             } else {
                 engine.range_response(now, id, serve(&blocks, s, c));
