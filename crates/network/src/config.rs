@@ -97,8 +97,8 @@ pub struct NetworkConfig {
     /// Most of those (running or queued) one peer may hold at once; beyond it its requests are
     /// answered `RESOURCE_UNAVAILABLE`, so one peer opening many streams cannot take every slot
     /// from the others. While others are served a peer also holds at most its fair share of the
-    /// slots, and the last eighth is kept for peers holding none. Our own sync asks a peer one
-    /// request at a time.
+    /// slots, and the last eighth is kept for peers holding none. Our own sync holds at most
+    /// `SyncConfig::max_requests_per_peer` (4) at once.
     pub max_serving_per_peer: usize,
     /// Most bytes of blocks read for responses and not yet fully written to their requesters
     /// (default 64 MiB), on every path: a serving task takes room before it reads (in its

@@ -168,6 +168,14 @@ impl<P: Clone + Ord> Batch<P> {
         matches!(self.state, State::Waiting { .. } | State::Downloading { .. })
     }
 
+    /// The request out for its missing part, if one is.
+    pub(crate) fn request(&self) -> Option<RequestId> {
+        match self.state {
+            State::Downloading { id } => Some(id),
+            _ => None,
+        }
+    }
+
     /// Whether request `id` for blocks from `start` is the one it waits for.
     pub(crate) fn awaits(&self, id: RequestId, start: Height) -> bool {
         self.state == (State::Downloading { id }) && self.next_height() == start

@@ -22,7 +22,13 @@ pub struct SyncConfig {
     pub backfill_window_batches: usize,
     /// Most bytes of backfill blocks held between download and confirmed import.
     pub backfill_window_bytes: usize,
-    /// Deadline of a first request; each retry of the same batch doubles it.
+    /// Most requests of ours one peer serves at once (each on its own stream). Below the
+    /// default per-requester serving limit of the network (`max_serving_per_peer`, 8), so a
+    /// peer of our own kind never refuses them for being too many.
+    pub max_requests_per_peer: usize,
+    /// Deadline of a first request to a peer whose link is not measured yet; each retry of the
+    /// same batch doubles it. A measured peer's deadline follows its link (see `pace.rs`), never
+    /// longer than this.
     pub request_timeout_ms: u64,
     /// Ceiling of the growing deadline.
     pub max_request_timeout_ms: u64,
@@ -61,6 +67,7 @@ impl Default for SyncConfig {
             backfill_batch_size: 512,
             backfill_window_batches: 4,
             backfill_window_bytes: 32 * 1024 * 1024,
+            max_requests_per_peer: 4,
             request_timeout_ms: 10_000,
             max_request_timeout_ms: 60_000,
             retry_min_delay_ms: 500,
@@ -103,6 +110,7 @@ impl SyncConfig {
         for (field, got) in [
             ("window_batches", self.window_batches as u64),
             ("backfill_window_batches", self.backfill_window_batches as u64),
+            ("max_requests_per_peer", self.max_requests_per_peer as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             ("retry_min_delay_ms", self.retry_min_delay_ms),
             ("max_attempts_per_peer", u64::from(self.max_attempts_per_peer)),

@@ -97,31 +97,37 @@ impl<P: PeerKey> SyncEngine<P> {
         if let Some(record) = entry.as_ref().and_then(PeerEntry::claim_record) {
             self.departed.put(peer.clone(), record);
         }
-        if let Some(id) = entry.and_then(|e| e.in_flight)
-            && let Some(request) = self.router.requests.remove(&id)
-        {
-            self.request_settled_without_data(now_ms, id, request, None);
+        if let Some(entry) = entry {
+            for (id, _) in entry.in_flight {
+                if let Some(request) = self.router.take_request(id) {
+                    self.request_settled_without_data(now_ms, id, request, None);
+                }
+            }
         }
         self.lookups.forget_peer(peer);
         self.drive(now_ms);
     }
 
     /// Request `id` was answered with blocks the caller is now verifying. The peer leaves the busy
-    /// set and may be given its next request while they are checked: it never serves two of our
-    /// requests at once, but our verification overlaps its next answer instead of delaying it.
+    /// set and may be given its next request while they are checked: our verification overlaps
+    /// its next answer instead of delaying it.
     /// The deadline stops (verification is our work, never the peer's fault). The request is
     /// settled later by [`SyncEngine::range_response`] or [`SyncEngine::response_invalid`].
     pub fn response_received(&mut self, now_ms: u64, id: RequestId) {
         self.now_ms = self.now_ms.max(now_ms);
-        let Some(request) = self.router.requests.get_mut(&id).filter(|r| !r.answered) else {
+        let Some(request) = self.router.requests.get_mut(&id).filter(|r| !r.answered()) else {
             return;
         };
-        request.answered = true;
+        request.answered_ms = Some(now_ms);
         if let Some(entry) = self.router.peers.entries.get_mut(&request.peer)
-            && entry.in_flight == Some(id)
+            && entry.settle(id)
         {
-            entry.in_flight = None;
             entry.slow_until_ms = 0; // it answers again
+            entry.late = false;
+        }
+        if self.router.hedge.is_some_and(|h| h.primary == id) {
+            // Its first answer is here: the hedge racing it is no longer needed.
+            self.router.hedge_settled(id);
         }
         self.drive(now_ms);
     }
@@ -136,10 +142,18 @@ impl<P: PeerKey> SyncEngine<P> {
         };
         if let Some(entry) = self.router.peers.entries.get_mut(&request.peer) {
             entry.slow_until_ms = 0; // it answers again
+            entry.late = false;
+        }
+        if !blocks.is_empty() {
+            let bytes = blocks.iter().map(|b| b.size_bytes() as u64).sum();
+            self.router.measure(now_ms, &request, bytes);
         }
         match request.purpose {
             RequestPurpose::Batch { chain, key } => {
                 self.batch_response(chain, (id, key, request), blocks, now_ms)
+            }
+            RequestPurpose::Hedge { chain, key, primary } => {
+                self.hedge_answered(chain, (key, primary), (id, request), blocks, now_ms)
             }
             RequestPurpose::Lookup { lookup, hash } => {
                 let router = &mut self.router;
@@ -195,7 +209,7 @@ impl<P: PeerKey> SyncEngine<P> {
             self.router.refused(&request.peer, request.start);
         }
         let charge = match failure {
-            RequestFailure::Timeout => Some((PeerAction::Timeout, "request timed out")),
+            RequestFailure::Timeout => self.router.timed_out(now_ms, &request),
             RequestFailure::RateLimited => Some((PeerAction::RateLimited, "rate limited")),
             RequestFailure::ProtocolViolation => Some((PeerAction::ProtocolViolation, "protocol violation")),
             RequestFailure::ResourceUnavailable | RequestFailure::Disconnected | RequestFailure::Local(_) => {
@@ -271,14 +285,14 @@ impl<P: PeerKey> SyncEngine<P> {
             .router
             .requests
             .iter()
-            .filter(|(_, r)| !r.answered && r.deadline_ms <= now_ms)
+            .filter(|(_, r)| !r.answered() && r.deadline_ms <= now_ms)
             .map(|(id, _)| *id)
             .collect();
         expired.sort();
         for id in expired {
             if let Some(request) = self.router.take_request(id) {
                 tracing::debug!(peer = ?request.peer, ?id, "request deadline passed");
-                let charge = Some((PeerAction::Timeout, "request timed out"));
+                let charge = self.router.timed_out(now_ms, &request);
                 self.request_settled_without_data(now_ms, id, request, charge);
             }
         }
@@ -335,7 +349,7 @@ impl<P: PeerKey> SyncEngine<P> {
             .router
             .requests
             .values()
-            .filter(|r| !r.answered)
+            .filter(|r| !r.answered())
             .map(|r| r.deadline_ms);
         let chains = self
             .forward
@@ -345,7 +359,9 @@ impl<P: PeerKey> SyncEngine<P> {
         let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
             .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));
         let alone = (!self.heard_status).then_some(config.alone_after_ms);
+        let hedge = self.router.hedge_due_ms(&self.forward);
         deadlines
+            .chain(hedge)
             .chain(chains)
             .chain(stall)
             .chain(alone)

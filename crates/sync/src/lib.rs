@@ -44,15 +44,35 @@
 //! At most `window_batches` batches exist at once and their downloaded blocks never exceed
 //! `window_bytes`: download runs ahead of import by a bounded amount, whatever the chain's length.
 //! Each waiting batch is
-//! requested from the best idle peer believed to hold its first missing height (`earliest_height
-//! <= start <= head_height`, less its cap): the one that failed it least, then one that holds all
-//! of it, ties broken at random. A peer holding only the bottom of a batch answers that part and
+//! requested from the best peer with room believed to hold its first missing height
+//! (`earliest_height <= start <= head_height`, less its cap): the one that failed it least, then
+//! one that holds all of it, then the one that would answer soonest by its measured link and what
+//! it already holds (a peer not measured yet counts as free, but the batch import waits for goes
+//! to a measured peer when there is one), ties broken at random. A peer holding only the bottom of a batch answers that part and
 //! the batch keeps it. The engine ranks by what it saw, not by scores: the one score book is the
 //! network's, moved by the engine's [`Action::Penalise`] (charges, and a credit for each
 //! imported batch's suppliers).
-//! A peer serves at most one request of ours at a time (the busy set); it leaves the set when its
-//! answer arrives ([`SyncEngine::response_received`]), so it serves the next batch while the caller
-//! verifies the last one, and no deadline runs during that verification. A peer whose request timed
+//! Each peer's link is measured (`pace.rs`): its round trip and the throughput of its answers, as
+//! EWMAs of the answers' timing. A peer new to us holds one request of at most 64 blocks; once
+//! measured, its requests ask for about half a second of its link, and it holds more of them at
+//! once (up to `max_requests_per_peer`, each on its own stream) while the bytes they are expected
+//! to bring stay below four round trips of its throughput (each answer pays round trips of its
+//! own: its stream's negotiation, its muxer window), so a distant link never idles waiting for
+//! our next request. A request leaves the peer's load when its answer arrives
+//! ([`SyncEngine::response_received`]), so our verification overlaps its next answer, and no
+//! deadline runs during that verification. A request's deadline comes from its peer's link: three
+//! times a round trip plus the transfer of its bytes and of those the peer still owes us, at
+//! least 1.5 s and at most the configured deadline (`request_timeout_ms`, the protocol's 10 s,
+//! doubled per failure of the batch), which also applies to a peer not measured yet. Running out
+//! a deadline shorter than the configured one is no breach of the protocol: the peer is not
+//! charged, but rests, its throughput estimate is halved and its next request gets the configured
+//! deadline; only running out that one is charged as a timeout. When the request of the batch
+//! import waits for is late beyond its peer's own norm (twice what its link expects; for a peer
+//! not measured yet, four times what the best measured peer would take), the same blocks are
+//! asked of a second peer: one such hedge at a time, within the window and a byte budget (a
+//! batch's share of the window, refilled by an eighth of the bytes answers bring). The first
+//! answer with blocks wins; the other request is forgotten, and neither peer is charged for it
+//! (a primary outrun by its hedge rests as after a late deadline). A peer whose request timed
 //! out rests for three request timeouts (until it answers again): it gets no batch while another
 //! peer serving the range is not resting, even a busy one, since a batch stuck for a whole timeout
 //! holds up in-order import; with only resting peers, work still goes to them. A peer whose last
@@ -120,7 +140,7 @@
 //!
 //! # Invariants (asserted in debug builds after every event, and by the simulator)
 //! - downloaded, not yet imported blocks stay within the window, in bytes and in batches;
-//! - at most one request in flight per peer;
+//! - at most `max_requests_per_peer` requests in flight per peer;
 //! - forward imports are emitted in consecutive height order, each linking to the one before
 //!   (a fork search's first import starts afresh above our finalized block);
 //! - every map is bounded: batches by the windows, lookups by `max_lookups` and their depth,
@@ -138,6 +158,7 @@ mod events;
 mod forward;
 mod jitter;
 mod lookup;
+mod pace;
 mod peers;
 mod router;
 

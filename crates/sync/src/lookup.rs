@@ -244,7 +244,7 @@ impl<P: Clone + Ord> Lookups<P> {
             !lookup.asked.contains(p)
                 && !taken.contains(p)
                 && peers.entries.get(p).is_some_and(|e| {
-                    e.in_flight.is_none()
+                    e.in_flight.is_empty()
                         && !e.proven_wrong
                         && now_ms.saturating_sub(e.status_at_ms) <= config.status_stale_ms
                 })

@@ -40,6 +40,7 @@ use syncnode_types::{Hash, Height};
 use crate::config::SyncConfig;
 use crate::events::{PeerStatus, RequestId};
 use crate::jitter::Jitter;
+use crate::pace::Pace;
 
 /// Range requests inside its claim a peer may refuse, err on or reset in a row before its claim
 /// is capped below the height it would not serve.
@@ -50,6 +51,10 @@ pub(crate) const CAP_HOLD_MS: u64 = 10 * 60 * 1_000;
 
 /// How many departed peers' claim records the engine keeps for their reconnect.
 pub(crate) const REMEMBERED_PEERS: usize = 1_024;
+
+/// A batch waits for a busy peer rather than go to a free one expected to take more than this
+/// many times as long.
+const BUSY_WAIT_FACTOR: u64 = 2;
 
 /// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
 pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
@@ -93,8 +98,13 @@ pub(crate) struct PeerEntry {
     pub refused_from: Height,
     /// Data it sent was contradicted by data we imported: no more work, no say in the target.
     pub proven_wrong: bool,
-    /// The one request of ours it is serving (the busy set).
-    pub in_flight: Option<RequestId>,
+    /// The requests of ours it is serving, each with the bytes it is expected to bring.
+    pub in_flight: Vec<(RequestId, u64)>,
+    /// What we measured of its link.
+    pub pace: Pace,
+    /// A request to it ran out a deadline shorter than the configured one (its link seemed slower
+    /// than measured): its next request gets the configured deadline. Cleared by its next answer.
+    pub late: bool,
     /// When we last asked it for a fresh Status.
     pub status_requested_ms: Option<u64>,
     /// A request to it timed out: until this time it gets work only when no other peer serving
@@ -114,7 +124,9 @@ impl PeerEntry {
             refusals: 0,
             refused_from: Height::MAX,
             proven_wrong: false,
-            in_flight: None,
+            in_flight: Vec::new(),
+            pace: Pace::default(),
+            late: false,
             status_requested_ms: None,
             slow_until_ms: 0,
         }
@@ -210,6 +222,44 @@ impl PeerEntry {
         now_ms < self.slow_until_ms || self.refusals > 0
     }
 
+    /// Bytes its requests in flight are expected to bring.
+    pub(crate) fn flight_bytes(&self) -> u64 {
+        self.in_flight.iter().map(|(_, b)| *b).sum()
+    }
+
+    /// Whether it may take one more request: it holds none; or it is measured and holds fewer
+    /// than `most`, and either just one (the next travels while that one's answer streams in) or
+    /// fewer bytes than its bandwidth-delay product. A peer not measured yet holds one.
+    pub(crate) fn has_room(&self, most: usize) -> bool {
+        let Some(room) = self.pace.flight_bytes() else {
+            return self.in_flight.is_empty();
+        };
+        let held = self.in_flight.len();
+        held == 0 || (held < most && (held < 2 || self.flight_bytes() < room))
+    }
+
+    /// About when a request for `bytes` sent to it now would be answered, in milliseconds from
+    /// now, from its measured link and what it already holds: lower is more free capacity. A
+    /// peer not measured yet counts as free, except for the batch in-order import waits for
+    /// (`urgent`), which goes to a peer whose link we know when there is one.
+    pub(crate) fn expected_answer_ms(&self, bytes: u64, urgent: bool) -> u64 {
+        match (self.pace.rtt_ms(), self.pace.bytes_per_ms()) {
+            (Some(rtt), Some(bw)) => {
+                let queued = self.flight_bytes().saturating_add(bytes) as f64;
+                (rtt + queued / bw.max(f64::MIN_POSITIVE)) as u64
+            }
+            _ if urgent => u64::MAX,
+            _ => 0,
+        }
+    }
+
+    /// Forgets request `id`; whether it held it.
+    pub(crate) fn settle(&mut self, id: RequestId) -> bool {
+        let before = self.in_flight.len();
+        self.in_flight.retain(|(held, _)| *held != id);
+        self.in_flight.len() != before
+    }
+
     /// Whether its latest Status promises the block at `height`.
     pub(crate) fn promises(&self, height: Height) -> bool {
         self.status.earliest_height <= height && height <= self.status.head_height
@@ -303,10 +353,15 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             .max()
     }
 
-    /// The best idle peer (`only` that one, when given) believed to serve `from` (the first
-    /// height of `from..=to` still missing), preferring peers that failed this range least (`failures`), then peers believed
-    /// to serve all of it (a peer that has only the bottom part answers that part, and the batch
-    /// keeps it), ties broken at random. Scores play no part: they are the network's book, which
+    /// The best peer with room for one more request (`only` that one, when given) believed to
+    /// serve `want.from` (the first height of `from..=to` still missing), preferring peers that
+    /// failed this range least (`failures`), then peers believed to serve all of it (a peer that
+    /// has only the bottom part answers that part, and the batch keeps it), then the one that
+    /// would answer soonest by its measured link and what it holds (see
+    /// [`PeerEntry::expected_answer_ms`]), ties broken at random. None is picked when a measured
+    /// peer without room would answer more than [`BUSY_WAIT_FACTOR`] times sooner than the best
+    /// free one, even after what it owes: a slow link does not get a batch a brisk one would
+    /// bring first. Scores play no part: they are the network's book, which
     /// disconnects and bans; the engine ranks by what it saw of this range. A peer resting after
     /// a timeout is passed over while some other peer serving the range is not resting, even a
     /// busy one: waiting for a brisk peer costs less than a batch stuck for a whole timeout in
@@ -317,11 +372,12 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
         config: &SyncConfig,
         jitter: &mut Jitter,
         now_ms: u64,
-        (from, to): (Height, Height),
+        want: Want,
         failures: &BTreeMap<P, u32>,
         only: Option<&P>,
     ) -> Pick<P> {
-        let mut best: Option<((u32, bool, u64), P)> = None;
+        let Want { from, to, .. } = want;
+        let mut best: Option<((u32, bool, u64, u64), P)> = None;
         let mut pick = Pick {
             peer: None,
             exhausted: false,
@@ -332,32 +388,60 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
             .entries
             .iter()
             .any(|(p, e)| allowed(p) && e.serves(from) && !e.resting(now_ms));
+        // How soon a measured peer without room could answer it, after what it owes.
+        let mut soonest_busy = u64::MAX;
         for (peer, entry) in &self.entries {
-            if !allowed(peer) {
+            if !allowed(peer) || !entry.serves(from) || (some_brisk && entry.resting(now_ms)) {
                 continue;
             }
-            if entry.in_flight.is_some() || !entry.serves(from) || (some_brisk && entry.resting(now_ms)) {
+            let failed = failures.get(peer).copied().unwrap_or(0);
+            if !entry.has_room(config.max_requests_per_peer) {
+                if !entry.is_stale(config, now_ms) && failed < config.max_attempts_per_peer {
+                    let owed = entry.flight_bytes().saturating_add(want.bytes);
+                    let soon = entry.pace.expected_ms(owed).map_or(u64::MAX, |ms| ms as u64);
+                    soonest_busy = soonest_busy.min(soon);
+                }
                 continue;
             }
             if entry.is_stale(config, now_ms) {
                 pick.stale.push(peer.clone());
                 continue;
             }
-            let failed = failures.get(peer).copied().unwrap_or(0);
             if failed >= config.max_attempts_per_peer {
                 pick.exhausted = true;
                 continue;
             }
-            // Lower is better: fewer failures, the whole range, random tie-break.
-            let key = (failed, !entry.serves_all(from, to), jitter.next_u64());
+            // Lower is better: fewer failures, the whole range, sooner answered, random tie-break.
+            let soon = entry.expected_answer_ms(want.bytes, want.urgent);
+            let key = (failed, !entry.serves_all(from, to), soon, jitter.next_u64());
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, peer.clone()));
             }
+        }
+        // A busy peer that would still answer well before the best free one: the batch waits
+        // for it (it is asked again as soon as that peer has room).
+        if best
+            .as_ref()
+            .is_some_and(|((_, _, soon, _), _)| *soon / BUSY_WAIT_FACTOR > soonest_busy)
+        {
+            best = None;
         }
         pick.peer = best.map(|(_, p)| p);
         pick.exhausted &= pick.peer.is_none();
         pick
     }
+}
+
+/// What [`Peers::pick`] looks for a peer for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want {
+    /// The first missing height and the last height of the batch.
+    pub from: Height,
+    pub to: Height,
+    /// Bytes the request is expected to bring.
+    pub bytes: u64,
+    /// It is the batch in-order import waits for.
+    pub urgent: bool,
 }
 
 /// The outcome of [`Peers::pick`].

@@ -13,7 +13,10 @@ use crate::events::{Action, Direction, ImportId, RequestId};
 use crate::forward::ChainEnd;
 use crate::jitter::Jitter;
 use crate::lookup::RootRequest;
-use crate::peers::{PeerKey, Peers};
+use crate::peers::{PeerKey, Peers, Want};
+
+mod hedge;
+pub(crate) use hedge::Hedge;
 use syncnode_proto::peer_score::PeerAction;
 
 /// Which chain of batches something belongs to.
@@ -30,6 +33,13 @@ pub(crate) enum RequestPurpose {
     Batch { chain: ChainId, key: Height },
     /// The parent `hash` wanted by lookup `lookup`.
     Lookup { lookup: u64, hash: Hash },
+    /// A second ask for the batch keyed `key` of chain `chain`, racing request `primary`
+    /// (`router/hedge.rs`).
+    Hedge {
+        chain: ChainId,
+        key: Height,
+        primary: RequestId,
+    },
 }
 
 /// A request we sent and have not settled.
@@ -40,9 +50,23 @@ pub(crate) struct InFlight<P> {
     pub start: Height,
     pub count: u64,
     pub deadline_ms: u64,
-    /// The peer answered; the caller is verifying the blocks. The peer is no longer busy with
-    /// it and the deadline no longer runs.
-    pub answered: bool,
+    /// Bytes it is expected to bring.
+    pub bytes: u64,
+    /// When it was sent, and whether the peer held no other request of ours then.
+    pub sent_ms: u64,
+    pub alone: bool,
+    /// Its deadline is shorter than the configured one: it came from the peer's measured link,
+    /// and running it out is no breach of the protocol (not charged).
+    pub early_deadline: bool,
+    /// When the peer answered (`Some`: the caller is verifying the blocks; the peer is no
+    /// longer busy with it and the deadline no longer runs).
+    pub answered_ms: Option<u64>,
+}
+
+impl<P> InFlight<P> {
+    pub(crate) fn answered(&self) -> bool {
+        self.answered_ms.is_some()
+    }
 }
 
 /// What an import the node is performing is for.
@@ -70,12 +94,15 @@ pub(crate) struct Router<P> {
     seen_bytes: u64,
     /// Last time forward sync received or imported blocks (or fell behind).
     pub last_progress_ms: u64,
+    /// The hedge out, and the bytes hedges may still ask for (see `router/hedge.rs`).
+    pub hedge: Option<Hedge>,
+    hedge_budget: u64,
 }
 
 impl<P: PeerKey> Router<P> {
     pub(crate) fn new(config: SyncConfig, seed: u64) -> Self {
         Router {
-            config,
+            config: config.clone(),
             jitter: Jitter::new(seed),
             peers: Peers::new(),
             requests: HashMap::new(),
@@ -86,6 +113,8 @@ impl<P: PeerKey> Router<P> {
             seen_blocks: 0,
             seen_bytes: 0,
             last_progress_ms: 0,
+            hedge: None,
+            hedge_budget: (config.window_bytes / config.window_batches.max(1)) as u64,
         }
     }
 
@@ -110,12 +139,70 @@ impl<P: PeerKey> Router<P> {
     /// Removes a request and frees its peer from the busy set.
     pub(crate) fn take_request(&mut self, id: RequestId) -> Option<InFlight<P>> {
         let request = self.requests.remove(&id)?;
-        if let Some(entry) = self.peers.entries.get_mut(&request.peer)
-            && entry.in_flight == Some(id)
-        {
-            entry.in_flight = None;
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+            entry.settle(id);
         }
+        self.hedge_settled(id);
         Some(request)
+    }
+
+    /// Request `request` ran out its deadline. One shorter than the configured deadline (from
+    /// the peer's measured link) is no breach: the peer is not charged, but rests, its
+    /// throughput estimate is halved and its next request gets the configured deadline. Returns
+    /// the charge, if any.
+    pub(crate) fn timed_out(
+        &mut self,
+        now_ms: u64,
+        request: &InFlight<P>,
+    ) -> Option<(PeerAction, &'static str)> {
+        if !request.early_deadline {
+            return Some((PeerAction::Timeout, "request timed out"));
+        }
+        tracing::debug!(peer = ?request.peer, "request late for its link; asked elsewhere, no charge");
+        self.rest_late(now_ms, &request.peer);
+        None
+    }
+
+    /// `peer` was late for its own link (a deadline from it ran out, or a hedge answered first):
+    /// not charged, but it rests, its throughput estimate is halved and its next request gets
+    /// the configured deadline.
+    pub(crate) fn rest_late(&mut self, now_ms: u64, peer: &P) {
+        if let Some(entry) = self.peers.entries.get_mut(peer) {
+            entry.pace.timed_out();
+            entry.late = true;
+            entry.slow_until_ms = now_ms.saturating_add(self.config.slow_peer_rest_ms());
+        }
+    }
+
+    /// Feeds the answer to `request` (`bytes` of blocks, arrived at `now_ms` unless the node
+    /// reported its arrival earlier) to its peer's link estimates.
+    pub(crate) fn measure(&mut self, now_ms: u64, request: &InFlight<P>, bytes: u64) {
+        if let Some(entry) = self.peers.entries.get_mut(&request.peer) {
+            entry.pace.answered(crate::pace::Sample {
+                sent_ms: request.sent_ms,
+                arrived_ms: request.answered_ms.unwrap_or(now_ms),
+                bytes,
+                alone: request.alone,
+            });
+        }
+        self.hedge_credit(bytes);
+    }
+
+    /// Deadline of a request to `peer` for `bytes`, for a batch that failed `failures` times: from
+    /// its measured link, never longer than the configured deadline; the configured one when its
+    /// link is not measured or its last request was late. Whether it is shorter than configured.
+    fn deadline_for(&self, peer: &P, bytes: u64, failures: u32) -> (u64, bool) {
+        let most = self.config.timeout_for(failures);
+        let measured = self
+            .peers
+            .entries
+            .get(peer)
+            .filter(|e| !e.late)
+            .and_then(|e| e.pace.deadline_ms(bytes, e.flight_bytes(), most));
+        match measured {
+            Some(ms) if ms < most => (ms, true),
+            _ => (most, false),
+        }
     }
 
     /// Emits a charge for the network's score book. Data faults also stop the peer from getting
@@ -154,13 +241,14 @@ impl<P: PeerKey> Router<P> {
         peer: &P,
         purpose: RequestPurpose,
         range: (Height, u64),
-        timeout_ms: u64,
+        (timeout_ms, early_deadline, bytes): (u64, bool, u64),
     ) -> RequestId {
         let id = RequestId(self.next_request_id);
         self.next_request_id += 1;
+        let mut alone = true;
         if let Some(entry) = self.peers.entries.get_mut(peer) {
-            debug_assert!(entry.in_flight.is_none(), "two requests to one peer");
-            entry.in_flight = Some(id);
+            alone = entry.in_flight.is_empty();
+            entry.in_flight.push((id, bytes));
         }
         self.requests.insert(
             id,
@@ -170,7 +258,11 @@ impl<P: PeerKey> Router<P> {
                 start: range.0,
                 count: range.1,
                 deadline_ms: now_ms.saturating_add(timeout_ms),
-                answered: false,
+                bytes,
+                sent_ms: now_ms,
+                alone,
+                early_deadline,
+                answered_ms: None,
             },
         );
         id
@@ -187,7 +279,7 @@ impl<P: PeerKey> Router<P> {
             &wanted.peer,
             purpose,
             (wanted.height, 1),
-            wanted.timeout_ms,
+            (wanted.timeout_ms, false, 0),
         );
         self.actions.push_back(Action::SendRootRequest {
             peer: wanted.peer,
@@ -253,11 +345,17 @@ impl<P: PeerKey> Router<P> {
             };
             let (from, to, failures) = (batch.next_height(), batch.end(), batch.failures());
             let pinned = chain.direction().pinned().cloned();
+            let want = Want {
+                from,
+                to,
+                bytes: self.block_size_estimate().saturating_mul(to - from + 1),
+                urgent: Some(key) == first_open,
+            };
             let pick = self.peers.pick(
                 &self.config,
                 &mut self.jitter,
                 now_ms,
-                (from, to),
+                want,
                 batch.peer_failures(),
                 pinned.as_ref(),
             );
@@ -275,14 +373,20 @@ impl<P: PeerKey> Router<P> {
                 }
                 continue;
             };
-            let count = to - from + 1;
-            let timeout_ms = self.config.timeout_for(failures);
+            let size = self.block_size_estimate();
+            let count = self
+                .peers
+                .entries
+                .get(&peer)
+                .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
+            let bytes = size.saturating_mul(count);
+            let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
             let id = self.new_request(
                 now_ms,
                 &peer,
                 RequestPurpose::Batch { chain: which, key },
                 (from, count),
-                timeout_ms,
+                (timeout_ms, early, bytes),
             );
             self.actions.push_back(Action::SendRangeRequest {
                 peer,

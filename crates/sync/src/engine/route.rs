@@ -4,6 +4,7 @@
 use syncnode_types::{Block, Hash, Height};
 
 use super::SyncEngine;
+use crate::batch::check_range_shape;
 use crate::chain::Effects;
 use crate::events::{Action, ImportError, ImportId, RequestId, SyncState};
 use crate::forward::{ChainEnd, batch_blocks};
@@ -44,7 +45,44 @@ impl<P: PeerKey> SyncEngine<P> {
                 self.lookups
                     .request_failed(&router.config, &mut router.jitter, lookup, id, now_ms)
             }
+            // The request it raced goes on; the batch is not told.
+            RequestPurpose::Hedge { .. } => {}
         }
+    }
+
+    /// The answer to hedge `id`, racing request `primary` for the batch keyed `key`: when it has
+    /// blocks of the right shape and the primary has not answered yet, it wins and the batch
+    /// takes it as the answer to the primary, which is forgotten (its peer is not charged: it
+    /// was late for its own link, not for the protocol; it rests as after a late deadline).
+    /// Otherwise it is dropped, charged only for a wrong shape.
+    pub(super) fn hedge_answered(
+        &mut self,
+        chain: ChainId,
+        (key, primary): (Height, RequestId),
+        (id, request): (RequestId, InFlight<P>),
+        blocks: Vec<Block>,
+        now_ms: u64,
+    ) {
+        let shape = check_range_shape(request.start, request.count, &blocks);
+        let open = self
+            .router
+            .requests
+            .get(&primary)
+            .is_some_and(|p| !p.answered() && p.start == request.start);
+        if let Err(reason) = shape {
+            self.router
+                .penalise(now_ms, &request.peer, PeerAction::InvalidData, reason);
+            return;
+        }
+        if blocks.is_empty() || !open {
+            tracing::trace!(?id, "hedge answer dropped: the request it raced answered first");
+            return;
+        }
+        if let Some(loser) = self.router.take_request(primary) {
+            tracing::debug!(late = ?loser.peer, winner = ?request.peer, "hedge answered first");
+            self.router.rest_late(now_ms, &loser.peer);
+        }
+        self.batch_response(chain, (primary, key, request), blocks, now_ms);
     }
 
     /// A range response for a batch, handed to its chain.
@@ -236,6 +274,7 @@ impl<P: PeerKey> SyncEngine<P> {
             .try_import(&mut self.router.ctx(), now_ms, &mut effects);
         self.router.apply(ChainId::Forward, effects, now_ms);
         self.router.assign(&mut self.forward, ChainId::Forward, now_ms);
+        self.router.hedge_first(&self.forward, ChainId::Forward, now_ms);
         self.drive_lookups(now_ms);
         self.drive_backfill(now_ms);
         self.update_state(now_ms);
@@ -347,17 +386,22 @@ impl<P: PeerKey> SyncEngine<P> {
         debug_assert!(stats.buffered_blocks as u64 <= config.window_batches as u64 * config.batch_size);
         debug_assert!(stats.backfill_buffered_bytes <= config.backfill_window_bytes);
         debug_assert!(stats.backfill_batches <= config.backfill_window_batches);
-        let busy = self
+        let busy: usize = self
             .router
             .peers
             .entries
             .values()
-            .filter(|e| e.in_flight.is_some())
-            .count();
+            .map(|e| e.in_flight.len())
+            .sum();
         debug_assert!(busy <= self.router.requests.len());
-        let mut seen = std::collections::HashSet::new();
-        for request in self.router.requests.values().filter(|r| !r.answered) {
-            debug_assert!(seen.insert(&request.peer), "two requests to one peer");
+        let mut held = std::collections::HashMap::new();
+        for request in self.router.requests.values().filter(|r| !r.answered()) {
+            let n = held.entry(&request.peer).or_insert(0usize);
+            *n += 1;
+            debug_assert!(
+                *n <= config.max_requests_per_peer,
+                "too many requests to one peer"
+            );
         }
         debug_assert!(self.lookups.len() <= config.max_lookups);
     }

@@ -90,7 +90,7 @@ fn arbitrary_event_sequences_never_panic() {
             assert!(stats.buffered_bytes <= cfg.window_bytes);
             assert!(stats.forward_batches <= cfg.window_batches);
             assert!(stats.lookups <= cfg.max_lookups);
-            assert!(stats.in_flight_requests <= stats.peers + 6);
+            assert!(stats.in_flight_requests <= stats.peers * cfg.max_requests_per_peer + 6);
             while let Some(action) = engine.poll_action() {
                 match action {
                     Action::SendRangeRequest { id, .. } | Action::SendRootRequest { id, .. } => sent.push(id),

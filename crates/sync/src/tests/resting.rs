@@ -85,8 +85,8 @@ fn a_peer_that_timed_out_rests_while_a_brisk_peer_serves() {
     );
 }
 
-/// Peer 1 answers its `pending` requests; the imports are performed; peer 1's new requests become
-/// pending. Returns how many new requests went to peer 2, which never answers.
+/// Peer 1 answers its `pending` requests, time passes (a tick); the imports are performed; peer
+/// 1's new requests become pending. Returns how many new requests went to peer 2, which never answers.
 fn serve_peer_1(
     engine: &mut SyncEngine<u32>,
     now: u64,
@@ -96,6 +96,7 @@ fn serve_peer_1(
     for (_, id, start, count) in pending.drain(..) {
         engine.range_response(now, id, serve(blocks, start, count));
     }
+    engine.tick(now);
     let actions = drain(engine);
     import_all(engine, now, &actions);
     let (to_2, to_1): (Vec<_>, Vec<_>) = range_requests(&actions).into_iter().partition(|r| r.0 == 2);
