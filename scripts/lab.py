@@ -105,6 +105,17 @@ class Node:
         s = status(self.http)
         return s["head_height"] if s else None
 
+    def head_now(self, timeout=60):
+        """The node's head, asked again while a loaded machine keeps it from answering in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            h = self.head()
+            if h is not None:
+                return h
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} does not answer; see its log")
+            time.sleep(0.5)
+
 
 class Lab:
     def __init__(self, bin_path, root):
@@ -225,8 +236,10 @@ def percentile(xs, p):
 def network(lab, cfg, results):
     """The N-node network: churn while the nodes sync history, then gossip, join, one head."""
     lab.generate("producer", cfg["net_history"])
-    producer = lab.node("producer", ["--produce", "--dev-key", "0", "--payload-bytes", str(PAYLOAD)]
-                        + link_flags()).start()
+    # The producer keeps max_peers like every node: with room for all, every node would sync from
+    # its one uplink at once.
+    producer = lab.node("producer", ["--produce", "--dev-key", "0", "--payload-bytes", str(PAYLOAD),
+                                     "--max-peers", str(cfg["max_peers"])] + link_flags()).start()
     members = []
     t0 = time.monotonic()
     for i in range(cfg["net_nodes"] - 1):
@@ -235,7 +248,7 @@ def network(lab, cfg, results):
         members.append(lab.node(f"n{i:02}", link_flags() + boot + ["--max-peers", str(cfg["max_peers"])]).start())
     log(f"{len(members) + 1} nodes started in {time.monotonic() - t0:.0f} s")
     restarted = churn(cfg, members, producer)
-    target = producer.head()
+    target = producer.head_now()
     deadline = time.monotonic() + 1800
     for m in members:
         wait_head(m, target, max(1, deadline - time.monotonic()))
@@ -293,7 +306,7 @@ def gossip(cfg, nodes):
 
 
 def join(lab, cfg, producer, members):
-    target = producer.head()
+    target = producer.head_now()
     known = [producer] + random.sample(members, cfg["bootnodes"] - 1)
     boot = sum((["--bootnode", k.addr] for k in known), [])
     fresh = lab.node("joiner", link_flags() + boot + ["--max-peers", str(cfg["max_peers"])])

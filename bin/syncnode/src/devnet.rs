@@ -281,6 +281,10 @@ fn start_members(
         .map(String::from)
         .to_vec();
     producer_args.extend(args.link.to_flags());
+    // With room for every node, every node would sync from the producer's one uplink at once.
+    if let Some(max) = args.max_peers {
+        producer_args.extend(["--max-peers".to_string(), max.to_string()]);
+    }
     members.push(spawn_node(
         "producer",
         "producer",

@@ -3,9 +3,10 @@
 //! Connection policy is layered: the [`Door`](crate::door::Door) bounds inbound TCP handshakes
 //! under the transport, `allow_block_list` refuses and closes banned peers,
 //! `connection_limits` caps connections per peer, [`IpLimit`](crate::ip_limit::IpLimit) caps
-//! inbound connections and identities per remote IP, and [`PeerLimit`] caps distinct peers at
-//! `max_peers` (a new peer's connection is denied once the node is full; more connections to a
-//! peer already connected are allowed up to the per-peer cap).
+//! inbound connections and identities per remote IP, and [`PeerLimit`] caps distinct peers: a
+//! new peer we dial at the outbound target, a new peer that dials us at `max_peers` plus the
+//! excess slots of [`crate::admission`] (more connections to a peer already connected are allowed
+//! up to the per-peer cap).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -59,9 +60,16 @@ pub struct Behaviour {
     pub root: request_response::Behaviour<RootCodec>,
 }
 
-/// Caps the number of distinct connected peers.
+/// Caps the number of distinct connected peers, by the direction of a new peer's connection.
 pub struct PeerLimit {
+    /// Peers kept; a peer in [`Self::cooldowns`] is let in only below it.
     max_peers: usize,
+    /// Most peers connected when a new peer dials us.
+    max_inbound_total: usize,
+    /// Peers pruned recently, refused the excess slots.
+    pub cooldowns: crate::admission::Cooldowns,
+    /// Most peers connected when we dial a new peer.
+    max_outbound_total: usize,
     connected: HashSet<PeerId>,
 }
 
@@ -71,18 +79,23 @@ pub struct PeerLimit {
 pub struct PeerLimitReached(pub usize);
 
 impl PeerLimit {
-    pub fn new(max_peers: usize) -> Self {
+    /// Dials stop at the outbound target of `max_peers`; peers that dial us are let in up to
+    /// `max_peers + excess_inbound`.
+    pub fn new(max_peers: usize, excess_inbound: usize) -> Self {
         PeerLimit {
             max_peers,
+            max_inbound_total: max_peers.saturating_add(excess_inbound),
+            cooldowns: crate::admission::Cooldowns::default(),
+            max_outbound_total: crate::admission::outbound_target(max_peers),
             connected: HashSet::new(),
         }
     }
 
-    fn check(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
-        if self.connected.contains(peer) || self.connected.len() < self.max_peers {
+    fn check(&self, peer: &PeerId, limit: usize) -> Result<(), ConnectionDenied> {
+        if self.connected.contains(peer) || self.connected.len() < limit {
             Ok(())
         } else {
-            Err(ConnectionDenied::new(PeerLimitReached(self.max_peers)))
+            Err(ConnectionDenied::new(PeerLimitReached(limit)))
         }
     }
 }
@@ -98,7 +111,15 @@ impl NetworkBehaviour for PeerLimit {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check(&peer)?;
+        let cooling = self.cooldowns.contains(&peer, std::time::Instant::now());
+        self.check(
+            &peer,
+            if cooling {
+                self.max_peers
+            } else {
+                self.max_inbound_total
+            },
+        )?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -110,7 +131,7 @@ impl NetworkBehaviour for PeerLimit {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check(&peer)?;
+        self.check(&peer, self.max_outbound_total)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -143,7 +164,10 @@ fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLim
         // for the moment between its closing one and the swarm reaping it.
         .with_max_pending_incoming(Some(backstop(config.handshake.max_pending)))
         .with_max_established(Some(
-            config.max_peers.saturating_mul(config.max_connections_per_peer),
+            config
+                .max_peers
+                .saturating_add(config.excess_inbound)
+                .saturating_mul(config.max_connections_per_peer),
         ))
 }
 
@@ -219,7 +243,7 @@ fn behaviour(
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(connection_limits(config)),
-        peer_limit: PeerLimit::new(config.max_peers as usize),
+        peer_limit: PeerLimit::new(config.max_peers as usize, config.excess_inbound as usize),
         ip_limit: IpLimit::new(ip_limits(config)),
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),

@@ -69,8 +69,15 @@ pub struct NetworkConfig {
     pub mdns: bool,
     /// Kademlia discovery (`/syncnode/kad/1.0.0`). On by default.
     pub kademlia: bool,
-    /// Most distinct peers connected at once (default 50).
+    /// Peers the node keeps (default 50): our own dials stop a quarter below it, inbound peers
+    /// are admitted up to it, and the peers above it are pruned (see [`crate::admission`]).
     pub max_peers: u32,
+    /// Inbound peers let in above `max_peers`, each for `excess_grace`, so that a newcomer whose
+    /// bootnodes are full can still find other peers through them (default 4).
+    pub excess_inbound: u32,
+    /// How long a peer let in above `max_peers` is kept before it may be pruned (default 10 s:
+    /// identify and a Kademlia lookup take a few round trips).
+    pub excess_grace: Duration,
     /// Most connections to one peer (default 2).
     pub max_connections_per_peer: u32,
     /// Per-IP limits on inbound connections and identities (loopback and trusted IPs exempt).
@@ -142,6 +149,8 @@ impl NetworkConfig {
             mdns: false,
             kademlia: true,
             max_peers: 50,
+            excess_inbound: 4,
+            excess_grace: Duration::from_secs(10),
             max_connections_per_peer: 2,
             ip_limits: crate::ip_limit::IpLimits::default(),
             handshake: crate::door::HandshakeLimits::default(),

@@ -74,6 +74,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod ban_book;
 pub mod behaviour;
 pub mod codec;

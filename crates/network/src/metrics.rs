@@ -84,6 +84,7 @@ pub struct NetworkMetrics {
     score_min: Gauge<f64, AtomicU64>,
     score_max: Gauge<f64, AtomicU64>,
     bans: Counter,
+    pruned: Counter,
     blocks_served: Counter,
     serving_bytes: Gauge,
     serving_bytes_peak: Gauge,
@@ -103,6 +104,7 @@ impl NetworkMetrics {
             score_min: Gauge::default(),
             score_max: Gauge::default(),
             bans: Counter::default(),
+            pruned: Counter::default(),
             blocks_served: Counter::default(),
             serving_bytes: Gauge::default(),
             serving_bytes_peak: Gauge::default(),
@@ -138,6 +140,11 @@ impl NetworkMetrics {
         r.register("score_min", "Lowest peer score", m.score_min.clone());
         r.register("score_max", "Highest peer score", m.score_max.clone());
         r.register("bans", "Peers banned", m.bans.clone());
+        r.register(
+            "pruned_peers",
+            "Peers disconnected because the node had more than max_peers",
+            m.pruned.clone(),
+        );
         r.register("blocks_served", "Blocks sent to peers", m.blocks_served.clone());
         r.register(
             "serving_bytes_held",
@@ -248,6 +255,10 @@ impl NetworkMetrics {
         self.bans.inc();
     }
 
+    pub fn pruned(&self) {
+        self.pruned.inc();
+    }
+
     pub fn blocks_served(&self, n: usize) {
         self.blocks_served.inc_by(n as u64);
     }
@@ -285,6 +296,7 @@ mod tests {
             r#"syncnode_network_gossip_blocks_total{kind="dropped"} 0"#,
             r#"syncnode_network_protocol_violations_total{kind="bad_response"} 0"#,
             "syncnode_network_bans_total 0",
+            "syncnode_network_pruned_peers_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
         }

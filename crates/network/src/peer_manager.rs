@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::admission::Candidate;
 use crate::ban_book::{BanBook, MAX_BANS};
 
 use libp2p::PeerId;
@@ -30,10 +31,16 @@ pub struct PeerSummary {
     pub agent: Option<String>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct PeerInfo {
     connections: u32,
     agent: Option<String>,
+    /// Whether its first connection was ours.
+    outbound: bool,
+    /// When its first connection was established.
+    since: Instant,
+    /// End of its grace, for a peer let in over the peer limit (see [`crate::admission`]).
+    grace_until: Option<Instant>,
 }
 
 /// Connected peers, their scores and bans.
@@ -114,11 +121,34 @@ impl PeerManager {
         self.bans.len()
     }
 
-    /// A connection to `peer` was established; returns whether it is the first.
-    pub fn connection_opened(&mut self, peer: PeerId) -> bool {
-        let info = self.peers.entry(peer).or_default();
+    /// A connection to `peer` was established (`outbound` when we dialled it); returns whether
+    /// it is the first. A first connection admitted over the peer limit comes with the end of
+    /// its grace.
+    pub fn connection_opened(&mut self, peer: PeerId, outbound: bool, grace_until: Option<Instant>) -> bool {
+        let info = self.peers.entry(peer).or_insert_with(|| PeerInfo {
+            connections: 0,
+            agent: None,
+            outbound,
+            since: Instant::now(),
+            grace_until,
+        });
         info.connections += 1;
         info.connections == 1
+    }
+
+    /// Every connected peer as the pruning of [`crate::admission`] sees it.
+    pub fn prune_candidates(&self) -> Vec<Candidate> {
+        let now = self.now_ms();
+        self.peers
+            .iter()
+            .map(|(peer, info)| Candidate {
+                peer: *peer,
+                outbound: info.outbound,
+                score: self.scores.score(peer, now),
+                since: info.since,
+                grace_until: info.grace_until,
+            })
+            .collect()
     }
 
     /// A connection to `peer` closed; returns whether it was the last.
@@ -221,8 +251,12 @@ mod tests {
         };
         let mut m = PeerManager::new(config);
         let p = PeerId::random();
-        assert!(m.connection_opened(p));
-        assert!(!m.connection_opened(p));
+        assert!(m.connection_opened(p, false, None));
+        assert!(!m.connection_opened(p, true, None));
+        assert!(
+            !m.prune_candidates()[0].outbound,
+            "the first connection tells the direction"
+        );
         assert_eq!(m.charge(&p, PeerAction::ProtocolViolation), Verdict::Disconnect);
         assert!(matches!(
             m.charge(&p, PeerAction::ProtocolViolation),

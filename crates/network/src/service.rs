@@ -56,6 +56,8 @@ pub(crate) struct Service {
     pub swarm: Swarm<Behaviour>,
     pub genesis: syncnode_types::Hash,
     pub max_peers: usize,
+    /// How long a peer admitted over `max_peers` is kept before it may be pruned.
+    pub excess_grace: Duration,
     pub topic: IdentTopic,
     pub commands: mpsc::Receiver<Command>,
     pub events: mpsc::Sender<NetworkEvent>,
@@ -195,6 +197,7 @@ impl Service {
             swarm,
             genesis: config.genesis_hash,
             max_peers: config.max_peers as usize,
+            excess_grace: config.excess_grace,
             topic: IdentTopic::new(syncnode_proto::gossip_topic(&config.genesis_hash)),
             commands: channels.commands,
             events: channels.events,
@@ -334,7 +337,15 @@ impl Service {
                 if endpoint.is_dialer() {
                     self.addrs.note(peer_id, endpoint.get_remote_address(), true);
                 }
-                if self.manager.connection_opened(peer_id) {
+                let over_limit = self.manager.connected_count() >= self.max_peers;
+                let grace_until = over_limit.then(|| Instant::now() + self.excess_grace);
+                if self
+                    .manager
+                    .connection_opened(peer_id, endpoint.is_dialer(), grace_until)
+                {
+                    if grace_until.is_some() {
+                        tracing::debug!(peer = %peer_id, "admitted over the peer limit for its grace");
+                    }
                     self.send_status(peer_id);
                 }
             }
@@ -427,7 +438,7 @@ impl Service {
         if peer == *self.swarm.local_peer_id()
             || self.manager.is_connected(&peer)
             || self.manager.is_banned(&peer)
-            || self.manager.connected_count() >= self.max_peers
+            || self.manager.connected_count() >= crate::admission::outbound_target(self.max_peers)
         {
             return;
         }

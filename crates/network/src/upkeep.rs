@@ -1,5 +1,6 @@
 //! The network task's upkeep, on its maintenance tick: bootnodes dialled at start and again while
 //! the node is alone (with exponential backoff), peers whose goodbye grace ended disconnected,
+//! peers above the peer limit pruned,
 //! expired bans lifted, rate limiter and score book pruned, and the gauges refreshed.
 
 use std::time::Instant;
@@ -44,6 +45,19 @@ impl Service {
         self.redial_backoff = (self.redial_backoff * 2).min(REDIAL_MAX);
     }
 
+    /// Disconnects the peers above `max_peers` whose grace is over, in the order of
+    /// [`crate::admission::prune_order`].
+    fn prune_excess_peers(&mut self) {
+        let candidates = self.manager.prune_candidates();
+        let now = Instant::now();
+        for peer in crate::admission::prune_order(candidates, self.max_peers, now) {
+            tracing::debug!(%peer, "pruned: above the peer limit");
+            self.metrics.pruned();
+            self.swarm.behaviour_mut().peer_limit.cooldowns.insert(peer, now);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     pub(crate) fn maintain(&mut self) {
         let now = Instant::now();
         while let Some(&(at, peer)) = self.closing.front() {
@@ -57,6 +71,7 @@ impl Service {
             tracing::info!(%peer, "ban expired");
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
+        self.prune_excess_peers();
         self.manager.prune();
         self.limiter.prune(Instant::now());
         self.redial_bootnodes_if_alone();

@@ -219,36 +219,110 @@ async fn gossip_is_forwarded_only_after_validation() {
     assert_eq!(a.handle.publish(block).await, Err(PublishError::Duplicate));
 }
 
+/// The peers `node` has connections to.
+async fn connected(node: &TestNode) -> Vec<libp2p::PeerId> {
+    let peers = node.handle.peers().await;
+    peers
+        .into_iter()
+        .filter(|s| s.connected)
+        .map(|s| s.peer_id)
+        .collect()
+}
+
+/// Polls until `node` is connected to exactly `want` (in any order).
+async fn wait_connected(node: &TestNode, what: &str, mut want: Vec<libp2p::PeerId>) {
+    want.sort();
+    bounded(what, async {
+        loop {
+            let mut now = connected(node).await;
+            now.sort();
+            if now == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn max_peers_refuses_new_peers_when_full() {
+async fn a_full_node_lets_a_few_newcomers_in_for_their_grace_then_prunes_them() {
     let blocks = chain("full", 3, 16);
     let genesis = blocks[0].hash();
     let src = Arc::new(MemSource::new(blocks));
     let mut cfg = test_config(genesis);
     cfg.max_peers = 1;
+    cfg.excess_inbound = 1;
+    cfg.excess_grace = Duration::from_secs(2);
     let mut a = spawn_node(cfg, src.clone()).await;
     let mut b = spawn_node(test_config(genesis), src.clone()).await;
-    let c = spawn_node(test_config(genesis), src.clone()).await;
+    let mut c = spawn_node(test_config(genesis), src.clone()).await;
+    let d = spawn_node(test_config(genesis), src.clone()).await;
     connect(&mut a, &mut b).await;
 
-    let _ = c.handle.dial(a.addr.clone()).await;
-    let c_id = c.peer_id;
+    // c comes over the limit: let in, it speaks with a during its grace.
+    connect(&mut a, &mut c).await;
+    // d finds the one excess slot taken.
+    let _ = d.handle.dial(a.addr.clone()).await;
+    let d_id = d.peer_id;
     assert!(
         quiet(&mut a, Duration::from_millis(700), |e| {
-            matches!(e, NetworkEvent::PeerStatus { peer, .. } if *peer == c_id)
+            matches!(e, NetworkEvent::PeerStatus { peer, .. } if *peer == d_id)
         })
         .await,
-        "a full node accepts no new peer"
+        "no one beyond max_peers + excess_inbound"
     );
-    let connected: Vec<_> = a
-        .handle
-        .peers()
-        .await
-        .into_iter()
-        .filter(|s| s.connected)
-        .map(|s| s.peer_id)
-        .collect();
-    assert_eq!(connected, vec![b.peer_id]);
+    let mut both = vec![b.peer_id, c.peer_id];
+    both.sort();
+    let mut now = connected(&a).await;
+    now.sort();
+    assert_eq!(now, both, "the newcomer is kept during its grace");
+    // After the grace, the newest of the equal inbound peers goes.
+    wait_connected(&a, "the excess peer pruned", vec![b.peer_id]).await;
+}
+
+#[tokio::test]
+async fn a_newcomer_whose_only_bootnode_is_full_still_ends_connected_to_others() {
+    let blocks = chain("crowded", 3, 16);
+    let genesis = blocks[0].hash();
+    let src = Arc::new(MemSource::new(blocks));
+    let mut cfg = test_config(genesis);
+    cfg.kademlia = true;
+    cfg.discovery_interval = Duration::from_millis(500);
+    cfg.excess_grace = Duration::from_secs(3);
+    let mut boot_cfg = cfg.clone();
+    boot_cfg.max_peers = 2;
+    let boot = spawn_node(boot_cfg, src.clone()).await;
+    cfg.bootnodes = vec![boot.addr.clone()];
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        cfg.keypair = libp2p::identity::Keypair::generate_ed25519();
+        let node = spawn_node(cfg.clone(), src.clone()).await;
+        boot.wait_peer("a peer of the bootnode", node.peer_id, |s| s.connected)
+            .await;
+        running.push(node);
+    }
+    let others: Vec<_> = running.iter().map(|n| n.peer_id).collect();
+    // The bootnode is full; the newcomer knows no one else.
+    cfg.keypair = libp2p::identity::Keypair::generate_ed25519();
+    let newcomer = spawn_node(cfg, src.clone()).await;
+    bounded("the newcomer connected to a peer besides its bootnode", async {
+        loop {
+            let now = connected(&newcomer).await;
+            if now.iter().any(|p| others.contains(p)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // The bootnode goes back to its limit, and the newcomer keeps the others.
+    wait_connected(&boot, "the bootnode back at its limit", others.clone()).await;
+    let kept = connected(&newcomer).await;
+    assert!(
+        kept.iter().any(|p| others.contains(p)) && !kept.contains(&boot.peer_id),
+        "the newcomer keeps the peers it found: {kept:?}"
+    );
 }
 
 #[tokio::test]
