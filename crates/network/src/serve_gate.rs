@@ -6,8 +6,10 @@
 //! nothing, until it is granted or its deadline passes. A grant is room for bytes
 //! ([`HeldBytes`], given back when the response is written or dropped) and a number of blocks the
 //! task may send now; the task reads no more than either, so an answer larger than what is free
-//! goes out short (a prefix of what was asked: PROTOCOL.md lets a range response stop early, and
-//! never skip a height) instead of waiting for room.
+//! goes out short (a prefix of what was asked, never skipping a height) instead of waiting for
+//! room. PROTOCOL.md names three reasons to stop early (the head, a gap, the frame limit) and
+//! charges none; a requester cannot tell this stop from those, and ours asks on from the last
+//! height it got.
 //!
 //! # Fairness
 //! Waiting requests are queued by requester, and freed room goes to requesters in turn by
