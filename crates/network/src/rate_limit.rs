@@ -1,10 +1,10 @@
-//! Token buckets: per-peer, per-protocol limits on inbound requests. (The optional global cap
-//! on blocks served per second is paced by [`crate::serve_gate`], in turn per requester.)
+//! Token buckets: per-peer, per-protocol limits on inbound requests. The same bucket paces the
+//! optional global cap on blocks served per second, granted in turn by [`crate::serve_gate`].
 //!
 //! They take the time as an argument (`Instant`), so tests drive them without sleeping.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
@@ -63,6 +63,25 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Whole units the bucket holds at `now`.
+    pub fn available(&mut self, now: Instant) -> u64 {
+        self.refill(now);
+        self.tokens.floor() as u64
+    }
+
+    /// When the bucket will hold `units` (capped at the burst), as seen at `now`.
+    pub fn ready_at(&mut self, units: u64, now: Instant) -> Instant {
+        self.refill(now);
+        let units = (units as f64).min(f64::from(self.quota.burst));
+        let missing = (units - self.tokens).max(0.0);
+        now + Duration::from_secs_f64(missing / self.quota.per_second.max(f64::MIN_POSITIVE))
+    }
+
+    /// Spends `units` the caller saw [`Self::available`].
+    pub fn spend(&mut self, units: u64) {
+        self.tokens = (self.tokens - units as f64).max(0.0);
     }
 
     /// Whether the bucket is full (so forgetting it changes nothing).
@@ -133,7 +152,6 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bucket_spends_and_refills() {

@@ -25,11 +25,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::PeerId;
 use syncnode_proto::MAX_RESPONSE_FRAME;
 use tokio::sync::oneshot;
+
+use crate::config::Quota;
+use crate::rate_limit::TokenBucket;
 
 /// Room for one block of the largest payload with its header, signature and framing: the least
 /// room granted, so that a granted answer holds at least one block.
@@ -98,30 +101,22 @@ struct Requester {
     waiting: VecDeque<Waiter>,
 }
 
-/// The pacer's token bucket, in blocks.
-struct Tokens {
-    rate: f64,
-    tokens: f64,
-    updated: Instant,
+/// The pacer: a token bucket of blocks with one second of burst.
+struct Pacer {
+    bucket: TokenBucket,
+    /// A request is granted once this many blocks (a tenth of a second's worth, or its whole
+    /// request) are there, so one large request does not hold everyone's turn for a second.
+    quantum: u64,
 }
 
-impl Tokens {
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.updated = now;
-    }
-
+impl Pacer {
     /// Blocks a request for `want` may take now, or when to look again.
     fn take(&mut self, want: u64, now: Instant) -> Result<u64, Instant> {
-        self.refill(now);
-        let quantum = (self.rate / 10.0).max(1.0);
-        let need = (want as f64).min(quantum);
-        if self.tokens >= need {
-            let n = want.min(self.tokens.floor() as u64);
-            Ok(n)
+        let need = want.min(self.quantum);
+        if self.bucket.available(now) >= need {
+            Ok(want.min(self.bucket.available(now)))
         } else {
-            Err(now + Duration::from_secs_f64((need - self.tokens) / self.rate))
+            Err(self.bucket.ready_at(need, now))
         }
     }
 }
@@ -133,7 +128,7 @@ struct State {
     requesters: HashMap<PeerId, Requester>,
     /// The tag of the last grant: where a requester that was idle starts again.
     vtime: u64,
-    tokens: Option<Tokens>,
+    tokens: Option<Pacer>,
     seq: u64,
 }
 
@@ -169,11 +164,10 @@ impl ServeGate {
     pub fn new(max_bytes: usize, blocks_per_sec: Option<u32>) -> Self {
         let max = max_bytes.max(1);
         let tokens = blocks_per_sec.map(|rate| {
-            let rate = f64::from(rate.max(1));
-            Tokens {
-                rate,
-                tokens: rate,
-                updated: Instant::now(),
+            let rate = rate.max(1);
+            Pacer {
+                bucket: TokenBucket::new(Quota::new(rate, f64::from(rate)), Instant::now()),
+                quantum: u64::from(rate / 10).max(1),
             }
         });
         ServeGate {
@@ -328,7 +322,7 @@ impl Shared {
             return Step::Blocked;
         };
         if let Some(tokens) = state.tokens.as_mut() {
-            tokens.tokens -= blocks as f64;
+            tokens.bucket.spend(blocks);
         }
         state.held += room;
         state.peak = state.peak.max(state.held);
@@ -364,6 +358,7 @@ enum Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const MIB: usize = 1024 * 1024;
 
