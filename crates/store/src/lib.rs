@@ -33,8 +33,9 @@
 //! for both, and dropping the store flushes everything. So after `kill -9` at any instant, the
 //! store reopens at some prefix of the commit sequence: a consistent state whose newest commits
 //! may be missing, which the node fetches again from peers (a producer announces a block only
-//! once `sync` returned, so it never loses one its peers hold). Payloads kept in payload files are synced before the commit that references
-//! them, and what lies past the last committed payload is cut off at open. On open,
+//! once `sync` returned, so it never loses one its peers hold). Payloads kept in payload files
+//! are synced before the commit that references them, and what lies past the last committed
+//! payload is cut off at open. On open,
 //! [`BlockStore::open`] checks the recent chain (head down to the finalized block, bounded) and,
 //! where blocks under a pointer are missing or damaged (say, the tail of a data file lost with the
 //! power), rolls the pointer back to the highest intact linked block and reports what it did
