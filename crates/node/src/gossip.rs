@@ -25,7 +25,8 @@
 //! store lookups run on a blocking thread, at most [`MAX_IN_FLIGHT`] at once. A block from
 //! another chain on our topic breaks rule 4 when that chain has other authorities (Reject);
 //! with the same authorities its parent is unknown (Ignore, and the engine's lookup drops
-//! it once it goes below our tip), or known and breaks rule 1–2 (Reject).
+//! it once it goes below our tip, or, if it is higher than our head, searches its sender's
+//! fork, which conflicts with our finalized block), or known and breaks rule 1–2 (Reject).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

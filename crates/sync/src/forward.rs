@@ -109,6 +109,14 @@ impl<P> Forward<P> {
             .min(head.height)
     }
 
+    /// Whether `peer`'s fork was searched from our present head already.
+    pub(crate) fn was_searched(&self, peer: &P) -> bool
+    where
+        P: Ord,
+    {
+        self.searched.get(peer) == Some(&self.head.height)
+    }
+
     /// Whether the next batch is a fork search's first, whose parent only the store can check.
     fn at_fork_base(&self) -> bool {
         self.fork.as_ref().is_some_and(|f| self.tip.height == f.base)
@@ -188,7 +196,7 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
                 );
                 self.head = search.store_head;
             }
-            None if self.searched.get(peer) == Some(&self.head.height) => return false,
+            None if self.was_searched(peer) => return false,
             None => {
                 self.searched.insert(peer.clone(), self.head.height);
                 while self.searched.len() > MAX_SEARCHED {

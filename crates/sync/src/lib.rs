@@ -113,7 +113,11 @@
 //!
 //! # Following the head, and parent lookups
 //! When no batch is pending, a gossiped block whose parent is the tip is imported at once; one whose
-//! parent is unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`).
+//! parent is unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`). A lookup
+//! that reaches our tip's height without meeting our chain has found a fork: when its top is
+//! above our tip, its senders are asked for a fresh Status at once, so their longer head becomes
+//! the target and its first batch, which does not link, starts a fork search (above); otherwise
+//! (equal or shorter: the first seen stays) it is dropped. Nobody is charged for either.
 //!
 //! # Backfill
 //! A node started from a checkpoint fetches history downward from its lowest block L, accepting a

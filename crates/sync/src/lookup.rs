@@ -4,8 +4,15 @@
 //! unknown starts a lookup: its ancestors are fetched by root, one parent at a time, first from the
 //! peers that gossiped blocks of the chain (the first sender first), then from any peer whose head
 //! is high enough. When the lowest fetched ancestor's parent is our tip, the chain is imported in
-//! height order. Lookups are bounded in number, depth, bytes, attempts and age; a lookup that goes
-//! below our tip without meeting it (a fork we do not follow) is dropped.
+//! height order. Lookups are bounded in number, depth, bytes, attempts and age.
+//!
+//! A lookup whose chain reaches our tip's height without meeting our chain is a branch that left
+//! ours at or below our tip. When it is longer than our chain (its top is above our tip), the
+//! peers that gossiped it are asked for a fresh Status at once ([`Drive::forks`]): their Status
+//! then names the longer head, the target rises, and their first batch, which does not link,
+//! starts the fork search of forward sync (`forward.rs`), which fetches their chain by range and
+//! lets the store's fork choice decide. A branch no longer than ours is dropped (equal heights:
+//! the first seen stays), and so is the lookup either way.
 
 use syncnode_types::validity::check_link;
 use syncnode_types::{Block, Hash, Height};
@@ -94,6 +101,18 @@ pub(crate) struct RootRequest<P> {
     pub timeout_ms: u64,
 }
 
+/// What [`Lookups::drive`] asks of the engine.
+#[derive(Debug)]
+pub(crate) struct Drive<P> {
+    /// Chains that reached the tip, to import in order.
+    pub imports: Vec<Vec<Block>>,
+    /// Missing parents to request.
+    pub sends: Vec<RootRequest<P>>,
+    /// Peers that gossiped a branch longer than ours that leaves our chain at or below our tip:
+    /// their fork is to be fetched.
+    pub forks: Vec<P>,
+}
+
 /// What a lookup's answer showed of the peer that sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answered {
@@ -175,7 +194,8 @@ impl<P: Clone + Ord> Lookups<P> {
     }
 
     /// Imports lookups that reached the tip (returned in order, the tip moved past each), drops
-    /// hopeless ones, and says which missing parents to request from whom.
+    /// hopeless ones, says which missing parents to request from whom, and which peers showed a
+    /// longer fork.
     pub(crate) fn drive(
         &mut self,
         config: &SyncConfig,
@@ -183,9 +203,10 @@ impl<P: Clone + Ord> Lookups<P> {
         idle: bool,
         peers: &Peers<P>,
         now_ms: u64,
-    ) -> (Vec<Vec<Block>>, Vec<RootRequest<P>>) {
+    ) -> Drive<P> {
         let max_age = config.max_request_timeout_ms.saturating_mul(4);
         let (mut imports, mut sends) = (Vec::new(), Vec::<RootRequest<P>>::new());
+        let mut forks = Vec::new();
         let mut index = 0;
         while index < self.list.len() {
             let tip = forward.tip;
@@ -207,11 +228,19 @@ impl<P: Clone + Ord> Lookups<P> {
                 }
                 continue;
             }
-            let hopeless = lowest.height() <= tip.height.saturating_add(1)
+            // It reached our tip's height without meeting our chain: a fork.
+            let forked = lowest.height() <= tip.height.saturating_add(1);
+            let hopeless = forked
                 || lookup.chain.len() as u64 > config.max_lookup_depth
                 || lookup.failures >= config.max_lookup_attempts
                 || lookup.bytes() > config.window_bytes
                 || now_ms.saturating_sub(lookup.started_ms) > max_age;
+            let longer = lookup.chain.first().is_some_and(|top| top.height() > tip.height);
+            if forked && longer && lookup.failures < config.max_lookup_attempts {
+                // A longer branch: its senders' chain is fetched by range (see the module).
+                tracing::debug!(height = lowest.height(), "parent lookup met a longer fork");
+                forks.extend(lookup.sources.iter().cloned());
+            }
             if hopeless {
                 // A request it has out finds no lookup when answered; the peer stays busy until then.
                 tracing::debug!(height = lowest.height(), "parent lookup dropped");
@@ -224,7 +253,11 @@ impl<P: Clone + Ord> Lookups<P> {
             }
             index += 1;
         }
-        (imports, sends)
+        Drive {
+            imports,
+            sends,
+            forks,
+        }
     }
 
     /// Whom lookup `index` asks for its missing parent: a peer that gossiped its chain (the first

@@ -273,6 +273,11 @@ impl<P: PeerKey> SyncEngine<P> {
         self.forward
             .try_import(&mut self.router.ctx(), now_ms, &mut effects);
         self.router.apply(ChainId::Forward, effects, now_ms);
+        if self.forward.is_empty() {
+            // A fork search may have just restarted the chain: its first batches go out now,
+            // not at whatever event comes next.
+            self.forward.follow_target(now_ms, size);
+        }
         self.router.assign(&mut self.forward, ChainId::Forward, now_ms);
         self.router.hedge_first(&self.forward, ChainId::Forward, now_ms);
         self.drive_lookups(now_ms);
@@ -303,23 +308,35 @@ impl<P: PeerKey> SyncEngine<P> {
         }
     }
 
-    /// Lookups that reached the tip import; the others ask for their missing parents.
+    /// Lookups that reached the tip import; the others ask for their missing parents. The peers
+    /// of a lookup that met a longer fork are asked for a fresh Status, which names their head:
+    /// range sync fetches it and, since it does not link, searches their fork (at most once per
+    /// peer per head of ours, as for any fork search).
     fn drive_lookups(&mut self, now_ms: u64) {
         let idle = self.forward.is_empty();
-        let (imports, requests) = self.lookups.drive(
+        let drive = self.lookups.drive(
             &self.router.config,
             self.forward.direction_mut(),
             idle,
             &self.router.peers,
             now_ms,
         );
-        for chain in imports {
+        for chain in drive.imports {
             self.router.import_forward_chain(chain);
         }
-        for wanted in requests {
+        for wanted in drive.sends {
             let (lookup, peer) = (wanted.lookup, wanted.peer.clone());
             let id = self.router.send_root_request(now_ms, wanted);
             self.lookups.sent(lookup, id, peer);
+        }
+        for peer in drive.forks {
+            if !self.forward.direction().was_searched(&peer) {
+                tracing::info!(
+                    ?peer,
+                    "a gossiped block shows a longer fork: asking its sender's head"
+                );
+                self.router.refresh_status(now_ms, peer);
+            }
         }
     }
 

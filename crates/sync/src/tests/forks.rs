@@ -155,6 +155,16 @@ fn run(
                     let chain = peers.iter().find(|(p, _)| *p == peer).map_or(&[][..], |(_, c)| c);
                     engine.range_response(now, id, serve(chain, start_height, count));
                 }
+                Action::SendRootRequest { peer, id, hashes, .. } => {
+                    let chain = peers.iter().find(|(p, _)| *p == peer).map_or(&[][..], |(_, c)| c);
+                    let found = chain.iter().filter(|b| hashes.contains(&b.hash())).cloned();
+                    engine.root_response(now, id, found.collect());
+                }
+                Action::RequestStatus { peer } => {
+                    if let Some((_, chain)) = peers.iter().find(|(p, _)| *p == peer) {
+                        engine.peer_status(now, peer, head_status(chain));
+                    }
+                }
                 _ => {}
             }
         }
@@ -313,5 +323,71 @@ fn a_reorg_during_backfill_leaves_backfill_to_finish() {
     assert!(store.follows(&b), "the longer fork won");
     assert_eq!(store.reorgs, vec![35]);
     assert_eq!(engine.backfill_complete(), Some(true));
+    assert_eq!(engine.state(), SyncState::Synced);
+}
+
+/// Synced on A at 40 beside a peer on B, a rival of equal height (nothing to fetch: the first
+/// seen stays), when that peer gossips `gossiped` of B, which its Status does not name yet. The
+/// tests give it a second of engine time: no Status round or stall comes to help.
+fn gossip_rival(b: &[Block], gossiped: Height) -> (ModelStore, SyncEngine<u32>) {
+    let a = chain(40, 8, 0);
+    let store = ModelStore::new(&a, 40);
+    let mut engine = SyncEngine::new(config(), store.local(), 13).expect("a valid config");
+    engine.peer_status(0, 1, head_status(&a));
+    engine.peer_status(0, 2, head_status(&b[..=40]));
+    assert_eq!(
+        range_requests(&drain(&mut engine)),
+        vec![],
+        "an equal rival is not fetched"
+    );
+    engine.gossip_block(1, 2, b[gossiped as usize].clone());
+    (store, engine)
+}
+
+#[test]
+fn a_longer_fork_shown_by_gossip_is_fetched_at_once_and_nobody_is_charged() {
+    let a = chain(40, 8, 0);
+    for top in [41, 42] {
+        // B leaves A at 36; its peer gossips its newest block (at 42 after one it did not).
+        let b = fork_of(&a, 36, top, 1);
+        let (mut store, mut engine) = gossip_rival(&b, top);
+        let charges = run(&mut engine, &mut store, &[(1, &a), (2, &b)], 1_000);
+        assert_eq!(charges, vec![], "top {top}: being on a longer fork is no fault");
+        assert!(
+            store.follows(&b),
+            "top {top}: the store switched to the longer fork"
+        );
+        assert_eq!(store.reorgs, vec![37], "top {top}");
+        assert_eq!(engine.head_height(), top);
+        assert_eq!(engine.state(), SyncState::Synced);
+    }
+}
+
+#[test]
+fn a_gossiped_rival_no_higher_than_our_head_changes_nothing() {
+    let a = chain(40, 8, 0);
+    let b = fork_of(&a, 36, 40, 1);
+    let (mut store, mut engine) = gossip_rival(&b, 40);
+    let actions = drain(&mut engine);
+    assert!(
+        actions.is_empty(),
+        "equal heights: the first seen stays: {actions:?}"
+    );
+    let charges = run(&mut engine, &mut store, &[(1, &a), (2, &b)], 1_000);
+    assert_eq!(charges, vec![]);
+    assert!(store.follows(&a));
+    assert_eq!(engine.head_height(), 40);
+}
+
+#[test]
+fn a_longer_fork_shown_by_gossip_that_conflicts_with_finality_is_refused_and_charged() {
+    let a = chain(40, 8, 0);
+    // Leaves A at 20, below our finalized height 32.
+    let b = fork_of(&a, 20, 41, 1);
+    let (mut store, mut engine) = gossip_rival(&b, 41);
+    let charges = run(&mut engine, &mut store, &[(1, &a), (2, &b)], 1_000);
+    assert_eq!(charges, vec![(2, PeerAction::ProvenWrong)]);
+    assert!(store.follows(&a));
+    assert_eq!(engine.head_height(), 40);
     assert_eq!(engine.state(), SyncState::Synced);
 }
