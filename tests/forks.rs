@@ -1,9 +1,9 @@
 //! Fork choice end to end, with real `syncnode run` processes on loopback: a node synced on one
-//! chain switches to a longer fork served by another node, and followers follow a producer that
-//! restarted after losing its last blocks. Nobody is banned: being on another fork, or behind, is
-//! no fault.
+//! chain switches to a longer fork served by another node, or announced by gossip, and followers
+//! follow a producer that restarted after losing its last blocks. Nobody is banned: being on
+//! another fork, or behind, is no fault.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use syncnode_e2e::node::{Node, chain_with_history, http_json, printed_heights, wait_for};
 use syncnode_e2e::*;
@@ -227,5 +227,102 @@ fn a_producer_killed_right_after_announcing_a_block_still_holds_it() {
     assert!(
         db_export(&producer_dir, 0, announced) == db_export(&follower_dir, 0, announced),
         "the producer's chain differs from the one it announced"
+    );
+}
+
+/// A follower holds `LOST` blocks its producer lost in a crash; the producer, alone meanwhile,
+/// made `LOST` others at the same heights (prepared here with `chain generate`). Connected, both
+/// heads are equal, so neither fetches the other's (the first seen stays), until the producer
+/// makes the next block: gossip shows the follower a longer branch, and it must switch at once,
+/// not at the next Status round (every 30 s), telling its subscriber of the reorg.
+#[test]
+fn a_follower_switches_to_a_longer_fork_announced_by_gossip_within_seconds() {
+    const HISTORY: u64 = 200;
+    const LOST: u64 = 4;
+    const HEAD: u64 = HISTORY + LOST;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (spec, producer_dir) = chain_with_history(dir.path(), "producer", HISTORY, 256);
+    generate(&spec, &producer_dir, LOST, 300);
+    let follower_dir = dir.path().join("follower");
+    generate(&spec, &follower_dir, HEAD, 256);
+    let mut follower = Node::start("follower", &spec, &follower_dir, &[]);
+    let printed = dir.path().join("subscriber.jsonl");
+    let until = HEAD + 2;
+    let mut subscribe = syncnode(&[
+        "subscribe",
+        "--http",
+        &follower.http.to_string(),
+        "--cursor-file",
+        path_str(&dir.path().join("cursor")),
+        "--from",
+        &(HISTORY - 2).to_string(),
+        "--until",
+        &until.to_string(),
+    ]);
+    subscribe
+        .stdout(std::fs::File::create(&printed).expect("subscriber output"))
+        .stderr(std::process::Stdio::null());
+    let mut subscriber = ChildGuard(subscribe.spawn().expect("spawn subscribe"));
+    wait_for(
+        Duration::from_secs(30),
+        "the subscriber at the follower's head",
+        || {
+            let text = std::fs::read_to_string(&printed).ok()?;
+            (printed_heights(&text).last() == Some(&Some(HEAD))).then_some(())
+        },
+    );
+
+    let mut args = vec!["--produce".to_string(), "--dev-key".into(), "0".into()];
+    args.extend(boot(&[&follower]));
+    let mut producer = Node::start("producer", &spec, &producer_dir, &args);
+    let started = Instant::now();
+    // The producer's first block on its branch, then the follower on it: well inside the 30 s
+    // before a Status round could show the follower the producer's head.
+    let first = wait_for(Duration::from_secs(15), "the producer's next block", || {
+        head(&producer).filter(|(h, _)| *h > HEAD)
+    });
+    let produced_after = started.elapsed();
+    let switched = wait_for(
+        Duration::from_secs(8),
+        "the follower on the producer's branch",
+        || {
+            let (height, hash) = head(&follower)?;
+            (height >= first.0).then_some(())?;
+            let theirs = http_json(producer.http, &format!("/blocks/{height}"))?;
+            (theirs["hash"].as_str()? == hash).then_some(height)
+        },
+    );
+    eprintln!(
+        "producer's first block after {produced_after:?}; the follower on its branch at height \
+         {switched} after {:?}",
+        started.elapsed()
+    );
+    for n in [&follower, &producer] {
+        assert_nobody_banned(n);
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the subscriber to print the last height it waits for",
+        || subscriber.0.try_wait().ok().flatten(),
+    );
+    let text = std::fs::read_to_string(&printed).expect("subscriber output");
+    let rewind_to = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["reorg"]["rewind_to"].as_u64())
+        .unwrap_or_else(|| panic!("no reorg event:\n{text}"));
+    assert!(
+        rewind_to <= HISTORY + 1,
+        "rewind to {rewind_to}, the branches part at {HISTORY}"
+    );
+    assert_eq!(printed_heights(&text).last(), Some(&Some(until)));
+
+    let produced = stop_and_check(&mut producer);
+    let followed = stop_and_check(&mut follower);
+    let common = produced.min(followed);
+    assert!(common >= switched);
+    assert!(
+        db_export(&follower_dir, 0, common) == db_export(&producer_dir, 0, common),
+        "the follower's chain is not the producer's"
     );
 }
