@@ -1,12 +1,14 @@
-//! The importer: one thread that commits imports to the store strictly in the order they were
-//! asked for, so the engine's in-order imports stay in order, and disk writes never run on the
-//! async runtime. Imports that queue up while it commits (the store is the slower stage) and
-//! continue one another are committed together: each commit ends with a sync of the payload
-//! files (~6 ms here), so while syncing 1 KiB blocks the sync, not the writing, was 60% of the
-//! importer's time at one commit per 512-block batch. After each commit it prunes old history when retention asks for it (see
-//! [`crate::retention`]), then publishes the new Status and head on watch channels. It pauses
-//! before a commit while the data directory lacks room, and after a write that failed for lack of
-//! it, until there is room again ([`crate::disk`]).
+//! The importer: one thread that commits imports to the store strictly in the order they were asked
+//! for, so the engine's in-order imports stay in order, and disk writes never run on the async
+//! runtime. Imports that queue up while it commits (the store is the slower stage) and continue one
+//! another are committed together: each commit ends with a sync of the payload files (~6 ms here),
+//! so while syncing 1 KiB blocks the sync, not the writing, was 60% of the importer's time at one
+//! commit per 512-block batch. After each commit it prunes old history when retention asks for it
+//! (see [`crate::retention`]), then publishes the new Status and head on watch channels; a commit
+//! holding a block this node produced is synced to disk first, so peers never see (in Status,
+//! ranges, roots or gossip) a produced block a crash could still take back. It pauses before a
+//! commit while the data directory lacks room, and after a write that failed for lack of it, until
+//! there is room again ([`crate::disk`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -105,10 +107,9 @@ impl Importer {
                 return;
             }
             let started = Instant::now();
-            let head_before = self.store.head();
             let results = commit_group(&self.store, &group, &self.disk);
-            if results.iter().any(Result::is_ok) {
-                self.after_commit(head_before);
+            if results.iter().any(Result::is_ok) && self.durable_if_produced(&group, &results) {
+                self.after_commit();
             }
             if !self.report(group, results, started) || self.disk.store_stopped() {
                 // With parity-db stopped no commit can succeed; what it holds is still served.
@@ -117,8 +118,31 @@ impl Importer {
         }
     }
 
+    /// A block this node produced (a job without an engine id) is shown to peers (Status, served
+    /// ranges and roots, gossip) only once its commit is durable: a producer killed right after
+    /// must still hold every block a peer may have taken from it, or it would build a rival at
+    /// that height. One `fsync` per produced block, on this thread. `false` when that sync
+    /// failed: the head is then published with the next commit that is durable.
+    fn durable_if_produced(&self, group: &[ImportJob], results: &[Result<(), ImportError>]) -> bool {
+        let produced = group
+            .iter()
+            .zip(results)
+            .any(|(job, result)| job.id.is_none() && job.direction == Direction::Forward && result.is_ok());
+        if !produced {
+            return true;
+        }
+        match self.store.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("produced block not shown to peers: store sync failed: {e}");
+                self.disk.write_failed(&e);
+                false
+            }
+        }
+    }
+
     /// Prunes if due, then publishes the new Status and head.
-    fn after_commit(&self, head_before: Pointer) {
+    fn after_commit(&self) {
         if let Some(n) = self.history_blocks
             && let Err(e) = crate::retention::prune_if_due(&self.store, n, crate::retention::PRUNE_STEP)
         {
@@ -126,10 +150,14 @@ impl Importer {
             self.disk.write_failed(&e);
         }
         self.status_tx.send_replace(self.store.status());
-        let head_now = self.store.head();
-        if head_now != head_before {
-            self.head_tx.send_replace(head_now);
-        }
+        // Against what was published, not the head before this commit: a checkpoint anchored
+        // since the last publication moved the head without a commit of ours.
+        self.head_tx.send_if_modified(|published| {
+            let head_now = self.store.head();
+            let moved = *published != head_now;
+            *published = head_now;
+            moved
+        });
     }
 
     /// Tells the event loop what became of each job; `false` once it is gone.

@@ -134,6 +134,7 @@ pub async fn run_with(
     let peers = prepare_network(&mut config, &store)?;
     let source = Arc::new(source::StoreSource {
         store: store.clone(),
+        head: chain.head.clone(),
         below_earliest: metrics.range_requests_below_earliest.clone(),
     });
     let (network, mut events) =
