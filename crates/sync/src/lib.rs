@@ -112,8 +112,10 @@
 //! producer never builds on a head its peers may have left behind.
 //!
 //! # Following the head, and parent lookups
-//! When no batch is pending, a gossiped block whose parent is the tip is imported at once; one whose
-//! parent is unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`).
+//! A gossiped block whose parent is the tip is imported at once, also while batches are pending
+//! (the importer keeps the order, and the batches are cut again above it); when no batch is
+//! pending, one whose parent is unknown starts a bounded lookup of its ancestors by root (see
+//! `lookup.rs`).
 //!
 //! # Backfill
 //! A node started from a checkpoint fetches history downward from its lowest block L, accepting a

@@ -1,7 +1,8 @@
 //! Following the head by gossip, and parent lookups for gossiped blocks that do not attach.
 //!
-//! Once synced, a gossiped block whose parent is our tip is imported at once. One whose parent is
-//! unknown starts a lookup: its ancestors are fetched by root, one parent at a time, first from the
+//! A gossiped block whose parent is our tip is imported at once, also while range sync has batches
+//! out (a peer's Status a block ahead starts one): the batches are cut again above it. Once synced,
+//! a gossiped block whose parent is unknown starts a lookup: its ancestors are fetched by root, one parent at a time, first from the
 //! peers that gossiped blocks of the chain (the first sender first), then from any peer whose head
 //! is high enough. When the lowest fetched ancestor's parent is our tip, the chain is imported in
 //! height order. Lookups are bounded in number, depth, bytes, attempts and age; a lookup that goes
@@ -104,8 +105,10 @@ pub(crate) enum Answered {
 }
 
 impl<P: Clone + Ord> Lookups<P> {
-    /// A gossiped block, when forward sync is not fetching ranges (`idle`): a block on the tip is
-    /// returned for import at once; one with an unknown parent joins or starts a lookup.
+    /// A gossiped block: one on the tip is returned for import at once, even while forward sync
+    /// fetches ranges (not `idle`): the importer keeps the order, and the batches above the tip
+    /// are cut again from the new tip. When forward sync is idle, one with an unknown parent
+    /// joins or starts a lookup; otherwise range sync will fetch it.
     pub(crate) fn on_gossip(
         &mut self,
         config: &SyncConfig,
@@ -116,16 +119,22 @@ impl<P: Clone + Ord> Lookups<P> {
         block: Block,
     ) -> Option<Block> {
         let height = block.height();
-        if height <= forward.head.height || !idle {
-            // Old, a rival at a height we have (the first seen stays), or range sync will fetch it.
+        if height <= forward.head.height {
+            // Old, or a rival at a height we have (the first seen stays).
             return None;
         }
         let tip = forward.tip;
-        if block.header.parent_hash == tip.hash && height == tip.height.saturating_add(1) {
+        if block.header.parent_hash == tip.hash
+            && height == tip.height.saturating_add(1)
+            && (idle || forward.fork.is_none())
+        {
             let links = tip
                 .header
                 .is_none_or(|parent| check_link(&block.header, &parent).is_ok());
             return links.then_some(block);
+        }
+        if !idle {
+            return None;
         }
         if self.join(&from, &block) {
             return None;
