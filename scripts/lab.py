@@ -300,6 +300,9 @@ def gossip(cfg, nodes):
         lat += [a - ts for g in got if g for (a, ts) in [g]]
     for w in watchers:
         w.stop_at = time.monotonic()
+    with open(os.path.join(nodes[0].lab.root, "gossip_arrivals.json"), "w") as f:
+        json.dump({w.node.name: {h: (w.arrived[h][0] - w.arrived[h][1]) if h in w.arrived else None
+                                 for h in heights} for w in watchers}, f)
     return dict(blocks=len(heights), nodes=len(nodes),
                 p50_ms=percentile(lat, 50), p95_ms=percentile(lat, 95), max_ms=max(lat) if lat else None,
                 share_nodes_every_block=complete / len(nodes))
