@@ -113,9 +113,10 @@
 //!
 //! # Following the head, and parent lookups
 //! A gossiped block whose parent is the tip is imported at once, also while batches are pending
-//! (the importer keeps the order, and the batches are cut again above it); when no batch is
-//! pending, one whose parent is unknown starts a bounded lookup of its ancestors by root (see
-//! `lookup.rs`).
+//! (the importer keeps the order, and the batches are cut again above it). One whose parent is
+//! unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`), which asks for
+//! them only while no batch is pending; one above the range being fetched waits in a lookup, and
+//! imports when range sync reaches it.
 //!
 //! # Backfill
 //! A node started from a checkpoint fetches history downward from its lowest block L, accepting a

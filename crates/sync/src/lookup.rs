@@ -5,8 +5,11 @@
 //! a gossiped block whose parent is unknown starts a lookup: its ancestors are fetched by root, one parent at a time, first from the
 //! peers that gossiped blocks of the chain (the first sender first), then from any peer whose head
 //! is high enough. When the lowest fetched ancestor's parent is our tip, the chain is imported in
-//! height order. Lookups are bounded in number, depth, bytes, attempts and age; a lookup that goes
-//! below our tip without meeting it (a fork we do not follow) is dropped.
+//! height order. While range sync has batches out, a gossiped block above its target joins or
+//! starts a lookup that asks for nothing; when range sync moves the tip into or up to a lookup's
+//! chain, the blocks above the tip import. Lookups are bounded in number, depth, bytes, attempts
+//! and age; a lookup that goes below our tip without meeting it (a fork we do not follow) is
+//! dropped.
 
 use syncnode_types::validity::check_link;
 use syncnode_types::{Block, Hash, Height};
@@ -41,6 +44,21 @@ impl<P> Lookup<P> {
 
     fn bytes(&self) -> usize {
         self.chain.iter().map(Block::size_bytes).sum()
+    }
+
+    /// Range sync moved the tip into the chain: the blocks above the tip continue it, those at
+    /// or below it are dropped, and the parent it was asking for is no longer wanted.
+    fn trim_to(&mut self, tip: &ChainEnd) {
+        let next = tip.height.saturating_add(1);
+        let at = self
+            .chain
+            .iter()
+            .position(|b| b.height() == next && b.header.parent_hash == tip.hash);
+        if let Some(at) = at.filter(|at| at + 1 < self.chain.len()) {
+            self.chain.truncate(at + 1);
+            self.request = None;
+            self.asked.clear();
+        }
     }
 }
 
@@ -133,7 +151,9 @@ impl<P: Clone + Ord> Lookups<P> {
                 .is_none_or(|parent| check_link(&block.header, &parent).is_ok());
             return links.then_some(block);
         }
-        if !idle {
+        if !idle && height <= forward.target {
+            // Range sync fetches it. One above the target waits in a lookup for range sync to
+            // reach it (lookups ask for nothing meanwhile).
             return None;
         }
         if self.join(&from, &block) {
@@ -198,13 +218,14 @@ impl<P: Clone + Ord> Lookups<P> {
         let mut index = 0;
         while index < self.list.len() {
             let tip = forward.tip;
-            let lookup = &self.list[index];
+            let lookup = &mut self.list[index];
+            lookup.trim_to(&tip);
             let Some(lowest) = lookup.lowest() else {
                 self.list.swap_remove(index);
                 continue;
             };
             if lowest.header.parent_hash == tip.hash && lowest.height() == tip.height.saturating_add(1) {
-                if idle {
+                if idle || forward.fork.is_none() {
                     let mut lookup = self.list.swap_remove(index);
                     lookup.chain.reverse();
                     if let Some(last) = lookup.chain.last() {
