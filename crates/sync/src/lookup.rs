@@ -1,10 +1,10 @@
 //! Following the head by gossip, and parent lookups for gossiped blocks that do not attach.
 //!
 //! A gossiped block whose parent is our tip is imported at once, also while range sync has batches
-//! out (a peer's Status a block ahead starts one): the batches are cut again above it. Once synced,
-//! a gossiped block whose parent is unknown starts a lookup: its ancestors are fetched by root, one parent at a time, first from the
-//! peers that gossiped blocks of the chain (the first sender first), then from any peer whose head
-//! is high enough. When the lowest fetched ancestor's parent is our tip, the chain is imported in
+//! out (a peer's Status a block ahead starts one): the batches are cut again above it. Once
+//! synced, a gossiped block whose parent is unknown starts a lookup: its ancestors are fetched by
+//! root, one parent at a time, first from the peers that gossiped blocks of the chain (the first
+//! sender first), then from any peer whose head is high enough. When the lowest fetched ancestor's parent is our tip, the chain is imported in
 //! height order. While range sync has batches out, a gossiped block above its target joins or
 //! starts a lookup that asks for nothing; when range sync moves the tip into or up to a lookup's
 //! chain, the blocks above the tip import. Lookups are bounded in number, depth, bytes, attempts
