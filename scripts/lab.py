@@ -286,12 +286,28 @@ def churn(cfg, members, producer):
     return len(victims)
 
 
+def cpu_seconds(nodes):
+    """CPU time (user + system) the nodes' processes have used so far."""
+    total = 0
+    for n in nodes:
+        try:
+            with open(f"/proc/{n.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, AttributeError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def gossip(cfg, nodes):
     head = max(n.head() or 0 for n in nodes)
     watchers = [StreamWatcher(n, head + 1) for n in nodes]
     for w in watchers:
         w.start()
+    cpu0, t0 = cpu_seconds(nodes), time.monotonic()
     time.sleep(cfg["gossip_slots"] * SLOT_MS / 1000 + 3)
+    # Cores the nodes kept busy while blocks were gossiped, against the machine's.
+    nodes_cores = (cpu_seconds(nodes) - cpu0) / (time.monotonic() - t0)
     heights = range(head + 1, head + 1 + cfg["gossip_slots"])
     lat, complete = [], 0
     for w in watchers:
@@ -300,9 +316,13 @@ def gossip(cfg, nodes):
         lat += [a - ts for g in got if g for (a, ts) in [g]]
     for w in watchers:
         w.stop_at = time.monotonic()
+    with open(os.path.join(nodes[0].lab.root, "gossip_arrivals.json"), "w") as f:
+        json.dump({w.node.name: {h: (w.arrived[h][0] - w.arrived[h][1]) if h in w.arrived else None
+                                 for h in heights} for w in watchers}, f)
     return dict(blocks=len(heights), nodes=len(nodes),
                 p50_ms=percentile(lat, 50), p95_ms=percentile(lat, 95), max_ms=max(lat) if lat else None,
-                share_nodes_every_block=complete / len(nodes))
+                share_nodes_every_block=complete / len(nodes), nodes_cores=nodes_cores,
+                machine_cores=os.cpu_count(), load=os.getloadavg()[0])
 
 
 def join(lab, cfg, producer, members):
@@ -391,6 +411,8 @@ def table(r):
         ("wan_hostile_slowdown", r.get("wan_hostile_slowdown")),
         ("gossip p50 / p95 / max (ms)", f"{g.get('p50_ms')} / {g.get('p95_ms')} / {g.get('max_ms')}"),
         ("gossip share of nodes with every block", g.get("share_nodes_every_block")),
+        ("gossip: cores the nodes used / the machine's, load",
+         f"{g.get('nodes_cores')} / {g.get('machine_cores')}, {g.get('load')}"),
         ("join (blocks/s, peers)", f"{j.get('blocks_per_sec')}, {j.get('peers_connected')}"),
         ("churn (restarted, one head, db check)",
          f"{c.get('restarted')}, {c.get('one_head')}, {c.get('db_check_clean')}"),

@@ -259,12 +259,17 @@ impl<P: PeerKey> SyncEngine<P> {
         self.now_ms = self.now_ms.max(now_ms);
         let idle = self.forward.is_empty();
         let forward = self.forward.direction_mut();
-        if let Some(block) = self
+        let (height, tip, target) = (block.height(), forward.tip.height, forward.target);
+        match self
             .lookups
             .on_gossip(&self.router.config, forward, idle, now_ms, from, block)
         {
-            forward.chain_offered(ChainEnd::of(&block));
-            self.router.import_forward_chain(vec![block]);
+            Some(block) => {
+                tracing::debug!(height, "gossiped block on the tip: imported");
+                forward.chain_offered(ChainEnd::of(&block));
+                self.router.import_forward_chain(vec![block]);
+            }
+            None => tracing::debug!(height, tip, target, idle, "gossiped block not imported at once"),
         }
         self.drive(now_ms);
     }

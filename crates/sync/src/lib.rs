@@ -112,12 +112,15 @@
 //! producer never builds on a head its peers may have left behind.
 //!
 //! # Following the head, and parent lookups
-//! When no batch is pending, a gossiped block whose parent is the tip is imported at once; one whose
-//! parent is unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`). A lookup
-//! that reaches our tip's height without meeting our chain has found a fork: when its top is
-//! above our tip, its senders are asked for a fresh Status at once, so their longer head becomes
-//! the target and its first batch, which does not link, starts a fork search (above); otherwise
-//! (equal or shorter: the first seen stays) it is dropped. Nobody is charged for either.
+//! A gossiped block whose parent is the tip is imported at once, also while batches are pending
+//! (the importer keeps the order, and the batches are cut again above it). One whose parent is
+//! unknown starts a bounded lookup of its ancestors by root (see `lookup.rs`), which asks for
+//! them only while no batch is pending; one above the range being fetched waits in a lookup, and
+//! imports when range sync reaches it. A lookup that reaches our tip's height without meeting our
+//! chain has found a fork: when its top is above our tip, its senders are asked for a fresh Status
+//! at once, so their longer head becomes the target and its first batch, which does not link,
+//! starts a fork search (above); otherwise (equal or shorter: the first seen stays) it is dropped.
+//! Nobody is charged for either.
 //!
 //! # Backfill
 //! A node started from a checkpoint fetches history downward from its lowest block L, accepting a

@@ -1,10 +1,14 @@
 //! Following the head by gossip, and parent lookups for gossiped blocks that do not attach.
 //!
-//! Once synced, a gossiped block whose parent is our tip is imported at once. One whose parent is
-//! unknown starts a lookup: its ancestors are fetched by root, one parent at a time, first from the
-//! peers that gossiped blocks of the chain (the first sender first), then from any peer whose head
-//! is high enough. When the lowest fetched ancestor's parent is our tip, the chain is imported in
-//! height order. Lookups are bounded in number, depth, bytes, attempts and age.
+//! A gossiped block whose parent is our tip is imported at once, also while range sync has batches
+//! out (a peer's Status a block ahead starts one): the batches are cut again above it. Once
+//! synced, a gossiped block whose parent is unknown starts a lookup: its ancestors are fetched by
+//! root, one parent at a time, first from the peers that gossiped blocks of the chain (the first
+//! sender first), then from any peer whose head is high enough. When the lowest fetched
+//! ancestor's parent is our tip, the chain is imported in height order. While range sync has
+//! batches out, a gossiped block above its target joins or starts a lookup that asks for nothing;
+//! when range sync moves the tip into or up to a lookup's chain, the blocks above the tip import.
+//! Lookups are bounded in number, depth, bytes, attempts and age.
 //!
 //! A lookup whose chain reaches our tip's height without meeting our chain is a branch that left
 //! ours at or below our tip. When it is longer than our chain (its top is above our tip), the
@@ -47,6 +51,21 @@ impl<P> Lookup<P> {
 
     fn bytes(&self) -> usize {
         self.chain.iter().map(Block::size_bytes).sum()
+    }
+
+    /// Range sync moved the tip into the chain: the blocks above the tip continue it, those at
+    /// or below it are dropped, and the parent it was asking for is no longer wanted.
+    fn trim_to(&mut self, tip: &ChainEnd) {
+        let next = tip.height.saturating_add(1);
+        let at = self
+            .chain
+            .iter()
+            .position(|b| b.height() == next && b.header.parent_hash == tip.hash);
+        if let Some(at) = at.filter(|at| at + 1 < self.chain.len()) {
+            self.chain.truncate(at + 1);
+            self.request = None;
+            self.asked.clear();
+        }
     }
 }
 
@@ -123,8 +142,10 @@ pub(crate) enum Answered {
 }
 
 impl<P: Clone + Ord> Lookups<P> {
-    /// A gossiped block, when forward sync is not fetching ranges (`idle`): a block on the tip is
-    /// returned for import at once; one with an unknown parent joins or starts a lookup.
+    /// A gossiped block: one on the tip is returned for import at once, even while forward sync
+    /// fetches ranges (not `idle`): the importer keeps the order, and the batches above the tip
+    /// are cut again from the new tip. When forward sync is idle, one with an unknown parent
+    /// joins or starts a lookup; otherwise range sync will fetch it.
     pub(crate) fn on_gossip(
         &mut self,
         config: &SyncConfig,
@@ -135,16 +156,24 @@ impl<P: Clone + Ord> Lookups<P> {
         block: Block,
     ) -> Option<Block> {
         let height = block.height();
-        if height <= forward.head.height || !idle {
-            // Old, a rival at a height we have (the first seen stays), or range sync will fetch it.
+        if height <= forward.head.height {
+            // Old, or a rival at a height we have (the first seen stays).
             return None;
         }
         let tip = forward.tip;
-        if block.header.parent_hash == tip.hash && height == tip.height.saturating_add(1) {
+        if block.header.parent_hash == tip.hash
+            && height == tip.height.saturating_add(1)
+            && (idle || forward.fork.is_none())
+        {
             let links = tip
                 .header
                 .is_none_or(|parent| check_link(&block.header, &parent).is_ok());
             return links.then_some(block);
+        }
+        if !idle && height <= forward.target {
+            // Range sync fetches it. One above the target waits in a lookup for range sync to
+            // reach it (lookups ask for nothing meanwhile).
+            return None;
         }
         if self.join(&from, &block) {
             return None;
@@ -210,13 +239,14 @@ impl<P: Clone + Ord> Lookups<P> {
         let mut index = 0;
         while index < self.list.len() {
             let tip = forward.tip;
-            let lookup = &self.list[index];
+            let lookup = &mut self.list[index];
+            lookup.trim_to(&tip);
             let Some(lowest) = lookup.lowest() else {
                 self.list.swap_remove(index);
                 continue;
             };
             if lowest.header.parent_hash == tip.hash && lowest.height() == tip.height.saturating_add(1) {
-                if idle {
+                if idle || forward.fork.is_none() {
                     let mut lookup = self.list.swap_remove(index);
                     lookup.chain.reverse();
                     if let Some(last) = lookup.chain.last() {

@@ -525,6 +525,7 @@ mod arbitrary;
 mod backfill;
 mod claims;
 mod forks;
+mod gossip;
 mod pacing;
 mod resting;
 mod sizing;
