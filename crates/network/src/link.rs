@@ -402,4 +402,30 @@ mod tests {
         assert!(Uplink::new(bad).is_err());
         assert!(Uplink::new(link(1, Some(0))).is_err());
     }
+
+    #[tokio::test]
+    async fn a_short_frame_on_one_stream_leaves_another_the_whole_rate() {
+        use futures::AsyncWriteExt as _;
+        let uplink = Uplink::new(link(50, Some(1_000_000))).expect("uplink");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut shaped = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let dialled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            accepted.push(listener.accept().await.expect("accept"));
+            shaped.push(uplink.shape(dialled));
+        }
+        let [mut control, mut bulk] = <[ShapedStream; 2]>::try_from(shaped)
+            .map_err(|_| ())
+            .expect("two");
+        control.write_all(&[1; 100]).await.expect("frame");
+        let started = Instant::now();
+        bulk.write_all(&[2; 50_000]).await.expect("chunk");
+        let leaves = bulk.free_at.saturating_duration_since(started);
+        assert!(
+            leaves < Duration::from_millis(75),
+            "50 KB at 1 MB/s leave after {leaves:?}: the frame still in its line halved the rate"
+        );
+    }
 }
