@@ -297,13 +297,7 @@ pub fn build_swarm(
             }
         })
         .map_err(|e| built.take().unwrap_or(NetworkError::Behaviour(e.to_string())))?
-        // Lazy negotiation: a stream's first message (a request) rides with its protocol
-        // proposal instead of waiting a round trip for the answer to it; with one protocol
-        // proposed, a peer that refuses it fails the stream as it would have anyway.
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(config.idle_connection_timeout)
-                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
-        })
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
         .build();
     Ok(swarm)
 }
