@@ -3,8 +3,11 @@
 //!
 //! Each connection's writes go into a delay line: a chunk written at `t` leaves the node's
 //! upload link once the connection's earlier chunks have left, at the connection's share of
-//! `upload_bytes_per_sec` (the rate divided by the connections with bytes waiting: flows share
-//! the link fairly, as under Linux's default `fq_codel`), and reaches the socket `delay` later. A task
+//! `upload_bytes_per_sec`, and reaches the socket `delay` later. Flows share the link fairly, as
+//! under Linux's default `fq_codel`: while a chunk is sent, every other connection with bytes
+//! still to leave the node sends as many of them, up to the chunk's own size, so a chunk takes
+//! its own bytes' time plus the others' share of it (a short frame on another connection costs
+//! a bulk transfer only that frame's time, two bulk transfers take half the rate each). A task
 //! per connection writes the chunks to the socket when they are due, so the muxer above sees
 //! its writes accepted at once, as a kernel socket buffer would, and the receiver sees them late.
 //! The bytes a connection has in its line are bounded ([`line_capacity`]); a full line makes
@@ -19,7 +22,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -75,8 +78,10 @@ pub fn retransmission_timeout(config: &LinkConfig) -> Duration {
 #[derive(Debug)]
 pub struct Uplink {
     config: LinkConfig,
-    /// Connections with bytes in their line.
-    active: AtomicUsize,
+    /// Each connection with bytes still to leave the node, and when its last byte leaves.
+    sending: Mutex<Vec<(u64, Instant)>>,
+    /// Names the next connection in `sending`.
+    next_connection: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
 
@@ -92,22 +97,35 @@ impl Uplink {
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         Ok(Arc::new(Uplink {
             config,
-            active: AtomicUsize::new(0),
+            sending: Mutex::new(Vec::new()),
+            next_connection: AtomicU64::new(0),
             runtime,
         }))
     }
 
-    /// When `len` bytes written now on a connection whose earlier bytes leave the node at
-    /// `free_at` have left it: at the connection's share of the rate.
-    fn departure(&self, len: usize, now: Instant, free_at: Instant) -> Instant {
+    /// When `len` bytes written now on `connection`, whose earlier bytes leave the node at
+    /// `free_at`, have left it: their own time at the full rate, plus, for every other
+    /// connection still sending then, as much of its remaining time as overlaps (at most the
+    /// chunk's own time: fair shares, see the module).
+    fn departure(&self, connection: u64, len: usize, now: Instant, free_at: Instant) -> Instant {
         let start = free_at.max(now);
-        match self.config.upload_bytes_per_sec {
-            None => start,
-            Some(rate) => {
-                let sharing = self.active.load(Ordering::Relaxed).max(1);
-                start + Duration::from_secs_f64(len as f64 * sharing as f64 / rate as f64)
-            }
+        let Some(rate) = self.config.upload_bytes_per_sec else {
+            return start;
+        };
+        let own = Duration::from_secs_f64(len as f64 / rate as f64);
+        let mut sending = lock(&self.sending);
+        sending.retain(|(_, until)| *until > now);
+        let others: Duration = sending
+            .iter()
+            .filter(|(id, _)| *id != connection)
+            .map(|(_, until)| until.saturating_duration_since(start).min(own))
+            .sum();
+        let departs = start + own + others;
+        match sending.iter_mut().find(|(id, _)| *id == connection) {
+            Some(entry) => entry.1 = departs,
+            None => sending.push((connection, departs)),
         }
+        departs
     }
 
     /// Whether a chunk of `len` bytes loses a segment.
@@ -127,9 +145,10 @@ impl Uplink {
             state: Mutex::new(LineState::default()),
             due: Notify::new(),
         });
-        self.runtime.spawn(run_writer(line.clone(), write, self.clone()));
+        self.runtime.spawn(run_writer(line.clone(), write));
         ShapedStream {
             read,
+            connection: self.next_connection.fetch_add(1, Ordering::Relaxed),
             line,
             uplink: self.clone(),
             capacity: line_capacity(&self.config),
@@ -165,6 +184,8 @@ struct DelayLine {
 /// A TCP stream whose writes go through the node's emulated link.
 pub struct ShapedStream {
     read: OwnedReadHalf,
+    /// Names this connection on the uplink.
+    connection: u64,
     line: Arc<DelayLine>,
     uplink: Arc<Uplink>,
     capacity: usize,
@@ -205,11 +226,8 @@ impl AsyncWrite for ShapedStream {
             return Poll::Pending;
         }
         let len = buf.len().min(room).min(MAX_CHUNK);
-        if state.bytes == 0 {
-            this.uplink.active.fetch_add(1, Ordering::Relaxed);
-        }
         let now = Instant::now();
-        this.free_at = this.uplink.departure(len, now, this.free_at);
+        this.free_at = this.uplink.departure(this.connection, len, now, this.free_at);
         let mut arrival = this.free_at + this.uplink.config.delay;
         if this.uplink.loses(len) {
             arrival += retransmission_timeout(&this.uplink.config);
@@ -246,7 +264,7 @@ impl Drop for ShapedStream {
 
 /// Writes a line's chunks to the socket as they fall due; on close, what is left (for at most
 /// [`DRAIN_LIMIT`]), then shuts the socket's write side.
-async fn run_writer(line: Arc<DelayLine>, mut socket: OwnedWriteHalf, uplink: Arc<Uplink>) {
+async fn run_writer(line: Arc<DelayLine>, mut socket: OwnedWriteHalf) {
     let mut drain_deadline = None;
     loop {
         let (next, closed) = {
@@ -272,15 +290,11 @@ async fn run_writer(line: Arc<DelayLine>, mut socket: OwnedWriteHalf, uplink: Ar
             None => socket.write_all(&due).await,
         };
         let mut state = lock(&line.state);
-        let was_active = state.bytes > 0;
         state.bytes = state.bytes.saturating_sub(due.len());
         if let Err(e) = written {
             state.failed = Some(e.kind());
             state.chunks.clear();
             state.bytes = 0;
-        }
-        if was_active && state.bytes == 0 {
-            uplink.active.fetch_sub(1, Ordering::Relaxed);
         }
         let failed = state.failed.is_some();
         if let Some(waker) = state.waiting.take() {
@@ -326,21 +340,44 @@ mod tests {
     async fn busy_connections_share_the_uplink() {
         let uplink = Uplink::new(link(50, Some(1_000_000))).expect("uplink");
         let now = Instant::now();
-        let alone = uplink.departure(100_000, now, now);
+        let alone = uplink.departure(0, 100_000, now, now);
         assert_eq!(alone - now, Duration::from_millis(100));
-        let after = uplink.departure(100_000, now, alone);
+        let after = uplink.departure(0, 100_000, now, alone);
         assert_eq!(
             after - now,
             Duration::from_millis(200),
             "a connection's bytes leave in order"
         );
-        uplink.active.store(4, Ordering::Relaxed);
-        let shared = uplink.departure(100_000, now, now);
+        // Connection 0 still sending, 1 and 2 with a second each to send: the fourth gets a
+        // quarter.
+        for connection in 1..=2 {
+            uplink.departure(connection, 1_000_000, now, now);
+        }
+        let shared = uplink.departure(3, 100_000, now, now);
         assert_eq!(
             shared - now,
             Duration::from_millis(400),
             "a quarter of the link each"
         );
+    }
+
+    #[tokio::test]
+    async fn a_short_frame_elsewhere_costs_a_bulk_transfer_only_its_own_time() {
+        let uplink = Uplink::new(link(50, Some(1_000_000))).expect("uplink");
+        let now = Instant::now();
+        // A 100-byte frame (0.1 ms of the link) on one connection, a 100 KB chunk on another.
+        let frame = uplink.departure(0, 100, now, now);
+        assert_eq!(frame - now, Duration::from_micros(100));
+        let bulk = uplink.departure(1, 100_000, now, now);
+        assert_eq!(
+            bulk - now,
+            Duration::from_micros(100_100),
+            "the frame takes its own 0.1 ms of the chunk's time, not half the link"
+        );
+        // Once the frame has left, the bulk connection has the whole link again.
+        let later = bulk + Duration::from_millis(1);
+        let next = uplink.departure(1, 100_000, later, bulk);
+        assert_eq!(next - later, Duration::from_millis(100));
     }
 
     #[test]
@@ -364,5 +401,31 @@ mod tests {
         bad.loss = 1.0;
         assert!(Uplink::new(bad).is_err());
         assert!(Uplink::new(link(1, Some(0))).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_short_frame_on_one_stream_leaves_another_the_whole_rate() {
+        use futures::AsyncWriteExt as _;
+        let uplink = Uplink::new(link(50, Some(1_000_000))).expect("uplink");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut shaped = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let dialled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            accepted.push(listener.accept().await.expect("accept"));
+            shaped.push(uplink.shape(dialled));
+        }
+        let [mut control, mut bulk] = <[ShapedStream; 2]>::try_from(shaped)
+            .map_err(|_| ())
+            .expect("two");
+        control.write_all(&[1; 100]).await.expect("frame");
+        let started = Instant::now();
+        bulk.write_all(&[2; 50_000]).await.expect("chunk");
+        let leaves = bulk.free_at.saturating_duration_since(started);
+        assert!(
+            leaves < Duration::from_millis(75),
+            "50 KB at 1 MB/s leave after {leaves:?}: the frame still in its line halved the rate"
+        );
     }
 }
