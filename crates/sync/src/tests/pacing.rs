@@ -290,3 +290,71 @@ fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answ
     charged.extend(penalties(&drain(&mut engine)));
     assert!(charged.is_empty(), "{charged:?}");
 }
+
+/// Syncs `blocks` from peers 1..=`peers`, all new to us, every one but `silent` answering 5 ms
+/// after each request; `silent` never answers. Returns when the head reached the top, if it did
+/// by `until_ms`.
+fn sync_beside_a_silent_peer(
+    cfg: SyncConfig,
+    blocks: &[Block],
+    peers: u32,
+    silent: u32,
+    until_ms: u64,
+) -> Option<u64> {
+    let top = blocks.len() as u64 - 1;
+    let mut engine = SyncEngine::new(cfg, local(blocks, 0), 7).expect("a valid config");
+    for peer in 1..=peers {
+        engine.peer_status(0, peer, status(blocks, top));
+    }
+    let mut pending: Vec<(u64, u32, RequestId, Height, u64)> = Vec::new();
+    let mut now = 0;
+    while now < until_ms {
+        let actions = drain(&mut engine);
+        let charged = penalties(&actions);
+        assert!(
+            charged.iter().all(|(p, _)| *p == silent),
+            "an honest peer was charged: {charged:?}"
+        );
+        import_all(&mut engine, now, &actions);
+        if engine.head_height() >= top {
+            return Some(now);
+        }
+        for (peer, id, start, count) in range_requests(&actions) {
+            if peer != silent {
+                pending.push((now + 5, peer, id, start, count));
+            }
+        }
+        now += 5;
+        let (due, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.0 <= now);
+        pending = rest;
+        for (_, _, id, start, count) in due {
+            engine.response_received(now, id);
+            engine.range_response(now, id, serve(blocks, start, count));
+        }
+        engine.tick(now);
+    }
+    None
+}
+
+#[test]
+fn a_silent_peer_new_to_us_does_not_hold_up_import_for_a_whole_timeout() {
+    // As a node starts: every peer is new to us, so the first batches go to peers not measured
+    // yet, the silent one among them. The batch import waits for must move to a brisk peer
+    // long before the configured 10 s deadline runs out, whichever batch the silent peer holds.
+    let blocks = chain(2_000, 100, 0);
+    let cfg = SyncConfig {
+        batch_size: 16,
+        window_batches: 16,
+        request_timeout_ms: 10_000,
+        max_request_timeout_ms: 60_000,
+        ..config()
+    };
+    for silent in 1..=3 {
+        let took = sync_beside_a_silent_peer(cfg.clone(), &blocks, 3, silent, 30_000);
+        let took = took.unwrap_or_else(|| panic!("not synced in 30 s beside silent peer {silent}"));
+        assert!(
+            took < 3_000,
+            "synced only after {took} ms beside silent peer {silent}"
+        );
+    }
+}
