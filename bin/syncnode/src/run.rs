@@ -34,6 +34,7 @@ pub fn node_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     network.mdns = args.mdns == Some(true);
     network.max_peers = args.max_peers.unwrap_or(network.max_peers);
     network.serve_blocks_per_sec = args.serve_blocks_per_sec;
+    network.serve_blocks_per_sec_while_syncing = args.serve_blocks_per_sec_while_syncing.filter(|&n| n > 0);
     network.link = args.link.link();
     let producer = match (args.produce == Some(true), args.dev_key) {
         (true, Some(index)) => {

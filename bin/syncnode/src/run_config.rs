@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// Cap on blocks this node serves per second to all peers together (for benchmarks).
     #[arg(long)]
     pub serve_blocks_per_sec: Option<u32>,
+    /// Cap on blocks served per second to all peers together while this node's own sync is
+    /// behind (syncing or stalled; not while synced or backfilling); 0 for no such cap
+    /// [default: 2048].
+    #[arg(long, value_name = "N")]
+    pub serve_blocks_per_sec_while_syncing: Option<u32>,
     /// Start from this trusted block (HEIGHT:HASH) instead of genesis, then backfill history.
     #[arg(long)]
     pub checkpoint: Option<String>,
@@ -123,6 +128,9 @@ impl RunArgs {
             mdns: self.mdns.or(file.mdns),
             max_peers: self.max_peers.or(file.max_peers),
             serve_blocks_per_sec: self.serve_blocks_per_sec.or(file.serve_blocks_per_sec),
+            serve_blocks_per_sec_while_syncing: self
+                .serve_blocks_per_sec_while_syncing
+                .or(file.serve_blocks_per_sec_while_syncing),
             checkpoint: self.checkpoint.or(file.checkpoint),
             history_blocks: self.history_blocks.or(file.history_blocks),
             batch_size: self.batch_size.or(file.batch_size),
@@ -163,6 +171,11 @@ impl RunArgs {
             mdns: Some(merged.mdns.unwrap_or(false)),
             payload_bytes: Some(merged.payload_bytes.unwrap_or(1024)),
             max_peers: Some(merged.max_peers.unwrap_or(50)),
+            serve_blocks_per_sec_while_syncing: Some(
+                merged
+                    .serve_blocks_per_sec_while_syncing
+                    .unwrap_or(syncnode_network::config::DEFAULT_SERVE_BLOCKS_PER_SEC_WHILE_SYNCING),
+            ),
             batch_size: Some(merged.batch_size.unwrap_or(512)),
             window_batches: Some(merged.window_batches.unwrap_or(16)),
             window_mib: Some(merged.window_mib.unwrap_or(64)),

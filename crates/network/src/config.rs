@@ -7,6 +7,9 @@ use libp2p::identity::Keypair;
 use syncnode_proto::peer_score::ScoreConfig;
 use syncnode_types::Hash;
 
+/// Default of [`NetworkConfig::serve_blocks_per_sec_while_syncing`].
+pub const DEFAULT_SERVE_BLOCKS_PER_SEC_WHILE_SYNCING: u32 = 2048;
+
 /// A token bucket's size and refill rate, in the unit of its protocol (requests or blocks).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quota {
@@ -117,6 +120,12 @@ pub struct NetworkConfig {
     /// Global cap on blocks served per second (all peers together, granted to requesters in
     /// turn; an answer is cut to the blocks granted); `None` for no cap.
     pub serve_blocks_per_sec: Option<u32>,
+    /// Global cap on blocks served per second while our own sync is behind (the node says so
+    /// through [`crate::NetworkHandle::set_syncing`]), on top of `serve_blocks_per_sec`; `None`
+    /// for no such cap. Default 2,048: about what our own import takes in a second on one core,
+    /// so a peer syncing from us keeps pace with what we have, while a flood of requests cannot
+    /// take the CPU our import needs.
+    pub serve_blocks_per_sec_while_syncing: Option<u32>,
     /// Capacity of the event channel to the node.
     pub event_buffer: usize,
     /// Capacity of the command channel from the handles.
@@ -164,6 +173,7 @@ impl NetworkConfig {
             max_serving_per_peer: 8,
             max_serving_bytes: 64 * 1024 * 1024,
             serve_blocks_per_sec: None,
+            serve_blocks_per_sec_while_syncing: Some(DEFAULT_SERVE_BLOCKS_PER_SEC_WHILE_SYNCING),
             event_buffer: 1024,
             command_buffer: 1024,
             gossip_heartbeat: Duration::from_secs(1),

@@ -89,6 +89,8 @@ pub struct NetworkHandle {
     /// Outer bound on a request's wait (the protocol deadline plus a margin), in case the
     /// network task itself is wedged.
     pub(crate) request_guard: Duration,
+    /// Whether our own sync is behind, read by the serving gate.
+    pub(crate) syncing: crate::serve_gate::SyncingFlag,
 }
 
 impl std::fmt::Debug for Command {
@@ -114,6 +116,12 @@ impl NetworkHandle {
     /// Our peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// Tells the serving gate whether our own sync is behind: while it is, blocks served are
+    /// capped by `serve_blocks_per_sec_while_syncing`. Sets an atomic; never waits.
+    pub fn set_syncing(&self, syncing: bool) {
+        self.syncing.set(syncing);
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Option<T> {

@@ -27,7 +27,8 @@
 //!   none), then a task waits, holding nothing, for its requester's turn at the
 //!   [`serve_gate`]: room in the byte budget `max_serving_bytes` (at most the requester's fair
 //!   share while others wait; freed room goes first to the waiting requester served least) and,
-//!   with the optional global blocks-per-second pacer, the blocks it may send now. It then waits
+//!   with the optional global blocks-per-second pacer (and, while the node says its own sync is
+//!   behind, `serve_blocks_per_sec_while_syncing`), the blocks it may send now. It then waits
 //!   for a serving permit and reads no more than it was granted from the source on a blocking
 //!   thread. What the source returns is cut to consecutive heights from the start (or requested
 //!   hashes in order), to a response frame of at most 16,777,216 bytes and to its room: an

@@ -22,8 +22,16 @@
 //! bucket (one second of burst); the requester first in turn takes at most what has
 //! accumulated, once a tenth of a second's worth (or its whole request) is there, so one
 //! request of 1,024 blocks does not hold everyone else's turn for a second.
+//!
+//! # While our own sync is behind
+//! A second pacer, `serve_blocks_per_sec_while_syncing`, applies on top of the first only while
+//! the node says its own sync is behind ([`SyncingFlag`], set by the node's event loop through
+//! [`crate::NetworkHandle::set_syncing`]): serving then costs at most that many blocks a second
+//! of the CPU and disk the node's own import needs, however many peers ask. Requesters share it
+//! in turn like the other. A synced node does not draw on it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -81,9 +89,27 @@ pub struct ServeGate {
     shared: Arc<Shared>,
 }
 
+/// Whether the node's own sync is behind, as the node last said: a plain atomic, so the node
+/// sets it without waiting for the network's task and the gate reads it without a message.
+#[derive(Clone, Debug, Default)]
+pub struct SyncingFlag(Arc<AtomicBool>);
+
+impl SyncingFlag {
+    /// Records whether our own sync is behind.
+    pub fn set(&self, syncing: bool) {
+        self.0.store(syncing, Ordering::Relaxed);
+    }
+
+    /// Whether our own sync is behind.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 struct Shared {
     max: usize,
     min_room: usize,
+    syncing: SyncingFlag,
     state: Mutex<State>,
 }
 
@@ -110,6 +136,14 @@ struct Pacer {
 }
 
 impl Pacer {
+    fn new(rate: u32) -> Self {
+        let rate = rate.max(1);
+        Pacer {
+            bucket: TokenBucket::new(Quota::new(rate, f64::from(rate)), Instant::now()),
+            quantum: u64::from(rate / 10).max(1),
+        }
+    }
+
     /// Blocks a request for `want` may take now, or when to look again.
     fn take(&mut self, want: u64, now: Instant) -> Result<u64, Instant> {
         let need = want.min(self.quantum);
@@ -129,6 +163,8 @@ struct State {
     /// The tag of the last grant: where a requester that was idle starts again.
     vtime: u64,
     tokens: Option<Pacer>,
+    /// The pacer that applies too while our own sync is behind.
+    syncing_tokens: Option<Pacer>,
     seq: u64,
 }
 
@@ -148,6 +184,21 @@ impl State {
             .map(|(_, peer)| peer)
     }
 
+    /// The pacers that apply now: the global one, and while `syncing` the one for that.
+    fn pacers(&mut self, syncing: bool) -> impl Iterator<Item = &mut Pacer> {
+        let syncing_tokens = self.syncing_tokens.as_mut().filter(|_| syncing);
+        self.tokens.as_mut().into_iter().chain(syncing_tokens)
+    }
+
+    /// Blocks of `want` every pacer that applies may grant now, or when to look again.
+    fn take_tokens(&mut self, want: u64, syncing: bool, now: Instant) -> Result<u64, Instant> {
+        let mut blocks = want;
+        for pacer in self.pacers(syncing) {
+            blocks = pacer.take(blocks, now)?;
+        }
+        Ok(blocks)
+    }
+
     fn forget_if_idle(&mut self, peer: &PeerId) {
         if self
             .requesters
@@ -162,24 +213,34 @@ impl State {
 impl ServeGate {
     /// A gate over `max_bytes` of blocks held, pacing `blocks_per_sec` when given.
     pub fn new(max_bytes: usize, blocks_per_sec: Option<u32>) -> Self {
+        Self::with_syncing_cap(max_bytes, blocks_per_sec, None)
+    }
+
+    /// A gate as [`ServeGate::new`] that also paces `while_syncing` blocks a second, when
+    /// given, while its [`SyncingFlag`] is set.
+    pub fn with_syncing_cap(
+        max_bytes: usize,
+        blocks_per_sec: Option<u32>,
+        while_syncing: Option<u32>,
+    ) -> Self {
         let max = max_bytes.max(1);
-        let tokens = blocks_per_sec.map(|rate| {
-            let rate = rate.max(1);
-            Pacer {
-                bucket: TokenBucket::new(Quota::new(rate, f64::from(rate)), Instant::now()),
-                quantum: u64::from(rate / 10).max(1),
-            }
-        });
         ServeGate {
             shared: Arc::new(Shared {
                 max,
                 min_room: MIN_ROOM.min(max),
+                syncing: SyncingFlag::default(),
                 state: Mutex::new(State {
-                    tokens,
+                    tokens: blocks_per_sec.map(Pacer::new),
+                    syncing_tokens: while_syncing.map(Pacer::new),
                     ..State::default()
                 }),
             }),
         }
+    }
+
+    /// The flag the node sets while its own sync is behind.
+    pub fn syncing_flag(&self) -> SyncingFlag {
+        self.shared.syncing.clone()
     }
 
     /// Bytes held now.
@@ -307,12 +368,10 @@ impl Shared {
         if room < self.min_room {
             return Step::Blocked;
         }
-        let blocks = match state.tokens.as_mut() {
-            Some(tokens) => match tokens.take(want, Instant::now()) {
-                Ok(blocks) => blocks,
-                Err(at) => return Step::Tokens(at),
-            },
-            None => want,
+        let syncing = self.syncing.get();
+        let blocks = match state.take_tokens(want, syncing, Instant::now()) {
+            Ok(blocks) => blocks,
+            Err(at) => return Step::Tokens(at),
         };
         let Some(waiter) = state
             .requesters
@@ -321,8 +380,8 @@ impl Shared {
         else {
             return Step::Blocked;
         };
-        if let Some(tokens) = state.tokens.as_mut() {
-            tokens.bucket.spend(blocks);
+        for pacer in state.pacers(syncing) {
+            pacer.bucket.spend(blocks);
         }
         state.held += room;
         state.peak = state.peak.max(state.held);
@@ -451,6 +510,27 @@ mod tests {
             "{:?}",
             asked.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn the_syncing_cap_paces_only_while_the_flag_is_set() {
+        let gate = ServeGate::with_syncing_cap(64 * MIB, None, Some(100));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        // Synced: the whole request at once, however large.
+        assert_eq!(gate.admit(a, 1000, soon()).await.expect("granted").blocks, 1000);
+        gate.syncing_flag().set(true);
+        // Syncing: one second of burst (100), then a tenth of a second's worth at a time.
+        assert_eq!(gate.admit(a, 1000, soon()).await.expect("granted").blocks, 100);
+        let asked = Instant::now();
+        let next = gate.admit(b, 1000, soon()).await.expect("granted");
+        assert!((10..=20).contains(&next.blocks), "{}", next.blocks);
+        assert!(
+            asked.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            asked.elapsed()
+        );
+        gate.syncing_flag().set(false);
+        assert_eq!(gate.admit(b, 1000, soon()).await.expect("granted").blocks, 1000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

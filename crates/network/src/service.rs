@@ -144,6 +144,7 @@ pub async fn start(
         commands: commands_tx,
         local_peer_id,
         request_guard: config.request_timeout + Duration::from_secs(5),
+        syncing: service.serve_ctx.gate.syncing_flag(),
     };
     tokio::spawn(service.run(config.status_interval, config.maintenance_interval));
     Ok((handle, events_rx))
@@ -190,7 +191,11 @@ impl Service {
         let serve_ctx = Arc::new(ServeContext {
             source,
             permits: Arc::new(Semaphore::new(config.max_concurrent_serving)),
-            gate: ServeGate::new(config.max_serving_bytes, config.serve_blocks_per_sec),
+            gate: ServeGate::with_syncing_cap(
+                config.max_serving_bytes,
+                config.serve_blocks_per_sec,
+                config.serve_blocks_per_sec_while_syncing,
+            ),
             budget: config.request_timeout.mul_f64(0.75),
         });
         Service {

@@ -514,8 +514,13 @@ impl EventLoop {
                 }
             }
         }
+        let state = self.engine.state();
         self.metrics
-            .observe_engine(&self.engine.stats(), self.engine.state(), self.engine.target());
+            .observe_engine(&self.engine.stats(), state, self.engine.target());
+        // Serving is capped while our own head is behind; backfill fetches history below a
+        // head that is already at the tip, so a backfilling node serves as a synced one.
+        self.network
+            .set_syncing(matches!(state, SyncState::Syncing | SyncState::Stalled));
     }
 }
 

@@ -364,7 +364,13 @@ impl<P: PeerKey> SyncEngine<P> {
         let stall = (self.forward.direction().behind() && self.state != SyncState::Stalled)
             .then(|| self.router.last_progress_ms.saturating_add(config.stall_after_ms));
         let alone = (!self.heard_status).then_some(config.alone_after_ms);
-        let hedge = self.router.hedge_due_ms(&self.forward);
+        let hedge = self.router.hedge_due_ms(&self.forward).or_else(|| {
+            let backfill = self
+                .backfill
+                .as_ref()
+                .filter(|_| !self.forward.direction().behind())?;
+            self.router.hedge_due_ms(backfill)
+        });
         deadlines
             .chain(hedge)
             .chain(chains)

@@ -67,9 +67,10 @@
 //! a deadline shorter than the configured one is no breach of the protocol: the peer is not
 //! charged, but rests, its throughput estimate is halved and its next request gets the configured
 //! deadline; only running out that one is charged as a timeout. When the request of the batch
-//! import waits for is late beyond its peer's own norm (twice what its link expects; for a peer
-//! not measured yet, four times what the best measured peer would take), the same blocks are
-//! asked of a second peer: one such hedge at a time, within the window and a byte budget (a
+//! import waits for (forward sync's; backfill's while forward sync is not behind) is late beyond
+//! its peer's own norm (twice what its link expects for what it owes at today's block-size
+//! estimate; for a peer not measured yet, four times what the best measured peer would take),
+//! the same blocks are asked of a second peer: one such hedge at a time, within the window and a byte budget (a
 //! batch's share of the window, refilled by an eighth of the bytes answers bring). The first
 //! answer with blocks wins; the other request is forgotten, and neither peer is charged for it
 //! (a primary outrun by its hedge rests as after a late deadline). A peer whose request timed

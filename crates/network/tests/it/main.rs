@@ -8,3 +8,4 @@ mod memory;
 mod outbound;
 mod peers;
 mod requests;
+mod serving;

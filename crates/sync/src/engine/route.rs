@@ -305,6 +305,7 @@ impl<P: PeerKey> SyncEngine<P> {
         self.router.apply(ChainId::Backfill, effects, now_ms);
         if !forward_behind {
             self.router.assign(backfill, ChainId::Backfill, now_ms);
+            self.router.hedge_first(backfill, ChainId::Backfill, now_ms);
         }
     }
 

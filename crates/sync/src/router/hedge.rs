@@ -1,6 +1,7 @@
 //! A hedge for the batch in-order import waits for: when its request is late beyond its peer's
-//! own norm, the same blocks are asked of a second peer. At most one hedge is out at a time (only
-//! that one batch is hedged), its bytes must fit the window and a byte budget (one batch's share
+//! own norm, the same blocks are asked of a second peer. Forward sync and backfill are hedged
+//! alike (backfill only while forward sync is not behind, and forward sync first). At most one
+//! hedge is out at a time (only that one batch is hedged), its bytes must fit the window and a byte budget (one batch's share
 //! of the window to start, refilled by an eighth of the bytes answers bring), and the first
 //! valid answer wins: the other request is forgotten, and neither peer is charged for it.
 
@@ -43,23 +44,39 @@ impl<P: PeerKey> Router<P> {
 
     /// How long after it was sent `primary` is late: twice what its peer's measured link
     /// expects for what it owes; for a peer not measured yet, four times what the best measured
-    /// peer would take for the same bytes (`None` when no peer is measured).
+    /// peer would take for the same bytes (`None` when no peer is measured). What a request
+    /// owes is counted at today's block-size estimate: one sent before any block arrived was
+    /// sized for the largest blocks possible, which would put its lateness past its deadline.
     fn late_after_ms(&self, primary: &InFlight<P>) -> Option<u64> {
+        let bytes = self.owed_now(primary);
         let own = self.peers.entries.get(&primary.peer).and_then(|e| {
-            e.pace
-                .expected_ms(e.flight_bytes().max(primary.bytes))
-                .map(|ms| ms * LATE_FACTOR)
+            let owed: u64 = e
+                .in_flight
+                .iter()
+                .filter_map(|(id, _)| self.requests.get(id))
+                .filter(|r| !r.answered())
+                .map(|r| self.owed_now(r))
+                .sum();
+            e.pace.expected_ms(owed.max(bytes)).map(|ms| ms * LATE_FACTOR)
         });
         let late = own.or_else(|| {
             self.peers
                 .entries
                 .iter()
                 .filter(|(p, _)| **p != primary.peer)
-                .filter_map(|(_, e)| e.pace.expected_ms(primary.bytes))
+                .filter_map(|(_, e)| e.pace.expected_ms(bytes))
                 .min_by(f64::total_cmp)
                 .map(|ms| ms * UNMEASURED_LATE_FACTOR)
         })?;
         Some((late as u64).max(HEDGE_FLOOR_MS))
+    }
+
+    /// Bytes `request` is expected to bring at today's block-size estimate (never more than
+    /// it was sent for).
+    fn owed_now(&self, request: &InFlight<P>) -> u64 {
+        self.block_size_estimate()
+            .saturating_mul(request.count)
+            .min(request.bytes)
     }
 
     /// Asks a second peer for the batch `chain`'s import waits for, if its request is late (see
@@ -89,7 +106,7 @@ impl<P: PeerKey> Router<P> {
         let want = Want {
             from,
             to,
-            bytes: primary.bytes,
+            bytes: self.owed_now(primary),
             urgent: true,
         };
         let pinned = chain.direction().pinned().cloned();

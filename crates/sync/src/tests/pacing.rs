@@ -290,3 +290,98 @@ fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answ
     charged.extend(penalties(&drain(&mut engine)));
     assert!(charged.is_empty(), "{charged:?}");
 }
+
+/// Syncs `blocks` from `start` with peers 1..=`peers`, all new to us, every one but `silent`
+/// answering 5 ms after each request; `silent` never answers. Returns when `done`, if by
+/// `until_ms`.
+fn sync_beside_a_silent_peer(
+    (cfg, start): (SyncConfig, LocalChain),
+    blocks: &[Block],
+    (peers, silent): (u32, u32),
+    until_ms: u64,
+    done: impl Fn(&SyncEngine<u32>) -> bool,
+) -> Option<u64> {
+    let top = blocks.len() as u64 - 1;
+    let mut engine = SyncEngine::new(cfg, start, 7).expect("a valid config");
+    for peer in 1..=peers {
+        engine.peer_status(0, peer, status(blocks, top));
+    }
+    let mut pending: Vec<(u64, u32, RequestId, Height, u64)> = Vec::new();
+    let mut now = 0;
+    while now < until_ms {
+        let actions = drain(&mut engine);
+        let charged = penalties(&actions);
+        assert!(
+            charged.iter().all(|(p, _)| *p == silent),
+            "an honest peer was charged: {charged:?}"
+        );
+        import_all(&mut engine, now, &actions);
+        if done(&engine) {
+            return Some(now);
+        }
+        for (peer, id, start, count) in range_requests(&actions) {
+            if peer != silent {
+                pending.push((now + 5, peer, id, start, count));
+            }
+        }
+        now += 5;
+        let (due, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.0 <= now);
+        pending = rest;
+        for (_, _, id, start, count) in due {
+            engine.response_received(now, id);
+            engine.range_response(now, id, serve(blocks, start, count));
+        }
+        engine.tick(now);
+    }
+    None
+}
+
+#[test]
+fn a_silent_peer_new_to_us_does_not_hold_up_import_for_a_whole_timeout() {
+    // As a node starts: every peer is new to us, so the first batches go to peers not measured
+    // yet, the silent one among them. The batch import waits for must move to a brisk peer
+    // long before the configured 10 s deadline runs out, whichever batch the silent peer holds.
+    let blocks = chain(2_000, 100, 0);
+    let cfg = SyncConfig {
+        batch_size: 16,
+        window_batches: 16,
+        request_timeout_ms: 10_000,
+        max_request_timeout_ms: 60_000,
+        ..config()
+    };
+    for silent in 1..=3 {
+        let start = (cfg.clone(), local(&blocks, 0));
+        let took =
+            sync_beside_a_silent_peer(start, &blocks, (3, silent), 30_000, |e| e.head_height() >= 2_000);
+        let took = took.unwrap_or_else(|| panic!("not synced in 30 s beside silent peer {silent}"));
+        assert!(
+            took < 3_000,
+            "synced only after {took} ms beside silent peer {silent}"
+        );
+    }
+}
+
+#[test]
+fn a_silent_peer_does_not_hold_up_backfill_for_a_whole_timeout() {
+    // Backfill's lowest batch waits on the silent peer as forward sync's first one would: it is
+    // hedged the same way, long before the configured deadline runs out.
+    let blocks = chain(2_000, 100, 0);
+    let cfg = SyncConfig {
+        backfill_batch_size: 16,
+        backfill_window_batches: 4,
+        request_timeout_ms: 10_000,
+        max_request_timeout_ms: 60_000,
+        ..config()
+    };
+    for silent in 1..=3 {
+        let start = (cfg.clone(), backfill_from_head(&blocks));
+        let took = sync_beside_a_silent_peer(start, &blocks, (3, silent), 60_000, |e| {
+            e.backfill_complete() == Some(true)
+        });
+        let took = took.unwrap_or_else(|| panic!("backfill not done in 60 s beside silent peer {silent}"));
+        assert!(
+            took < 3_000,
+            "backfilled only after {took} ms beside silent peer {silent}"
+        );
+    }
+}
