@@ -115,9 +115,21 @@ fn served_metric_names(body: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every `--flag` in the help of `syncnode` and each of its subcommands, and of `syncnode-bench`.
+/// Every `--flag` in the usage text of `scripts/lab.py` (its module docstring, from `Usage:` on),
+/// which the docs name when they say how a lab figure was produced.
+fn lab_script_flags() -> BTreeSet<String> {
+    let script = std::fs::read_to_string(repo().join("scripts/lab.py")).expect("scripts/lab.py");
+    let usage = script
+        .split_once("Usage:")
+        .and_then(|(_, rest)| rest.split_once("\"\"\""))
+        .map_or("", |(usage, _)| usage);
+    words_from(usage, "--").map(str::to_owned).collect()
+}
+
+/// Every `--flag` in the help of `syncnode` and each of its subcommands, of `syncnode-bench`, and
+/// in the lab script's usage.
 fn help_flags() -> BTreeSet<String> {
-    let mut flags = BTreeSet::new();
+    let mut flags = lab_script_flags();
     let mut pending: Vec<Vec<String>> = vec![vec![]];
     while let Some(path) = pending.pop() {
         let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
