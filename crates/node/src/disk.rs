@@ -54,6 +54,14 @@ impl DiskSpace {
         disk
     }
 
+    /// [`Self::new`], its gauges registered and its first check made: what a node starts with.
+    pub fn watched(data_dir: &Path, min_free: u64, registry: &mut Registry) -> Arc<Self> {
+        let disk = Self::new(data_dir, min_free);
+        disk.register(registry);
+        disk.check();
+        disk
+    }
+
     /// Registers `syncnode_disk_full` and `syncnode_disk_free_bytes`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("syncnode");

@@ -123,9 +123,7 @@ pub async fn run_with(
     let metrics = metrics::NodeMetrics::register(&mut registry);
     metrics.observe_chain(&store.status());
     let (done_tx, done_rx) = mpsc::channel(import::IMPORT_QUEUE * 2);
-    let disk = disk::DiskSpace::new(&config.data_dir, config.min_free_space);
-    disk.register(&mut registry);
-    disk.check();
+    let disk = disk::DiskSpace::watched(&config.data_dir, config.min_free_space, &mut registry);
     let (imports, chain, importer) =
         import::spawn_importer(store.clone(), done_tx, history_blocks, disk.clone())?;
     let subscriptions = subscribe::Subscriptions::new(store.clone(), chain.head.clone());
