@@ -12,7 +12,7 @@
 //! What each misbehaviour costs, by the score policy (`syncnode_proto::peer_score`): a block that
 //! breaks a rule, at a wrong height or not asked for is `InvalidData` (-100, banned at once); a
 //! batch that does not link is `ProvenWrong` once the honest chain imports (-60, banned); a frame
-//! over the limit or undecodable is a `ProtocolViolation` (-25: disconnected, banned on the second,
+//! over the limit or undecodable is a `ProtocolViolation` (-30: disconnected, banned on the second,
 //! so those peers come back once); silence and trickling are timeouts (-8 each: disconnected after
 //! three, never banned here); a Status that claims too much costs a `BrokenPromise` (-5) and the
 //! peer's claim is capped; a flood is served or refused (`RATE_LIMITED`, `RESOURCE_UNAVAILABLE`),

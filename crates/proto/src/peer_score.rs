@@ -23,7 +23,8 @@ pub enum PeerAction {
     InvalidData,
     /// Sent history that does not link to what it must link to (a batch proven wrong by another).
     ProvenWrong,
-    /// Broke the wire protocol: oversize or undecodable frame, stalled stream.
+    /// Broke the wire protocol: oversize or undecodable frame, stalled stream. Disconnects at
+    /// once; a second within about six minutes (the first decayed to no less than -20) bans.
     ProtocolViolation,
     /// Sent a well-formed request outside the protocol's limits (a count of 0 or above 1,024,
     /// no hashes or more than 128): an honest mistake once, answered `INVALID_REQUEST` and
@@ -45,7 +46,7 @@ impl PeerAction {
         match self {
             PeerAction::InvalidData => -100.0,
             PeerAction::ProvenWrong => -60.0,
-            PeerAction::ProtocolViolation => -25.0,
+            PeerAction::ProtocolViolation => -30.0,
             PeerAction::InvalidRequest => -12.0,
             PeerAction::Timeout => -8.0,
             PeerAction::BrokenPromise => -5.0,
@@ -280,6 +281,29 @@ mod tests {
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Keep);
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Keep);
         assert_eq!(book.apply(&8u32, PeerAction::Timeout, 0), Verdict::Disconnect);
+    }
+
+    /// At -25 two violations banned only when they came at the same instant: any decay between
+    /// them (one second is enough) left the peer at -49.9, above the ban threshold.
+    #[test]
+    fn a_protocol_violation_disconnects_and_a_second_minutes_later_bans() {
+        let mut book = PeerScores::new(ScoreConfig::default());
+        assert_eq!(
+            book.apply(&1u32, PeerAction::ProtocolViolation, 0),
+            Verdict::Disconnect
+        );
+        assert!(matches!(
+            book.apply(&1u32, PeerAction::ProtocolViolation, 5 * 60 * 1000),
+            Verdict::Ban { .. }
+        ));
+        assert_eq!(
+            book.apply(&2u32, PeerAction::ProtocolViolation, 0),
+            Verdict::Disconnect
+        );
+        assert!(matches!(
+            book.apply(&2u32, PeerAction::ProtocolViolation, 1_000),
+            Verdict::Ban { .. }
+        ));
     }
 
     #[test]
