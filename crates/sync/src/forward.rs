@@ -109,6 +109,13 @@ impl<P> Forward<P> {
             .min(head.height)
     }
 
+    /// Whether blocks that attach to the tip may be imported now from outside the batches
+    /// (gossip, lookups): when no batch is pending (`idle`), or while no fork search runs (the
+    /// importer keeps the order, and the batches are cut again above the new tip).
+    pub(crate) fn takes_blocks_on_the_tip(&self, idle: bool) -> bool {
+        idle || self.fork.is_none()
+    }
+
     /// Whether `peer`'s fork was searched from our present head already.
     pub(crate) fn was_searched(&self, peer: &P) -> bool
     where

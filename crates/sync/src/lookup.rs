@@ -163,7 +163,7 @@ impl<P: Clone + Ord> Lookups<P> {
         let tip = forward.tip;
         if block.header.parent_hash == tip.hash
             && height == tip.height.saturating_add(1)
-            && (idle || forward.fork.is_none())
+            && forward.takes_blocks_on_the_tip(idle)
         {
             let links = tip
                 .header
@@ -246,7 +246,7 @@ impl<P: Clone + Ord> Lookups<P> {
                 continue;
             };
             if lowest.header.parent_hash == tip.hash && lowest.height() == tip.height.saturating_add(1) {
-                if idle || forward.fork.is_none() {
+                if forward.takes_blocks_on_the_tip(idle) {
                     let mut lookup = self.list.swap_remove(index);
                     lookup.chain.reverse();
                     if let Some(last) = lookup.chain.last() {

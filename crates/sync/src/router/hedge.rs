@@ -1,9 +1,10 @@
 //! A hedge for the batch in-order import waits for: when its request is late beyond its peer's
 //! own norm, the same blocks are asked of a second peer. Forward sync and backfill are hedged
 //! alike (backfill only while forward sync is not behind, and forward sync first). At most one
-//! hedge is out at a time (only that one batch is hedged), its bytes must fit the window and a byte budget (one batch's share
-//! of the window to start, refilled by an eighth of the bytes answers bring), and the first
-//! valid answer wins: the other request is forgotten, and neither peer is charged for it.
+//! hedge is out at a time (only that one batch is hedged), its bytes must fit the window and a
+//! byte budget (one batch's share of the window to start, refilled by an eighth of the bytes
+//! answers bring), and the first valid answer wins: the other request is forgotten, and neither
+//! peer is charged for it.
 
 use std::collections::BTreeMap;
 
