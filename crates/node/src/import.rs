@@ -107,8 +107,8 @@ impl Importer {
                 return;
             }
             let started = Instant::now();
-            let results = commit_group(&self.store, &group, &self.disk);
-            if results.iter().any(Result::is_ok) && self.durable_if_produced(&group, &results) {
+            let mut results = commit_group(&self.store, &group, &self.disk);
+            if results.iter().any(Result::is_ok) && self.durable_if_produced(&group, &mut results) {
                 self.after_commit();
             }
             if !self.report(group, results, started) || self.disk.store_stopped() {
@@ -121,24 +121,31 @@ impl Importer {
     /// A block this node produced (a job without an engine id) is shown to peers (Status, served
     /// ranges and roots, gossip) only once its commit is durable: a producer killed right after
     /// must still hold every block a peer may have taken from it, or it would build a rival at
-    /// that height. One `fsync` per produced block, on this thread. `false` when that sync
-    /// failed: the head is then published with the next commit that is durable.
-    fn durable_if_produced(&self, group: &[ImportJob], results: &[Result<(), ImportError>]) -> bool {
-        let produced = group
+    /// that height. One `fsync` per produced block, on this thread. When that sync fails, the
+    /// produced jobs' results become that error (so the block is not gossiped either) and
+    /// `false` is returned: the head is then published with the next commit that is durable.
+    fn durable_if_produced(&self, group: &[ImportJob], results: &mut [Result<(), ImportError>]) -> bool {
+        let produced = |job: &ImportJob, result: &Result<(), ImportError>| {
+            job.id.is_none() && job.direction == Direction::Forward && result.is_ok()
+        };
+        if !group
             .iter()
-            .zip(results)
-            .any(|(job, result)| job.id.is_none() && job.direction == Direction::Forward && result.is_ok());
-        if !produced {
+            .zip(results.iter())
+            .any(|(job, result)| produced(job, result))
+        {
             return true;
         }
-        match self.store.sync() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!("produced block not shown to peers: store sync failed: {e}");
-                self.disk.write_failed(&e);
-                false
+        let Err(e) = self.store.sync() else {
+            return true;
+        };
+        tracing::warn!("produced block not shown to peers: store sync failed: {e}");
+        self.disk.write_failed(&e);
+        for (job, result) in group.iter().zip(results.iter_mut()) {
+            if produced(job, result) {
+                *result = Err(ImportError::Local(format!("store sync failed: {e}")));
             }
         }
+        false
     }
 
     /// Prunes if due, then publishes the new Status and head.

@@ -365,6 +365,7 @@ impl EventLoop {
         }
         let follow = done.direction == Direction::Forward
             && done.became_head
+            && done.result.is_ok()
             && (done.id.is_none() || self.engine.state() == SyncState::Synced);
         let published_by_gossip = done
             .last
@@ -374,15 +375,15 @@ impl EventLoop {
             && !published_by_gossip
             && let Some(block) = done.last.clone()
         {
-            // A block of our own is announced once durable, so that a crash cannot take it back
-            // from under peers that hold it (the restarted producer would make another).
-            let produced = done.id.is_none().then(|| self.store.clone());
-            tokio::spawn(announce(self.network.clone(), produced, block));
+            // A block of our own reaches here only once durable (the importer synced it), so a
+            // crash cannot take it back from under peers that hold it.
+            tokio::spawn(announce(self.network.clone(), block));
         }
         match done.id {
             Some(id) => self.engine.import_result(now, id, done.result),
             None => {
-                if done.result.is_ok() {
+                // A produced block whose sync failed still moved the store's head.
+                if done.result.is_ok() || done.became_head {
                     let head = self.store.head();
                     self.engine.local_head_changed(now, head.height, head.hash);
                 }
@@ -550,22 +551,8 @@ fn spawn_request(
     });
 }
 
-/// Publishes `block` by gossip, after waiting (off the runtime) for `store` to make it durable
-/// if given; a block the store could not make durable is not announced.
-async fn announce(network: NetworkHandle, store: Option<Arc<BlockStore>>, block: Block) {
-    if let Some(store) = store {
-        let synced = tokio::task::spawn_blocking(move || store.sync()).await;
-        if let Err(e) = synced
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            tracing::warn!(
-                height = block.height(),
-                "produced block not announced: store sync failed: {e}"
-            );
-            return;
-        }
-    }
+/// Publishes `block` by gossip.
+async fn announce(network: NetworkHandle, block: Block) {
     if let Err(e) = network.publish(block).await {
         tracing::debug!("publish: {e}");
     }
