@@ -51,6 +51,55 @@ fn stop_and_check(node: &mut Node) -> u64 {
     db_check_ok(&node.data_dir)
 }
 
+/// A `syncnode subscribe` process on `node` from `from` until `until`, printing to a file.
+struct Subscriber {
+    child: ChildGuard,
+    printed: std::path::PathBuf,
+}
+
+impl Subscriber {
+    fn start(dir: &std::path::Path, node: &Node, from: u64, until: u64) -> Self {
+        let printed = dir.join("subscriber.jsonl");
+        let mut subscribe = syncnode(&[
+            "subscribe",
+            "--http",
+            &node.http.to_string(),
+            "--cursor-file",
+            path_str(&dir.join("cursor")),
+            "--from",
+            &from.to_string(),
+            "--until",
+            &until.to_string(),
+        ]);
+        subscribe
+            .stdout(std::fs::File::create(&printed).expect("subscriber output"))
+            .stderr(std::process::Stdio::null());
+        let child = ChildGuard(subscribe.spawn().expect("spawn subscribe"));
+        Subscriber { child, printed }
+    }
+
+    /// Waits until the last block the subscriber printed is at `height`.
+    fn wait_printed(&self, within: Duration, what: &str, height: u64) {
+        wait_for(within, what, || {
+            let text = std::fs::read_to_string(&self.printed).ok()?;
+            (printed_heights(&text).last() == Some(&Some(height))).then_some(())
+        });
+    }
+
+    /// Waits for the subscriber to exit at its `--until`; returns the height its reorg event
+    /// rewound to and the last height it printed.
+    fn finish(mut self, within: Duration, what: &str) -> (u64, Option<u64>) {
+        wait_for(within, what, || self.child.0.try_wait().ok().flatten());
+        let text = std::fs::read_to_string(&self.printed).expect("subscriber output");
+        let rewind_to = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["reorg"]["rewind_to"].as_u64())
+            .unwrap_or_else(|| panic!("no reorg event:\n{text}"));
+        (rewind_to, printed_heights(&text).last().copied().flatten())
+    }
+}
+
 #[test]
 fn a_node_synced_on_one_chain_switches_to_a_longer_fork_and_bans_nobody() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -68,26 +117,8 @@ fn a_node_synced_on_one_chain_switches_to_a_longer_fork_and_bans_nobody() {
         s["sync_state"] == "synced" && s["head_height"] == A_HEAD
     });
     // A subscriber on x, delivered A's blocks from 2980, must be told of the reorg.
-    let printed = dir.path().join("subscriber.jsonl");
-    let mut subscribe = syncnode(&[
-        "subscribe",
-        "--http",
-        &x.http.to_string(),
-        "--cursor-file",
-        path_str(&dir.path().join("cursor")),
-        "--from",
-        "2980",
-        "--until",
-        &B_HEAD.to_string(),
-    ]);
-    subscribe
-        .stdout(std::fs::File::create(&printed).expect("subscriber output"))
-        .stderr(std::process::Stdio::null());
-    let mut subscriber = ChildGuard(subscribe.spawn().expect("spawn subscribe"));
-    wait_for(Duration::from_secs(30), "the subscriber at A's head", || {
-        let text = std::fs::read_to_string(&printed).ok()?;
-        (printed_heights(&text).last() == Some(&Some(A_HEAD))).then_some(())
-    });
+    let subscriber = Subscriber::start(dir.path(), &x, 2980, B_HEAD);
+    subscriber.wait_printed(Duration::from_secs(30), "the subscriber at A's head", A_HEAD);
     let mut b = Node::start("b", &spec, &b_dir, &boot(&[&x]));
     let b_head = head(&b).expect("b's head");
     assert_eq!(b_head.0, B_HEAD);
@@ -100,22 +131,12 @@ fn a_node_synced_on_one_chain_switches_to_a_longer_fork_and_bans_nobody() {
     for n in [&a, &x, &b] {
         assert_nobody_banned(n);
     }
-    wait_for(
-        Duration::from_secs(30),
-        "the subscriber to print B's head",
-        || subscriber.0.try_wait().ok().flatten(),
-    );
-    let text = std::fs::read_to_string(&printed).expect("subscriber output");
-    let rewind_to = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["reorg"]["rewind_to"].as_u64())
-        .unwrap_or_else(|| panic!("no reorg event:\n{text}"));
+    let (rewind_to, last) = subscriber.finish(Duration::from_secs(30), "the subscriber to print B's head");
     assert!(
         rewind_to <= BRANCH + 1,
         "rewind to {rewind_to}, the fork leaves at {BRANCH}"
     );
-    assert_eq!(printed_heights(&text).last(), Some(&Some(B_HEAD)));
+    assert_eq!(last, Some(B_HEAD));
 
     for n in [&mut a, &mut b] {
         stop_and_check(n);
@@ -246,30 +267,12 @@ fn a_follower_switches_to_a_longer_fork_announced_by_gossip_within_seconds() {
     let follower_dir = dir.path().join("follower");
     generate(&spec, &follower_dir, HEAD, 256);
     let mut follower = Node::start("follower", &spec, &follower_dir, &[]);
-    let printed = dir.path().join("subscriber.jsonl");
     let until = HEAD + 2;
-    let mut subscribe = syncnode(&[
-        "subscribe",
-        "--http",
-        &follower.http.to_string(),
-        "--cursor-file",
-        path_str(&dir.path().join("cursor")),
-        "--from",
-        &(HISTORY - 2).to_string(),
-        "--until",
-        &until.to_string(),
-    ]);
-    subscribe
-        .stdout(std::fs::File::create(&printed).expect("subscriber output"))
-        .stderr(std::process::Stdio::null());
-    let mut subscriber = ChildGuard(subscribe.spawn().expect("spawn subscribe"));
-    wait_for(
+    let subscriber = Subscriber::start(dir.path(), &follower, HISTORY - 2, until);
+    subscriber.wait_printed(
         Duration::from_secs(30),
         "the subscriber at the follower's head",
-        || {
-            let text = std::fs::read_to_string(&printed).ok()?;
-            (printed_heights(&text).last() == Some(&Some(HEAD))).then_some(())
-        },
+        HEAD,
     );
 
     let mut args = vec!["--produce".to_string(), "--dev-key".into(), "0".into()];
@@ -300,22 +303,15 @@ fn a_follower_switches_to_a_longer_fork_announced_by_gossip_within_seconds() {
     for n in [&follower, &producer] {
         assert_nobody_banned(n);
     }
-    wait_for(
+    let (rewind_to, last) = subscriber.finish(
         Duration::from_secs(20),
         "the subscriber to print the last height it waits for",
-        || subscriber.0.try_wait().ok().flatten(),
     );
-    let text = std::fs::read_to_string(&printed).expect("subscriber output");
-    let rewind_to = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["reorg"]["rewind_to"].as_u64())
-        .unwrap_or_else(|| panic!("no reorg event:\n{text}"));
     assert!(
         rewind_to <= HISTORY + 1,
         "rewind to {rewind_to}, the branches part at {HISTORY}"
     );
-    assert_eq!(printed_heights(&text).last(), Some(&Some(until)));
+    assert_eq!(last, Some(until));
 
     let produced = stop_and_check(&mut producer);
     let followed = stop_and_check(&mut follower);
