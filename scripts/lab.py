@@ -3,7 +3,7 @@
 127.0.0.1. Sections: wan_sync, wan_sync_hostile, a network of N nodes (churn while they sync,
 gossip, join), memory and load. Prints a table and writes OUT/results.json.
 
-Usage: scripts/lab.py --bin target/debug/syncnode --out target/lab [--quick] [--keep DIR]
+Usage: scripts/lab.py --bin target/release/syncnode --out target/lab [--quick] [--keep DIR]
        [--sections wan,network] [--sync-args "--batch-size 1024"] [--wan-blocks N] [--net-nodes N]
 """
 
