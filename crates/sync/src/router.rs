@@ -377,8 +377,28 @@ impl<P: PeerKey> Router<P> {
                 }
                 continue;
             };
-            let purpose = RequestPurpose::Batch { chain: which, key };
-            let (id, count) = self.send_range_request(now_ms, peer, purpose, (from, to), failures);
+            let size = self.block_size_estimate();
+            let count = self
+                .peers
+                .entries
+                .get(&peer)
+                .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
+            let bytes = size.saturating_mul(count);
+            let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
+            let id = self.new_request(
+                now_ms,
+                &peer,
+                RequestPurpose::Batch { chain: which, key },
+                (from, count),
+                (timeout_ms, early, bytes),
+            );
+            self.actions.push_back(Action::SendRangeRequest {
+                peer,
+                id,
+                start_height: from,
+                count,
+                timeout_ms,
+            });
             if backoff_over {
                 chain.download_started(key, id, now_ms);
             } else {
@@ -386,36 +406,6 @@ impl<P: PeerKey> Router<P> {
             }
             reserved = reserved.saturating_add(estimate.saturating_mul(count as usize));
         }
-    }
-
-    /// Asks `peer` for the blocks from `from` (up to `to`) that `purpose` wants, as many as its
-    /// link suits, with a deadline from its link and the batch's `failures`; returns the
-    /// request and the blocks asked for.
-    fn send_range_request(
-        &mut self,
-        now_ms: u64,
-        peer: P,
-        purpose: RequestPurpose,
-        (from, to): (Height, Height),
-        failures: u32,
-    ) -> (RequestId, u64) {
-        let size = self.block_size_estimate();
-        let count = self
-            .peers
-            .entries
-            .get(&peer)
-            .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
-        let bytes = size.saturating_mul(count);
-        let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
-        let id = self.new_request(now_ms, &peer, purpose, (from, count), (timeout_ms, early, bytes));
-        self.actions.push_back(Action::SendRangeRequest {
-            peer,
-            id,
-            start_height: from,
-            count,
-            timeout_ms,
-        });
-        (id, count)
     }
 
     /// The failures by peer `pick` weighs for a batch that failed `failures` times, or `None`
