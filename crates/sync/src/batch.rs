@@ -240,6 +240,22 @@ impl<P: Clone + Ord> Batch<P> {
         Ok(())
     }
 
+    /// Request `id` for the missing part went, before the batch's backoff ended, to a peer that
+    /// has not failed it: the backoff keeps a batch from the peers that failed it, not from a
+    /// fresh one. Only a waiting batch that is not full may start a download.
+    pub(crate) fn download_started_elsewhere(&mut self, id: RequestId) -> Result<(), WrongState> {
+        if !self.is_waiting() {
+            return Err(self.refuse("download_started_elsewhere"));
+        }
+        self.state = State::Downloading { id };
+        Ok(())
+    }
+
+    /// Whether it waits for a request, its backoff over or not.
+    pub(crate) fn is_waiting(&self) -> bool {
+        matches!(self.state, State::Waiting { .. }) && !self.is_full()
+    }
+
     /// Blocks answering request `id` (already shape-checked and linked to what it holds) are
     /// kept; it completes when full, else waits `delay_ms` for a request for the rest.
     pub(crate) fn answered(

@@ -225,11 +225,15 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
             .find(|k| self.batches.get(k).is_some_and(Batch::is_open))
     }
 
-    /// The batches ready for a request, first to import first.
-    pub(crate) fn ready(&self, now_ms: u64) -> Vec<Height> {
+    /// The batches waiting for a request, first to import first, each with whether its backoff
+    /// is over (before that, only a peer that has not failed it may be asked).
+    pub(crate) fn waiting(&self, now_ms: u64) -> Vec<(Height, bool)> {
         self.keys_in_order()
             .into_iter()
-            .filter(|k| self.batches.get(k).is_some_and(|b| b.is_ready(now_ms)))
+            .filter_map(|k| {
+                let batch = self.batches.get(&k)?;
+                batch.is_waiting().then(|| (k, batch.is_ready(now_ms)))
+            })
             .collect()
     }
 
@@ -298,6 +302,16 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
     pub(crate) fn download_started(&mut self, key: Height, id: RequestId, now_ms: u64) {
         if let Some(batch) = self.batches.get_mut(&key)
             && let Err(error) = batch.download_started(id, now_ms)
+        {
+            refused(error);
+        }
+    }
+
+    /// Request `id` for the batch keyed `key` went to a peer that has not failed it, before its
+    /// backoff ended.
+    pub(crate) fn download_started_elsewhere(&mut self, key: Height, id: RequestId) {
+        if let Some(batch) = self.batches.get_mut(&key)
+            && let Err(error) = batch.download_started_elsewhere(id)
         {
             refused(error);
         }

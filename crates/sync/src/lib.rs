@@ -84,8 +84,10 @@
 //! peer's own Status promises costs it a small `BrokenPromise` (never a ban alone); outside it,
 //! nothing. An empty backfill answer (the peer's earliest height rose) costs nothing and caps no
 //! head: the peer is not asked that low until its fresh Status, which is asked for. A failed request (timeout, error, invalid data) charges what the
-//! peer did, and the batch waits an exponential backoff with jitter (at least `retry_min_delay_ms`)
-//! before it is asked again, of another peer where one exists; each retry's deadline is longer, and a
+//! peer did. The batch goes at once to a free peer that has not failed it, if there is one; it
+//! waits an exponential backoff with jitter (at least `retry_min_delay_ms`) only for the peers
+//! that failed it, and after a failure of ours (a backoff keeps a retry from hammering the same
+//! peer, not a fresh one from helping, while in-order import waits); each retry's deadline is longer, and a
 //! peer that failed a batch `max_attempts_per_peer` times is not asked for it again. Every request
 //! carries a deadline in the engine's clock and `tick` fires it, so a silent peer's batch moves on.
 //!

@@ -3,7 +3,7 @@
 //! carrying out what the chain reports). It holds no chain: the engine lends it the one an event
 //! belongs to.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use syncnode_types::{Block, Hash, Height};
 
@@ -334,7 +334,7 @@ impl<P: PeerKey> Router<P> {
             .filter(|b| b.is_downloading())
             .map(|b| estimate.saturating_mul(b.missing() as usize))
             .sum();
-        for key in chain.ready(now_ms) {
+        for (key, backoff_over) in chain.waiting(now_ms) {
             if chain.buffered_bytes().saturating_add(reserved) >= chain.window().bytes
                 && Some(key) != first_open
             {
@@ -344,6 +344,9 @@ impl<P: PeerKey> Router<P> {
                 continue;
             };
             let (from, to, failures) = (batch.next_height(), batch.end(), batch.failures());
+            let Some(failed_by) = self.may_ask(batch.peer_failures(), failures, backoff_over) else {
+                continue;
+            };
             let pinned = chain.direction().pinned().cloned();
             let want = Want {
                 from,
@@ -356,7 +359,7 @@ impl<P: PeerKey> Router<P> {
                 &mut self.jitter,
                 now_ms,
                 want,
-                batch.peer_failures(),
+                &failed_by,
                 pinned.as_ref(),
             );
             for peer in pick.stale {
@@ -364,6 +367,7 @@ impl<P: PeerKey> Router<P> {
             }
             let Some(peer) = pick.peer else {
                 if pick.exhausted
+                    && backoff_over
                     && pinned.is_none()
                     && let Some(batch) = chain.batch_mut(key)
                 {
@@ -395,9 +399,36 @@ impl<P: PeerKey> Router<P> {
                 count,
                 timeout_ms,
             });
-            chain.download_started(key, id, now_ms);
+            if backoff_over {
+                chain.download_started(key, id, now_ms);
+            } else {
+                chain.download_started_elsewhere(key, id);
+            }
             reserved = reserved.saturating_add(estimate.saturating_mul(count as usize));
         }
+    }
+
+    /// The failures by peer `pick` weighs for a batch that failed `failures` times, or `None`
+    /// when no peer may be asked now. Once its backoff is over, every peer may be, the ones
+    /// that failed it less first. Before that, only a peer that has not failed it: a request
+    /// that failed says something of its peer, and another peer free now costs nothing to ask,
+    /// while the batch waiting blocks in-order import. A batch whose failure was ours (not
+    /// counted against a peer) waits its backoff out.
+    fn may_ask(
+        &self,
+        by_peer: &BTreeMap<P, u32>,
+        failures: u32,
+        backoff_over: bool,
+    ) -> Option<BTreeMap<P, u32>> {
+        if backoff_over {
+            return Some(by_peer.clone());
+        }
+        let counted: u64 = by_peer.values().map(|n| u64::from(*n)).sum();
+        if counted < u64::from(failures) {
+            return None;
+        }
+        let most = self.config.max_attempts_per_peer;
+        Some(by_peer.keys().map(|p| (p.clone(), most)).collect())
     }
 
     /// A range response for a batch of `chain`: the chain takes it in and the responder is

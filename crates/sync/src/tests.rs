@@ -220,17 +220,42 @@ fn a_silent_peers_batch_is_reassigned_after_its_deadline_with_a_longer_timeout()
     engine.tick(1_000);
     let actions = drain(&mut engine);
     assert_eq!(penalties(&actions), vec![(1, PeerAction::Timeout)]);
-    assert!(
-        range_requests(&actions).is_empty(),
-        "a failed batch waits before any retry"
-    );
-    engine.tick(1_200);
-    let actions = drain(&mut engine);
     let retry = range_requests(&actions);
-    assert_eq!(retry.len(), 1);
+    assert_eq!(retry.len(), 1, "another peer is free: no backoff");
     assert_eq!(retry[0].0, 2, "the retry goes to another peer");
     assert!(actions.iter().any(|a| matches!(a,
         Action::SendRangeRequest { timeout_ms, .. } if *timeout_ms == 2_000)));
+}
+
+/// The backoff of a failed batch keeps it from the peers that failed it, not from a free peer
+/// that has not: found end to end, where a batch whose request a peer's stream dropped waited
+/// half a second in front of in-order import while the honest seeder sat idle.
+#[test]
+fn a_failed_batch_goes_at_once_to_a_peer_that_has_not_failed_it_and_waits_for_one_that_has() {
+    let blocks = chain(10, 8, 0);
+    let mut engine = SyncEngine::new(config(), local(&blocks, 0), 2).expect("a valid config");
+    engine.peer_status(0, 1, status(&blocks, 10));
+    let (_, id, _, _) = range_requests(&drain(&mut engine))[0];
+    engine.request_failed(50, id, RequestFailure::Local("connection is closed".into()));
+    assert!(
+        range_requests(&drain(&mut engine)).is_empty(),
+        "its only peer failed it: it waits its backoff"
+    );
+    engine.peer_status(60, 2, status(&blocks, 10));
+    let retry = range_requests(&drain(&mut engine));
+    assert_eq!(retry.len(), 1, "a fresh peer is asked before the backoff ends");
+    assert_eq!(retry[0].0, 2);
+    engine.request_failed(70, retry[0].1, RequestFailure::Disconnected);
+    assert!(
+        range_requests(&drain(&mut engine)).is_empty(),
+        "both peers failed it: it waits its backoff"
+    );
+    engine.tick(1_500);
+    let after = range_requests(&drain(&mut engine));
+    assert_eq!(after.len(), 1, "asked again once its backoff is over");
+    let (_, id, start, count) = after[0];
+    engine.range_response(1_510, id, serve(&blocks, start, count));
+    assert_eq!(import_drained(&mut engine, 1_520), (1..=10).collect::<Vec<_>>());
 }
 
 #[test]
