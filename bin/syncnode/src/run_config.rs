@@ -75,7 +75,7 @@ pub struct RunArgs {
     /// Blocks per range request of the sync engine, forward and backfill, 1..=1024 [default: 512].
     #[arg(long)]
     pub batch_size: Option<u64>,
-    /// Most batches downloaded ahead of import [default: 16].
+    /// Most batches downloaded ahead of import [default: 32].
     #[arg(long)]
     pub window_batches: Option<usize>,
     /// Most bytes of blocks downloaded ahead of import, in MiB [default: 64].
@@ -177,7 +177,7 @@ impl RunArgs {
                     .unwrap_or(syncnode_network::config::DEFAULT_SERVE_BLOCKS_PER_SEC_WHILE_SYNCING),
             ),
             batch_size: Some(merged.batch_size.unwrap_or(512)),
-            window_batches: Some(merged.window_batches.unwrap_or(16)),
+            window_batches: Some(merged.window_batches.unwrap_or(32)),
             window_mib: Some(merged.window_mib.unwrap_or(64)),
             backfill_window_batches: Some(merged.backfill_window_batches.unwrap_or(4)),
             backfill_window_mib: Some(merged.backfill_window_mib.unwrap_or(32)),

@@ -62,7 +62,9 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             batch_size: 512,
-            window_batches: 16,
+            // 8 peers 100 ms away each hold two requests while batches wait for import: 16
+            // left their links idle (src/tests/pacing.rs, docs/lab.md).
+            window_batches: 32,
             window_bytes: 64 * 1024 * 1024,
             backfill_batch_size: 512,
             backfill_window_batches: 4,

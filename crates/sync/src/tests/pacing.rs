@@ -385,3 +385,70 @@ fn a_silent_peer_does_not_hold_up_backfill_for_a_whole_timeout() {
         );
     }
 }
+
+#[test]
+fn eight_distant_peers_are_kept_busy_by_the_default_window() {
+    // The lab's wan run: 8 peers, each 50 ms one way and 2,500 bytes/ms, and each request pays
+    // its stream's negotiation round trip before it reaches the peer (eager multistream-select:
+    // the proposal, its echo, then the request), so an answer begins 3 delays after its send.
+    // Fed to the link's bound, 8 links carry 20,000 bytes/ms; the batches between download and
+    // import must cover every peer's bandwidth-delay product plus that round trip.
+    let blocks = chain(40_000, 1_000, 0);
+    let top = blocks.len() as u64 - 1;
+    let config = SyncConfig {
+        request_timeout_ms: 10_000,
+        ..SyncConfig::default()
+    };
+    let mut engine = SyncEngine::new(config, local(&blocks, 0), 5).expect("a valid config");
+    let mut links: BTreeMap<u32, Link> = BTreeMap::new();
+    for peer in 1..=8 {
+        engine.peer_status(0, peer, status(&blocks, top));
+        let link = Link {
+            delay_ms: 50,
+            bytes_per_ms: 2_500,
+            free_at: 0,
+        };
+        links.insert(peer, link);
+    }
+    let mut pending: Vec<(u64, RequestId, Height, u64)> = Vec::new();
+    // Imports one after another, each 40 µs a block (verification and the store's write).
+    let mut importing: Vec<(u64, ImportId)> = Vec::new();
+    let (mut now, mut import_free) = (0, 0);
+    while engine.head_height() < top && now < 60_000 {
+        let actions = drain(&mut engine);
+        for action in &actions {
+            if let Action::Import { id, blocks, .. } = action {
+                import_free = import_free.max(now) + blocks.len() as u64 * 40 / 1_000;
+                importing.push((import_free, *id));
+            }
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = importing.into_iter().partition(|i| i.0 <= now);
+        importing = rest;
+        for (_, id) in done {
+            engine.import_result(now, id, Ok(()));
+        }
+        for (peer, id, start, count) in range_requests(&actions) {
+            let bytes: u64 = serve(&blocks, start, count)
+                .iter()
+                .map(|b| b.size_bytes() as u64)
+                .sum();
+            let link = links.get_mut(&peer).expect("a peer of the test");
+            // The negotiation's round trip, then the request as one would send it alone.
+            pending.push((link.answer_at(now + 100, bytes), id, start, count));
+        }
+        now += 5;
+        let (due, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.0 <= now);
+        pending = rest;
+        for (_, id, start, count) in due {
+            engine.response_received(now, id);
+            engine.range_response(now, id, serve(&blocks, start, count));
+        }
+        engine.tick(now);
+    }
+    // 40,000 × ~1,130 bytes over 20,000 bytes/ms is 2.3 s; the start (batches cut for the
+    // largest blocks, small first requests) adds about a second.
+    assert_eq!(engine.head_height(), top, "synced by {now} ms");
+    // At import's rate too (40 µs a block, 1.6 s) the window must hold what the links carry
+    // while the batch import waits for is still on its way: 16 batches took 4.0 s, 32 take 3.5.
+    assert!(now <= 3_700, "took {now} ms");
+}
