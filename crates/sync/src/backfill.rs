@@ -103,6 +103,12 @@ impl<P: Clone> ChainDirection<P> for Backfill {
         Ok(())
     }
 
+    /// Always: offered blocks hang by hash off the stored history, so the boundary they leave
+    /// is as sure as what is stored.
+    fn boundary_settled(&self) -> bool {
+        true
+    }
+
     fn offered(&mut self, first: &Block, _last: &Block) {
         self.pending_lowest = first.height();
         self.pending_parent = first.header.parent_hash;

@@ -52,6 +52,9 @@ pub(crate) trait ChainDirection<P> {
     fn is_next(&self, start: Height, end: Height) -> bool;
     /// Whether complete blocks (ascending, non-empty) link to the boundary.
     fn check_boundary(&self, first: &Block, last: &Block) -> Result<(), BoundaryFault>;
+    /// Whether a batch that does not link to the boundary proves anything yet: not while the
+    /// boundary rests on blocks offered for import that the store may still refuse.
+    fn boundary_settled(&self) -> bool;
     /// The boundary moves past blocks offered for import.
     fn offered(&mut self, first: &Block, last: &Block);
     /// Blocks offered before were imported.

@@ -130,7 +130,7 @@ impl<P> Forward<P> {
     }
 }
 
-impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
+impl<P: Clone + Ord + std::fmt::Debug> ChainDirection<P> for Forward<P> {
     const ORDER: KeyOrder = KeyOrder::Ascending;
 
     fn next_range(&self, last: Option<(Height, Height)>, size: u64) -> Option<(Height, Height)> {
@@ -176,6 +176,14 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
         Ok(())
     }
 
+    /// The tip is settled when it is the head, every block offered confirmed. An offered block
+    /// that links to our head may still break a rule only the store checks (its timestamp
+    /// against its parent's, when the parent's header is not at hand); until the store took it,
+    /// a batch that does not link to it proves nothing.
+    fn boundary_settled(&self) -> bool {
+        self.tip == self.head
+    }
+
     fn offered(&mut self, _first: &Block, last: &Block) {
         self.tip = ChainEnd::of(last);
     }
@@ -213,6 +221,7 @@ impl<P: Clone + Ord> ChainDirection<P> for Forward<P> {
                 tracing::info!(
                     base,
                     head = self.head.height,
+                    ?peer,
                     "fork search: a peer's chain does not link to our head"
                 );
                 self.fork = Some(ForkSearch {
@@ -250,7 +259,7 @@ impl<P: Clone + Ord> Forward<P> {
     }
 }
 
-impl<P: Clone + Ord> Chain<P, Forward<P>> {
+impl<P: Clone + Ord + std::fmt::Debug> Chain<P, Forward<P>> {
     /// Drops batches that no longer fit (above the target, or not continuing the tip) and cuts
     /// batches of `size` blocks up to the target while the window has room.
     pub(crate) fn follow_target(&mut self, now_ms: u64, size: u64) {

@@ -93,8 +93,10 @@
 //!
 //! Batches are imported strictly in order: a complete batch is offered (as one [`Action::Import`])
 //! only when its first block's parent hash is the hash of the last block offered before it, so
-//! every import links by hash to the local head. When it does not link, its supplier follows
-//! another fork, and a *fork search* starts (imports still pending are forgotten; the store's word
+//! every import links by hash to the local head. When it does not link to blocks the store has
+//! not yet confirmed, it waits for the store's word on them: they may break a rule only the store
+//! checks, and then it is they that were wrong. When it does not link to the confirmed head, its
+//! supplier follows another fork, and a *fork search* starts (imports still pending are forgotten; the store's word
 //! on them comes back with the search's imports): the chain of batches restarts at our finalized block (head
 //! minus the finality depth; never lower, since a chain that conflicts with finality is invalid
 //! for us), pinned to that peer, and fetches its chain from there. The store skips the blocks we

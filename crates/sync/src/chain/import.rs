@@ -26,6 +26,10 @@ impl<P: Clone + Ord, D: ChainDirection<P>> Chain<P, D> {
                 return;
             };
             if let Err(fault) = self.direction.check_boundary(first, last) {
+                if fault.diverged && !self.direction.boundary_settled() {
+                    // It may be the offered blocks below it that are wrong: wait for the store.
+                    return;
+                }
                 let blamed = if fault.blame_top {
                     batch.top_supplier()
                 } else {

@@ -220,9 +220,18 @@ impl<P: PeerKey> SyncEngine<P> {
                 }
             }
             _ => {
+                let why = match entry {
+                    None => "its peer left",
+                    Some(e) if e.proven_wrong => "its peer was proven wrong",
+                    Some(_) if worn_out => "its peer used up its attempts on a batch",
+                    Some(_) if done => "its chain is fetched",
+                    Some(_) => "its peer does not serve the next block",
+                };
                 tracing::info!(
                     head = search.store_head.height,
-                    "fork search over: we keep our chain (the fork is not longer, or not served)"
+                    peer = ?search.peer,
+                    why,
+                    "fork search over: we keep the store's head"
                 );
                 self.reset_forward(search.store_head.height, search.store_head.hash);
             }

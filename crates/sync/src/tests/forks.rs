@@ -391,3 +391,109 @@ fn a_longer_fork_shown_by_gossip_that_conflicts_with_finality_is_refused_and_cha
     assert_eq!(engine.head_height(), 40);
     assert_eq!(engine.state(), SyncState::Synced);
 }
+
+#[test]
+fn a_chain_that_does_not_hang_off_a_finalized_head_is_refused_and_its_peer_charged() {
+    let a = chain(60, 8, 0);
+    let b = fork_of(&a, 20, 80, 1);
+    for peers in [vec![2u32], vec![1, 2], vec![2, 1]] {
+        // Our head is finalized (a checkpoint): nothing that does not build on it can be ours.
+        let mut store = ModelStore::new(&a, 30);
+        store.finalized = 30;
+        let mut engine = SyncEngine::new(config(), store.local(), 5).expect("a valid config");
+        let chains: Vec<(u32, &[Block])> = peers
+            .iter()
+            .map(|p| (*p, if *p == 1 { &a[..] } else { &b[..] }))
+            .collect();
+        for (peer, chain) in &chains {
+            engine.peer_status(0, *peer, head_status(chain));
+        }
+        let charges = run(&mut engine, &mut store, &chains, 60_000);
+        assert_eq!(charges, vec![(2, PeerAction::ProvenWrong)], "peers {peers:?}");
+        assert_eq!(store.head().0, if peers.contains(&1) { 60 } else { 30 });
+    }
+}
+
+#[test]
+fn a_batch_after_an_offered_block_the_store_refuses_is_not_taken_for_a_fork() {
+    let a = chain(40, 8, 0);
+    // Peer 2's blocks link to our head but break a rule only the store checks (for example a
+    // timestamp): they pass every check before import, and the store refuses them.
+    let forged = fork_of(&a, 20, 40, 1);
+    let mut engine = SyncEngine::new(config(), local(&a, 20), 9).expect("a valid config");
+    engine.peer_status(0, 2, head_status(&forged));
+    let first = range_requests(&drain(&mut engine));
+    assert!(
+        first.iter().all(|(p, _, _, _)| *p == 2) && first.iter().any(|(_, _, s, _)| *s == 21),
+        "peer 2, alone, is asked for the first batch: {first:?}"
+    );
+    engine.peer_status(0, 1, head_status(&a));
+    let mut pending = first;
+    let mut asked_of_1: Vec<(Height, u64)> = Vec::new();
+    let mut charges = Vec::new();
+    let mut imported = Vec::new();
+    for now in 1..2_000 {
+        let mut actions = drain(&mut engine);
+        if actions.is_empty() && pending.is_empty() {
+            match engine.next_wakeup() {
+                Some(at) => engine.tick(at.max(now)),
+                None => break,
+            }
+            actions = drain(&mut engine);
+        }
+        charges.extend(penalties(&actions));
+        pending.extend(range_requests(&actions));
+        // Answers first, then the store's word on the imports offered: the honest batch above
+        // the forged one is complete before the store refuses the forged one.
+        for (peer, id, start, count) in std::mem::take(&mut pending) {
+            let chain = if peer == 1 { &a } else { &forged };
+            if peer == 1 {
+                asked_of_1.push((start, count));
+            }
+            engine.range_response(now, id, serve(chain, start, count));
+        }
+        let later = drain(&mut engine);
+        pending.extend(range_requests(&later));
+        for action in actions.iter().chain(later.iter()) {
+            match action {
+                Action::Import { id, blocks, .. } => {
+                    let refused = blocks.iter().find(|b| a[b.height() as usize].hash() != b.hash());
+                    let result = match refused {
+                        Some(b) => Err(ImportError::Rejected {
+                            height: b.height(),
+                            reason: "rule 2".into(),
+                        }),
+                        None => {
+                            imported.extend(blocks.iter().map(Block::height));
+                            Ok(())
+                        }
+                    };
+                    engine.import_result(now, *id, result);
+                }
+                other if later.iter().any(|l| std::ptr::eq(l, other)) => {
+                    charges.extend(penalties(std::slice::from_ref(other)))
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        imported,
+        (21..=40).collect::<Vec<_>>(),
+        "the honest chain, in order"
+    );
+    assert!(
+        charges.iter().all(|(p, _)| *p == 2),
+        "the honest peer is never charged: {charges:?}"
+    );
+    assert!(charges.contains(&(2, PeerAction::InvalidData)));
+    let mut heights: Vec<Height> = asked_of_1.iter().flat_map(|(s, c)| *s..s + c).collect();
+    heights.sort_unstable();
+    let len = heights.len();
+    heights.dedup();
+    assert_eq!(
+        heights.len(),
+        len,
+        "no height is asked of the honest peer twice (no fork search forgot its batches): {asked_of_1:?}"
+    );
+}
