@@ -48,8 +48,10 @@
 //! (`earliest_height <= start <= head_height`, less its cap): the one that failed it least, then
 //! one that holds all of it, then the one that would answer soonest by its measured link and what
 //! it already holds (a peer not measured yet counts as free, but the batch import waits for goes
-//! to a measured peer when there is one), ties broken at random. A peer holding only the bottom of a batch answers that part and
-//! the batch keeps it. The engine ranks by what it saw, not by scores: the one score book is the
+//! to a measured peer when there is one), ties broken at random. A peer that holds no request and
+//! was not asked for half a second counts as not measured again for the other batches, so a link
+//! measured slow once (at start-up, among many new peers) is measured anew instead of never.
+//! A peer holding only the bottom of a batch answers that part and the batch keeps it. The engine ranks by what it saw, not by scores: the one score book is the
 //! network's, moved by the engine's [`Action::Penalise`] (charges, and a credit for each
 //! imported batch's suppliers).
 //! Each peer's link is measured (`pace.rs`): its round trip and the throughput of its answers, as

@@ -56,6 +56,11 @@ pub(crate) const REMEMBERED_PEERS: usize = 1_024;
 /// many times as long.
 const BUSY_WAIT_FACTOR: u64 = 2;
 
+/// A free peer not asked for this long is asked again, for a batch import does not wait for,
+/// as if it were not measured: a peer measured slow once (a round trip taken while sixteen peers
+/// connected at once) would otherwise never be measured again while faster peers have room.
+pub(crate) const REPROBE_AFTER_MS: u64 = 500;
+
 /// What the engine needs of a peer identifier (libp2p's `PeerId` has all of it).
 pub trait PeerKey: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug {}
 impl<T: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug> PeerKey for T {}
@@ -110,6 +115,8 @@ pub(crate) struct PeerEntry {
     /// A request to it timed out: until this time it gets work only when no other peer serving
     /// the range is free of such a mark (see [`PeerEntry::resting`]). Cleared by its next answer.
     pub slow_until_ms: u64,
+    /// When we last sent it a range request.
+    pub asked_ms: u64,
 }
 
 impl PeerEntry {
@@ -129,6 +136,7 @@ impl PeerEntry {
             late: false,
             status_requested_ms: None,
             slow_until_ms: 0,
+            asked_ms: now_ms,
         }
     }
 
@@ -242,7 +250,13 @@ impl PeerEntry {
     /// now, from its measured link and what it already holds: lower is more free capacity. A
     /// peer not measured yet counts as free, except for the batch in-order import waits for
     /// (`urgent`), which goes to a peer whose link we know when there is one.
-    pub(crate) fn expected_answer_ms(&self, bytes: u64, urgent: bool) -> u64 {
+    /// A free peer not asked for [`REPROBE_AFTER_MS`] counts as not measured for a batch that is
+    /// not urgent, so that its measure is renewed.
+    pub(crate) fn expected_answer_ms(&self, bytes: u64, urgent: bool, now_ms: u64) -> u64 {
+        let idle = self.in_flight.is_empty() && now_ms.saturating_sub(self.asked_ms) >= REPROBE_AFTER_MS;
+        if idle && !urgent {
+            return 0;
+        }
         match (self.pace.rtt_ms(), self.pace.bytes_per_ms()) {
             (Some(rtt), Some(bw)) => {
                 let queued = self.flight_bytes().saturating_add(bytes) as f64;
@@ -412,7 +426,7 @@ impl<P: Clone + Ord + std::hash::Hash> Peers<P> {
                 continue;
             }
             // Lower is better: fewer failures, the whole range, sooner answered, random tie-break.
-            let soon = entry.expected_answer_ms(want.bytes, want.urgent);
+            let soon = entry.expected_answer_ms(want.bytes, want.urgent, now_ms);
             let key = (failed, !entry.serves_all(from, to), soon, jitter.next_u64());
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, peer.clone()));

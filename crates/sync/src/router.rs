@@ -249,6 +249,7 @@ impl<P: PeerKey> Router<P> {
         if let Some(entry) = self.peers.entries.get_mut(peer) {
             alone = entry.in_flight.is_empty();
             entry.in_flight.push((id, bytes));
+            entry.asked_ms = now_ms;
         }
         self.requests.insert(
             id,

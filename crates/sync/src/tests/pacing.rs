@@ -213,6 +213,66 @@ fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
 }
 
 #[test]
+fn a_peer_measured_slow_is_asked_again_once_it_was_left_idle_for_a_while() {
+    let blocks = chain(10, 8, 0);
+    let cfg = paced_config();
+    let mut peers: Peers<u32> = Peers::new();
+    let measured = |rtt: u64, bytes_per_ms: u64| {
+        let mut entry = PeerEntry::new(status(&blocks, 10), 0);
+        entry.pace.answered(Sample {
+            sent_ms: 0,
+            arrived_ms: rtt + 100_000 / bytes_per_ms,
+            bytes: 100_000,
+            alone: true,
+        });
+        entry
+    };
+    // Peer 1 was measured slow once (at start-up, say); peer 2 is fast and busy.
+    peers.entries.insert(1, measured(400, 100));
+    peers.entries.insert(2, measured(40, 2_500));
+    if let Some(fast) = peers.entries.get_mut(&2) {
+        fast.in_flight = vec![(RequestId(1), 500_000), (RequestId(2), 500_000)];
+    }
+    let mut jitter = crate::jitter::Jitter::new(3);
+    let want = |urgent| Want {
+        from: 1,
+        to: 10,
+        bytes: 500_000,
+        urgent,
+    };
+    let pick = |peers: &Peers<u32>, jitter: &mut crate::jitter::Jitter, now, urgent| {
+        peers
+            .pick(&cfg, jitter, now, want(urgent), &BTreeMap::new(), None)
+            .peer
+    };
+    let idle_for = crate::peers::REPROBE_AFTER_MS;
+    assert_eq!(
+        pick(&peers, &mut jitter, idle_for - 1, false),
+        None,
+        "it waits for the fast peer"
+    );
+    assert_eq!(
+        pick(&peers, &mut jitter, idle_for, false),
+        Some(1),
+        "asked again, to be measured"
+    );
+    assert_eq!(
+        pick(&peers, &mut jitter, idle_for, true),
+        None,
+        "not with the batch import waits for"
+    );
+    if let Some(slow) = peers.entries.get_mut(&1) {
+        slow.in_flight = vec![(RequestId(3), 1_000)];
+        slow.asked_ms = idle_for;
+    }
+    assert_eq!(
+        pick(&peers, &mut jitter, 2 * idle_for, false),
+        None,
+        "only while it holds no request"
+    );
+}
+
+#[test]
 fn the_batch_import_waits_for_is_hedged_when_its_peer_is_late_and_the_first_answer_wins() {
     let blocks = chain(40_000, 100, 0);
     let mut engine = SyncEngine::new(paced_config(), local(&blocks, 0), 4).expect("a valid config");
