@@ -26,8 +26,10 @@ use syncnode_e2e::hostile::{Chain, HostileConfig, HostilePeer, Misbehaviour, Pee
 use syncnode_e2e::node::{Node, chain_with_history, http_json, wait_for};
 use syncnode_e2e::*;
 
-/// Chain length of the short form run by `make test`.
-const SHORT_BLOCKS: u64 = 1000;
+/// Chain length of the short form run by `make test`: long enough that the sync outlasts the
+/// first round of offences, so that the peers that come back (after a disconnection, or under a
+/// new identity) are asked again and offend a second time.
+const SHORT_BLOCKS: u64 = 10_000;
 /// Blocks per range request of the node under test: small, so that every peer gets work.
 const BATCH: &str = "16";
 /// Peak RSS bound of the node under test while it syncs among hostile peers, in MiB. The sync

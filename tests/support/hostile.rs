@@ -160,6 +160,9 @@ impl PeerStats {
 const MAX_HELD_STREAMS: usize = 64;
 /// Times a peer that broke the wire reconnects after being disconnected.
 const MAX_COMEBACKS: usize = 4;
+/// How long a peer that was disconnected (or banned, under a new identity) waits before it dials
+/// the node again: short, so that it comes back while the node still has blocks to ask for.
+const COMEBACK_DELAY: Duration = Duration::from_millis(100);
 /// Most bytes a trickle writes before it gives up (the node resets the stream long before).
 const MAX_TRICKLE_BYTES: usize = 120;
 
@@ -428,7 +431,7 @@ impl Life {
             let Some((_, addr)) = self.wait_for_node().await else {
                 return;
             };
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(COMEBACK_DELAY).await;
             if swarm.dial(addr).is_err() {
                 return;
             }
@@ -465,7 +468,7 @@ impl Life {
                     // again (a banned identity is refused at once).
                     comebacks += 1;
                     if let Some((peer, addr)) = self.wait_for_node().await {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::time::sleep(COMEBACK_DELAY).await;
                         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                             .addresses(vec![addr])
                             .build();
