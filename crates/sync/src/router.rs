@@ -378,28 +378,7 @@ impl<P: PeerKey> Router<P> {
                 }
                 continue;
             };
-            let size = self.block_size_estimate();
-            let count = self
-                .peers
-                .entries
-                .get(&peer)
-                .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
-            let bytes = size.saturating_mul(count);
-            let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
-            let id = self.new_request(
-                now_ms,
-                &peer,
-                RequestPurpose::Batch { chain: which, key },
-                (from, count),
-                (timeout_ms, early, bytes),
-            );
-            self.actions.push_back(Action::SendRangeRequest {
-                peer,
-                id,
-                start_height: from,
-                count,
-                timeout_ms,
-            });
+            let (id, count) = self.request_batch(now_ms, peer, (which, key), (from, to, failures));
             if backoff_over {
                 chain.download_started(key, id, now_ms);
             } else {
@@ -407,6 +386,41 @@ impl<P: PeerKey> Router<P> {
             }
             reserved = reserved.saturating_add(estimate.saturating_mul(count as usize));
         }
+    }
+
+    /// Asks `peer` for the blocks `from..=to` of batch `key` of chain `which`, which failed
+    /// `failures` times: as many as its link takes in one request, with a deadline from its link.
+    /// Returns the request and the blocks it asks for.
+    fn request_batch(
+        &mut self,
+        now_ms: u64,
+        peer: P,
+        (which, key): (ChainId, Height),
+        (from, to, failures): (Height, Height, u32),
+    ) -> (RequestId, u64) {
+        let size = self.block_size_estimate();
+        let count = self
+            .peers
+            .entries
+            .get(&peer)
+            .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
+        let bytes = size.saturating_mul(count);
+        let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
+        let id = self.new_request(
+            now_ms,
+            &peer,
+            RequestPurpose::Batch { chain: which, key },
+            (from, count),
+            (timeout_ms, early, bytes),
+        );
+        self.actions.push_back(Action::SendRangeRequest {
+            peer,
+            id,
+            start_height: from,
+            count,
+            timeout_ms,
+        });
+        (id, count)
     }
 
     /// The failures by peer `pick` weighs for a batch that failed `failures` times, or `None`
