@@ -404,15 +404,24 @@ impl<P: PeerKey> Router<P> {
             .entries
             .get(&peer)
             .map_or(to - from + 1, |e| e.pace.request_blocks(size, to - from + 1));
-        let bytes = size.saturating_mul(count);
+        let purpose = RequestPurpose::Batch { chain: which, key };
+        let id = self.send_range(now_ms, peer, purpose, (from, count), failures);
+        (id, count)
+    }
+
+    /// Sends `peer` a range request for `count` blocks from `from`, for `purpose`, with the
+    /// deadline of its link for a batch that failed `failures` times.
+    pub(crate) fn send_range(
+        &mut self,
+        now_ms: u64,
+        peer: P,
+        purpose: RequestPurpose,
+        (from, count): (Height, u64),
+        failures: u32,
+    ) -> RequestId {
+        let bytes = self.block_size_estimate().saturating_mul(count);
         let (timeout_ms, early) = self.deadline_for(&peer, bytes, failures);
-        let id = self.new_request(
-            now_ms,
-            &peer,
-            RequestPurpose::Batch { chain: which, key },
-            (from, count),
-            (timeout_ms, early, bytes),
-        );
+        let id = self.new_request(now_ms, &peer, purpose, (from, count), (timeout_ms, early, bytes));
         self.actions.push_back(Action::SendRangeRequest {
             peer,
             id,
@@ -420,7 +429,7 @@ impl<P: PeerKey> Router<P> {
             count,
             timeout_ms,
         });
-        (id, count)
+        id
     }
 
     /// The failures by peer `pick` weighs for a batch that failed `failures` times, or `None`

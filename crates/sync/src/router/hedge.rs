@@ -12,7 +12,7 @@ use syncnode_types::Height;
 
 use super::{InFlight, RequestPurpose, Router};
 use crate::chain::{Chain, ChainDirection};
-use crate::events::{Action, RequestId};
+use crate::events::RequestId;
 use crate::peers::{PeerKey, Want};
 
 /// A request is late for its peer after this many times its expected answer time.
@@ -134,24 +134,16 @@ impl<P: PeerKey> Router<P> {
             return;
         }
         self.hedge_budget -= bytes;
-        let (timeout_ms, early) = self.deadline_for(&peer, bytes, batch.failures());
         tracing::debug!(?peer, late = ?primary.peer, from, count, "hedging the batch import waits for");
         let purpose = RequestPurpose::Hedge {
             chain: which,
             key,
             primary: primary_id,
         };
-        let id = self.new_request(now_ms, &peer, purpose, (from, count), (timeout_ms, early, bytes));
+        let id = self.send_range(now_ms, peer, purpose, (from, count), batch.failures());
         self.hedge = Some(Hedge {
             primary: primary_id,
             id,
-        });
-        self.actions.push_back(Action::SendRangeRequest {
-            peer,
-            id,
-            start_height: from,
-            count,
-            timeout_ms,
         });
     }
 
