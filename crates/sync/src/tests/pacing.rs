@@ -152,24 +152,28 @@ fn a_late_answer_on_a_measured_link_costs_nothing_and_its_next_deadline_is_the_c
     assert!(charged.contains(&(1, PeerAction::Timeout)), "{charged:?}");
 }
 
+/// A peer serving `blocks` whose link was measured on `answers` answers of 100,000 bytes, each
+/// alone on its link: `rtt` ms round trip, `bytes_per_ms` throughput.
+fn measured_entry(blocks: &[Block], answers: u64, rtt: u64, bytes_per_ms: u64) -> PeerEntry {
+    let mut entry = PeerEntry::new(status(blocks, blocks.len() as u64 - 1), 0);
+    for i in 0..answers {
+        let sent_ms = i * 10_000;
+        entry.pace.answered(Sample {
+            sent_ms,
+            arrived_ms: sent_ms + rtt + 100_000 / bytes_per_ms,
+            bytes: 100_000,
+            alone: true,
+        });
+    }
+    entry
+}
+
 #[test]
 fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
     let blocks = chain(10, 8, 0);
     let cfg = paced_config();
     let mut peers: Peers<u32> = Peers::new();
-    let measured = |rtt: u64, bytes_per_ms: u64| {
-        let mut entry = PeerEntry::new(status(&blocks, 10), 0);
-        for i in 0..8 {
-            let sent_ms = i * 10_000;
-            entry.pace.answered(Sample {
-                sent_ms,
-                arrived_ms: sent_ms + rtt + 100_000 / bytes_per_ms,
-                bytes: 100_000,
-                alone: true,
-            });
-        }
-        entry
-    };
+    let measured = |rtt, bytes_per_ms| measured_entry(&blocks, 8, rtt, bytes_per_ms);
     peers.entries.insert(1, measured(400, 100));
     peers.entries.insert(2, measured(40, 2_500));
     peers.entries.insert(3, PeerEntry::new(status(&blocks, 10), 0));
@@ -217,16 +221,7 @@ fn a_peer_measured_slow_is_asked_again_once_it_was_left_idle_for_a_while() {
     let blocks = chain(10, 8, 0);
     let cfg = paced_config();
     let mut peers: Peers<u32> = Peers::new();
-    let measured = |rtt: u64, bytes_per_ms: u64| {
-        let mut entry = PeerEntry::new(status(&blocks, 10), 0);
-        entry.pace.answered(Sample {
-            sent_ms: 0,
-            arrived_ms: rtt + 100_000 / bytes_per_ms,
-            bytes: 100_000,
-            alone: true,
-        });
-        entry
-    };
+    let measured = |rtt, bytes_per_ms| measured_entry(&blocks, 1, rtt, bytes_per_ms);
     // Peer 1 was measured slow once (at start-up, say); peer 2 is fast and busy.
     peers.entries.insert(1, measured(400, 100));
     peers.entries.insert(2, measured(40, 2_500));
