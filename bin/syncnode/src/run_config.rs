@@ -161,6 +161,8 @@ impl RunArgs {
             }
             None => self,
         };
+        // The sync engine owns its defaults; `--print-config` shows them.
+        let sync = syncnode_sync::SyncConfig::default();
         let r = RunArgs {
             listen: if merged.listen.is_empty() {
                 DEFAULT_LISTEN.map(String::from).to_vec()
@@ -176,12 +178,20 @@ impl RunArgs {
                     .serve_blocks_per_sec_while_syncing
                     .unwrap_or(syncnode_network::config::DEFAULT_SERVE_BLOCKS_PER_SEC_WHILE_SYNCING),
             ),
-            batch_size: Some(merged.batch_size.unwrap_or(512)),
-            window_batches: Some(merged.window_batches.unwrap_or(32)),
-            window_mib: Some(merged.window_mib.unwrap_or(64)),
-            backfill_window_batches: Some(merged.backfill_window_batches.unwrap_or(4)),
-            backfill_window_mib: Some(merged.backfill_window_mib.unwrap_or(32)),
-            stall_after_secs: Some(merged.stall_after_secs.unwrap_or(60)),
+            batch_size: Some(merged.batch_size.unwrap_or(sync.batch_size)),
+            window_batches: Some(merged.window_batches.unwrap_or(sync.window_batches)),
+            window_mib: Some(merged.window_mib.unwrap_or(sync.window_bytes >> 20)),
+            backfill_window_batches: Some(
+                merged
+                    .backfill_window_batches
+                    .unwrap_or(sync.backfill_window_batches),
+            ),
+            backfill_window_mib: Some(
+                merged
+                    .backfill_window_mib
+                    .unwrap_or(sync.backfill_window_bytes >> 20),
+            ),
+            stall_after_secs: Some(merged.stall_after_secs.unwrap_or(sync.stall_after_ms / 1000)),
             min_free_space: Some(
                 merged
                     .min_free_space
