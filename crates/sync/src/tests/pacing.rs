@@ -168,6 +168,16 @@ fn measured_entry(blocks: &[Block], answers: u64, rtt: u64, bytes_per_ms: u64) -
     entry
 }
 
+/// A batch over 1..=10 expected to bring 500,000 bytes, the one import waits for or not.
+fn want(urgent: bool) -> Want {
+    Want {
+        from: 1,
+        to: 10,
+        bytes: 500_000,
+        urgent,
+    }
+}
+
 #[test]
 fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
     let blocks = chain(10, 8, 0);
@@ -178,12 +188,6 @@ fn the_batch_import_waits_for_goes_to_the_peer_that_answers_soonest() {
     peers.entries.insert(2, measured(40, 2_500));
     peers.entries.insert(3, PeerEntry::new(status(&blocks, 10), 0));
     let mut jitter = crate::jitter::Jitter::new(9);
-    let want = |urgent| Want {
-        from: 1,
-        to: 10,
-        bytes: 500_000,
-        urgent,
-    };
     for _ in 0..20 {
         let urgent = peers.pick(&cfg, &mut jitter, 0, want(true), &BTreeMap::new(), None);
         assert_eq!(
@@ -229,12 +233,6 @@ fn a_peer_measured_slow_is_asked_again_once_it_was_left_idle_for_a_while() {
         fast.in_flight = vec![(RequestId(1), 500_000), (RequestId(2), 500_000)];
     }
     let mut jitter = crate::jitter::Jitter::new(3);
-    let want = |urgent| Want {
-        from: 1,
-        to: 10,
-        bytes: 500_000,
-        urgent,
-    };
     let pick = |peers: &Peers<u32>, jitter: &mut crate::jitter::Jitter, now, urgent| {
         peers
             .pick(&cfg, jitter, now, want(urgent), &BTreeMap::new(), None)
